@@ -1,0 +1,19 @@
+//! The write side of runledger: the event vocabulary, the envelope every
+//! stored event carries, the SHA-256 hash chain, and the append-only log.
+#![forbid(unsafe_code)]
+
+pub mod chain;
+mod envelope;
+mod run;
+pub mod sqlite;
+mod timestamp;
+pub mod upcast;
+
+pub use envelope::{EventEnvelope, ExpectedVersion, Metadata, NewEvent};
+pub use run::*;
+pub use timestamp::Timestamp;
+
+/// The stream every event of one run is appended to.
+pub fn run_stream_id(run_id: &uuid::Uuid) -> String {
+    format!("run-{run_id}")
+}

@@ -1,0 +1,10 @@
+//! The read side of runledger: the fold of a run's events into its state, and
+//! the tables that fold maintains and serves queries from.
+#![forbid(unsafe_code)]
+
+mod query;
+mod run_state;
+pub mod sqlite;
+
+pub use query::{Arg, RunFilter, RunQuery, SortDirection, SortField, SqlQuery, StatusValue, TaskSummary};
+pub use run_state::{ApplyError, EventContext, Refusal, RefusalKind, RunState, RunStatus};

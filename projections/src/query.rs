@@ -1,0 +1,409 @@
+//! The runs list query, written once for both backends: the SQL uses `$n`
+//! placeholders numbered in order of first use, which PostgreSQL reads as
+//! positional parameters and SQLite as named ones bound in the same order.
+
+use std::collections::BTreeMap;
+
+use runledger_events::{EndReason, Timestamp, TriggeredBy};
+use serde::Serialize;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::{RunState, RunStatus};
+
+/// One value of the `status` filter: a phase, an end reason, or a flag.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StatusValue {
+    Phase(RunStatus),
+    EndReason(EndReason),
+    Deleted,
+    DeadLetter,
+}
+
+impl StatusValue {
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "deleted" => Some(Self::Deleted),
+            "dead_letter" => Some(Self::DeadLetter),
+            _ => RunStatus::parse(text)
+                .map(Self::Phase)
+                .or_else(|| text.parse().ok().map(Self::EndReason)),
+        }
+    }
+
+    pub fn allowed() -> String {
+        let mut all: Vec<&str> = RunStatus::ALL.iter().map(|s| s.as_str()).collect();
+        all.extend(EndReason::ALL.iter().map(|r| r.as_str()));
+        all.extend(["deleted", "dead_letter"]);
+        all.join(", ")
+    }
+}
+
+/// The filters of the runs list, also used by bulk selectors.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RunFilter {
+    /// A run matches if it matches any of these.
+    pub statuses: Vec<StatusValue>,
+    pub project: Option<String>,
+    pub task_name: Option<String>,
+    /// A run matches if it was triggered by any of these.
+    pub triggered_by: Vec<TriggeredBy>,
+    /// Inclusive.
+    pub created_after: Option<Timestamp>,
+    /// Inclusive.
+    pub created_before: Option<Timestamp>,
+    pub exit_code_min: Option<i64>,
+    pub exit_code_max: Option<i64>,
+    pub retries_only: bool,
+    /// Case-insensitive substring of the task name or the run id.
+    pub search: Option<String>,
+    /// Every pair must match.
+    pub tags: Vec<(String, String)>,
+    pub parent_run_id: Option<Uuid>,
+    /// Deleted runs are hidden unless this is set or `statuses` asks for them.
+    pub include_deleted: bool,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SortField {
+    TaskName,
+    Status,
+    StartAt,
+    ExitCode,
+    Duration,
+    #[default]
+    CreatedAt,
+}
+
+impl SortField {
+    pub const NAMES: &'static [&'static str] =
+        &["task_name", "status", "start_at", "exit_code", "duration", "created_at"];
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Some(match text {
+            "task_name" => Self::TaskName,
+            "status" => Self::Status,
+            "start_at" => Self::StartAt,
+            "exit_code" => Self::ExitCode,
+            "duration" => Self::Duration,
+            "created_at" => Self::CreatedAt,
+            _ => return None,
+        })
+    }
+
+    fn column(&self) -> &'static str {
+        match self {
+            Self::TaskName => "task_name",
+            Self::Status => "status",
+            Self::StartAt => "start_at",
+            Self::ExitCode => "exit_code",
+            Self::Duration => "duration_ms",
+            Self::CreatedAt => "created_at",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SortDirection {
+    Asc,
+    #[default]
+    Desc,
+}
+
+impl SortDirection {
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "asc" => Some(Self::Asc),
+            "desc" => Some(Self::Desc),
+            _ => None,
+        }
+    }
+
+    fn sql(&self) -> &'static str {
+        match self {
+            Self::Asc => "ASC",
+            Self::Desc => "DESC",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunQuery {
+    pub filter: RunFilter,
+    pub sort_field: SortField,
+    pub sort_direction: SortDirection,
+    pub limit: i64,
+    pub offset: i64,
+}
+
+impl Default for RunQuery {
+    fn default() -> Self {
+        Self {
+            filter: RunFilter::default(),
+            sort_field: SortField::default(),
+            sort_direction: SortDirection::default(),
+            limit: 50,
+            offset: 0,
+        }
+    }
+}
+
+/// A bind value.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Arg {
+    Int(i64),
+    Text(String),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct SqlQuery {
+    pub sql: String,
+    pub args: Vec<Arg>,
+}
+
+struct Builder {
+    args: Vec<Arg>,
+}
+
+impl Builder {
+    fn bind(&mut self, arg: Arg) -> String {
+        self.args.push(arg);
+        format!("${}", self.args.len())
+    }
+
+    fn text(&mut self, value: &str) -> String {
+        self.bind(Arg::Text(value.to_owned()))
+    }
+
+    fn int(&mut self, value: i64) -> String {
+        self.bind(Arg::Int(value))
+    }
+}
+
+/// `LIKE` pattern for a literal substring, escaped with `\`.
+fn contains_pattern(needle: &str) -> String {
+    let mut out = String::from("%");
+    for c in needle.to_lowercase().chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('%');
+    out
+}
+
+impl RunFilter {
+    fn conditions(&self, table: &str, b: &mut Builder) -> Vec<String> {
+        let mut parts = Vec::new();
+        if !self.statuses.is_empty() {
+            let any: Vec<String> = self
+                .statuses
+                .iter()
+                .map(|s| match s {
+                    StatusValue::Phase(p) => format!("status = {}", b.text(p.as_str())),
+                    StatusValue::EndReason(r) => format!("end_reason = {}", b.text(r.as_str())),
+                    StatusValue::Deleted => "deleted".to_owned(),
+                    StatusValue::DeadLetter => "dead_lettered".to_owned(),
+                })
+                .collect();
+            parts.push(format!("({})", any.join(" OR ")));
+        }
+        let asks_for_deleted = self.statuses.contains(&StatusValue::Deleted);
+        if !self.include_deleted && !asks_for_deleted {
+            parts.push("NOT deleted".to_owned());
+        }
+        if let Some(project) = &self.project {
+            parts.push(format!("project = {}", b.text(project)));
+        }
+        if let Some(task) = &self.task_name {
+            parts.push(format!("task_name = {}", b.text(task)));
+        }
+        if !self.triggered_by.is_empty() {
+            let any: Vec<String> = self.triggered_by.iter().map(|t| b.text(t.as_str())).collect();
+            parts.push(format!("triggered_by IN ({})", any.join(", ")));
+        }
+        if let Some(t) = self.created_after {
+            parts.push(format!("created_at >= {}", b.int(t.as_micros())));
+        }
+        if let Some(t) = self.created_before {
+            parts.push(format!("created_at <= {}", b.int(t.as_micros())));
+        }
+        if let Some(code) = self.exit_code_min {
+            parts.push(format!("exit_code >= {}", b.int(code)));
+        }
+        if let Some(code) = self.exit_code_max {
+            parts.push(format!("exit_code <= {}", b.int(code)));
+        }
+        if self.retries_only {
+            parts.push("retry_attempt > 0".to_owned());
+        }
+        if let Some(search) = &self.search {
+            let p = b.text(&contains_pattern(search));
+            parts.push(format!(
+                "(lower(task_name) LIKE {p} ESCAPE '\\' OR lower(id) LIKE {p} ESCAPE '\\')"
+            ));
+        }
+        for (key, value) in &self.tags {
+            let (k, v) = (b.text(key), b.text(value));
+            parts.push(format!(
+                "EXISTS (SELECT 1 FROM run_tags t WHERE t.run_id = {table}.id AND t.key = {k} AND t.value = {v})"
+            ));
+        }
+        if let Some(parent) = &self.parent_run_id {
+            parts.push(format!("parent_run_id = {}", b.text(&parent.to_string())));
+        }
+        parts
+    }
+
+    fn where_sql(&self, table: &str, b: &mut Builder) -> String {
+        let parts = self.conditions(table, b);
+        if parts.is_empty() {
+            String::new()
+        } else {
+            format!(" WHERE {}", parts.join(" AND "))
+        }
+    }
+}
+
+impl RunQuery {
+    /// The page: the `state` column of each matching row, in order.
+    pub fn page_sql(&self, table: &str) -> SqlQuery {
+        let mut b = Builder { args: Vec::new() };
+        let filter = self.filter.where_sql(table, &mut b);
+        let dir = self.sort_direction.sql();
+        let column = self.sort_field.column();
+        let limit = b.int(self.limit);
+        let offset = b.int(self.offset);
+        SqlQuery {
+            sql: format!(
+                "SELECT state FROM {table}{filter} ORDER BY {column} {dir} NULLS LAST, id {dir} LIMIT {limit} OFFSET {offset}"
+            ),
+            args: b.args,
+        }
+    }
+
+    /// The number of matching rows, ignoring limit and offset.
+    pub fn count_sql(&self, table: &str) -> SqlQuery {
+        let mut b = Builder { args: Vec::new() };
+        let filter = self.filter.where_sql(table, &mut b);
+        SqlQuery {
+            sql: format!("SELECT COUNT(*) FROM {table}{filter}"),
+            args: b.args,
+        }
+    }
+}
+
+/// One row of `GET /api/tasks`.
+#[derive(Clone, Debug, PartialEq, Serialize, ToSchema)]
+pub struct TaskSummary {
+    pub task_name: String,
+    /// Runs of the task that are not deleted.
+    pub total: i64,
+    /// Run counts by phase (`pending`, `running`, `paused`, `ended`), by end
+    /// reason, and `dead_letter`.
+    pub counts: BTreeMap<String, i64>,
+    pub last_run: Option<RunState>,
+    pub last_success: Option<RunState>,
+    pub last_failure: Option<RunState>,
+}
+
+impl TaskSummary {
+    /// Per task: total, then one count per key of `count_keys()`.
+    pub fn counts_sql(limit: i64, offset: i64) -> SqlQuery {
+        let mut b = Builder { args: Vec::new() };
+        let mut columns = vec!["task_name".to_owned(), "COUNT(*)".to_owned()];
+        for status in RunStatus::ALL {
+            columns.push(format!("COUNT(*) FILTER (WHERE status = {})", b.text(status.as_str())));
+        }
+        for reason in EndReason::ALL {
+            columns.push(format!(
+                "COUNT(*) FILTER (WHERE end_reason = {})",
+                b.text(reason.as_str())
+            ));
+        }
+        columns.push("COUNT(*) FILTER (WHERE dead_lettered)".to_owned());
+        let (limit, offset) = (b.int(limit), b.int(offset));
+        SqlQuery {
+            sql: format!(
+                "SELECT {} FROM runs WHERE NOT deleted GROUP BY task_name ORDER BY task_name LIMIT {limit} OFFSET {offset}",
+                columns.join(", ")
+            ),
+            args: b.args,
+        }
+    }
+
+    pub const TASK_COUNT_SQL: &'static str = "SELECT COUNT(DISTINCT task_name) FROM runs WHERE NOT deleted";
+
+    /// The keys of the counts, in the column order of `counts_sql`.
+    pub fn count_keys() -> Vec<&'static str> {
+        let mut keys: Vec<&str> = RunStatus::ALL.iter().map(|s| s.as_str()).collect();
+        keys.extend(EndReason::ALL.iter().map(|r| r.as_str()));
+        keys.push("dead_letter");
+        keys
+    }
+
+    /// The latest run, latest success and latest failure of task `$1`.
+    pub const LAST_RUN_SQL: &'static str =
+        "SELECT state FROM runs WHERE task_name = $1 AND NOT deleted ORDER BY created_at DESC, id DESC LIMIT 1";
+    pub const LAST_SUCCESS_SQL: &'static str = "SELECT state FROM runs WHERE task_name = $1 AND NOT deleted \
+         AND end_reason = 'success' ORDER BY end_at DESC, id DESC LIMIT 1";
+    pub const LAST_FAILURE_SQL: &'static str = "SELECT state FROM runs WHERE task_name = $1 AND NOT deleted \
+         AND end_reason IN ('failed', 'timeout', 'crashed') ORDER BY end_at DESC, id DESC LIMIT 1";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_are_numbered_in_order_of_first_use() {
+        let q = RunQuery {
+            filter: RunFilter {
+                statuses: vec![StatusValue::Phase(RunStatus::Running), StatusValue::Deleted],
+                task_name: Some("t".into()),
+                search: Some("50%_".into()),
+                tags: vec![("env".into(), "prod".into())],
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let page = q.page_sql("runs");
+        assert!(page.sql.contains("status = $1"), "{}", page.sql);
+        assert!(page.sql.contains("task_name = $2"));
+        assert!(page.sql.contains("LIKE $3"));
+        assert!(page.sql.contains("t.key = $4 AND t.value = $5"));
+        assert!(page.sql.ends_with("LIMIT $6 OFFSET $7"));
+        assert!(!page.sql.contains("NOT deleted"), "asking for deleted runs shows them");
+        assert_eq!(page.args[2], Arg::Text("%50\\%\\_%".into()));
+        assert_eq!(q.count_sql("runs").args.len(), 5);
+    }
+
+    #[test]
+    fn deleted_runs_are_hidden_by_default() {
+        let q = RunQuery::default();
+        assert!(q.count_sql("runs").sql.contains("WHERE NOT deleted"));
+        let all = RunQuery {
+            filter: RunFilter {
+                include_deleted: true,
+                ..Default::default()
+            },
+            ..q
+        };
+        assert!(!all.count_sql("runs").sql.contains("deleted"));
+    }
+
+    #[test]
+    fn status_values_cover_phases_reasons_and_flags() {
+        assert_eq!(
+            StatusValue::parse("running"),
+            Some(StatusValue::Phase(RunStatus::Running))
+        );
+        assert_eq!(
+            StatusValue::parse("timeout"),
+            Some(StatusValue::EndReason(EndReason::Timeout))
+        );
+        assert_eq!(StatusValue::parse("dead_letter"), Some(StatusValue::DeadLetter));
+        assert_eq!(StatusValue::parse("done"), None);
+    }
+}

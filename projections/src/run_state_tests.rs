@@ -1,0 +1,205 @@
+//! Given these events, when this event, then this state or this refusal.
+
+use super::*;
+use runledger_events::{Empty, Reason, RunCreated, RunEnded, RunRetried, RunStarted};
+
+fn at(version: i64, micros: i64) -> EventContext {
+    EventContext {
+        position: 100 + version,
+        stream_version: version,
+        recorded_at: Timestamp::from_micros(micros).unwrap(),
+    }
+}
+
+fn created(id: Uuid) -> RunEvent {
+    RunEvent::Created(RunCreated {
+        run_id: id,
+        project: "default".into(),
+        task_name: "nightly-report".into(),
+        max_attempts: Some(3),
+        ..Default::default()
+    })
+}
+
+fn ended(reason: EndReason, code: i64) -> RunEvent {
+    RunEvent::Ended(RunEnded {
+        end_reason: reason,
+        exit_code: Some(code),
+        error: None,
+        result: None,
+    })
+}
+
+fn given(events: &[RunEvent]) -> RunState {
+    let id = Uuid::now_v7();
+    let mut state = RunState::empty(id);
+    for (i, event) in events.iter().enumerate() {
+        let event = match event {
+            RunEvent::Created(_) => created(id),
+            other => other.clone(),
+        };
+        let v = i as i64 + 1;
+        state.apply(&event, &at(v, v * 1_000_000)).expect("given events apply");
+    }
+    state
+}
+
+fn when(state: &RunState, event: RunEvent) -> Result<RunState, Refusal> {
+    let mut next = state.clone();
+    let v = state.version + 1;
+    next.apply(&event, &at(v, v * 1_000_000)).map(|()| next)
+}
+
+fn placeholder() -> RunEvent {
+    created(Uuid::nil())
+}
+
+fn started() -> RunEvent {
+    RunEvent::Started(RunStarted::default())
+}
+
+#[test]
+fn created_run_is_pending_with_its_own_lineage_root() {
+    let s = given(&[placeholder()]);
+    assert!(s.exists());
+    assert_eq!(s.status, RunStatus::Pending);
+    assert_eq!(s.lineage_root, Some(s.id));
+    assert_eq!(s.version, 1);
+    assert_eq!(s.position, 101);
+    assert_eq!(s.created_at.as_micros(), 1_000_000);
+}
+
+#[test]
+fn start_then_end_records_times_and_duration() {
+    let s = given(&[placeholder(), started()]);
+    assert_eq!(s.status, RunStatus::Running);
+    let s = when(&s, ended(EndReason::Success, 0)).unwrap();
+    assert_eq!(s.status, RunStatus::Ended);
+    assert_eq!(s.end_reason, Some(EndReason::Success));
+    assert_eq!(s.exit_code, Some(0));
+    assert_eq!(s.duration_ms, Some(1_000));
+    assert_eq!(s.version, 3);
+}
+
+#[test]
+fn events_on_a_missing_run_are_refused() {
+    let empty = RunState::empty(Uuid::now_v7());
+    let refusal = when(&empty, started()).unwrap_err();
+    assert_eq!(refusal.kind, RefusalKind::NotFound);
+}
+
+#[test]
+fn created_twice_is_refused() {
+    let s = given(&[placeholder()]);
+    let refusal = when(&s, created(s.id)).unwrap_err();
+    assert_eq!(refusal.kind, RefusalKind::AlreadyExists);
+}
+
+#[test]
+fn illegal_transitions_name_the_current_status_and_change_nothing() {
+    let pending = given(&[placeholder()]);
+    let done = given(&[placeholder(), started(), ended(EndReason::Failed, 1)]);
+    let cases = [
+        (&pending, RunEvent::Paused(Reason::default()), RunStatus::Pending),
+        (&pending, RunEvent::Resumed(Reason::default()), RunStatus::Pending),
+        (&pending, RunEvent::Heartbeat(Empty {}), RunStatus::Pending),
+        (&done, started(), RunStatus::Ended),
+        (&done, ended(EndReason::Success, 0), RunStatus::Ended),
+        (&done, RunEvent::Restored(Reason::default()), RunStatus::Ended),
+    ];
+    for (state, event, status) in cases {
+        let mut copy = state.clone();
+        let refusal = copy.apply(&event, &at(state.version + 1, 0)).unwrap_err();
+        assert_eq!(refusal.kind, RefusalKind::IllegalTransition, "{event:?}");
+        assert_eq!(refusal.current_status, Some(status));
+        assert!(refusal.message.contains(status.as_str()), "{}", refusal.message);
+        assert_eq!(&copy, state, "a refused event must not change the state");
+    }
+}
+
+#[test]
+fn pause_and_resume_toggle_running() {
+    let s = given(&[placeholder(), started(), RunEvent::Paused(Reason::default())]);
+    assert_eq!(s.status, RunStatus::Paused);
+    let s = when(&s, RunEvent::Resumed(Reason::default())).unwrap();
+    assert_eq!(s.status, RunStatus::Running);
+}
+
+#[test]
+fn cancel_of_a_pending_run_ends_it_without_duration() {
+    let s = given(&[placeholder(), ended(EndReason::Stopped, 0)]);
+    assert_eq!(s.status, RunStatus::Ended);
+    assert_eq!(s.duration_ms, None);
+}
+
+#[test]
+fn delete_and_restore_are_each_others_inverse_and_not_repeatable() {
+    let s = given(&[placeholder(), RunEvent::Deleted(Reason::default())]);
+    assert!(s.deleted);
+    assert!(s.deleted_at.is_some());
+    assert!(when(&s, RunEvent::Deleted(Reason::default())).is_err());
+    let s = when(&s, RunEvent::Restored(Reason::default())).unwrap();
+    assert!(!s.deleted);
+    assert_eq!(s.deleted_at, None);
+}
+
+#[test]
+fn only_failed_runs_can_be_dead_lettered_and_only_once() {
+    let ok = given(&[placeholder(), started(), ended(EndReason::Success, 0)]);
+    assert!(when(&ok, RunEvent::DeadLettered(Reason::default())).is_err());
+    let failed = given(&[placeholder(), started(), ended(EndReason::Crashed, 137)]);
+    let dead = when(&failed, RunEvent::DeadLettered(Reason::default())).unwrap();
+    assert!(dead.dead_lettered);
+    assert!(when(&dead, RunEvent::DeadLettered(Reason::default())).is_err());
+}
+
+#[test]
+fn retry_needs_an_ended_run_and_dlq_replay_clears_the_flag() {
+    let running = given(&[placeholder(), started()]);
+    let retry = |action: &str| {
+        RunEvent::Retried(RunRetried {
+            new_run_id: Uuid::now_v7(),
+            action: action.into(),
+            reason: None,
+        })
+    };
+    assert!(when(&running, retry("retry")).is_err());
+    let dead = given(&[
+        placeholder(),
+        started(),
+        ended(EndReason::Failed, 1),
+        RunEvent::DeadLettered(Reason::default()),
+    ]);
+    let kept = when(&dead, retry("retry")).unwrap();
+    assert!(kept.dead_lettered);
+    let cleared = when(&dead, retry("dlq_replay")).unwrap();
+    assert!(!cleared.dead_lettered);
+}
+
+#[test]
+fn replaying_stored_envelopes_gives_the_same_state() {
+    let id = Uuid::now_v7();
+    let events = [created(id), started(), ended(EndReason::Timeout, 124)];
+    let mut direct = RunState::empty(id);
+    let mut replayed = RunState::empty(id);
+    for (i, event) in events.iter().enumerate() {
+        let ctx = at(i as i64 + 1, (i as i64 + 1) * 7);
+        direct.apply(event, &ctx).unwrap();
+        let new = event.to_new(Uuid::now_v7());
+        let envelope = EventEnvelope {
+            position: ctx.position,
+            event_id: new.event_id,
+            stream_id: runledger_events::run_stream_id(&id),
+            stream_version: ctx.stream_version,
+            event_type: new.event_type,
+            schema_version: new.schema_version,
+            data: new.data,
+            metadata: Default::default(),
+            recorded_at: ctx.recorded_at,
+            prev_hash: String::new(),
+            hash: String::new(),
+        };
+        replayed.apply_envelope(&envelope).unwrap();
+    }
+    assert_eq!(direct, replayed);
+}

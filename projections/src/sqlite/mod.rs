@@ -1,0 +1,3 @@
+//! The projection tables on SQLite.
+
+pub mod runs;

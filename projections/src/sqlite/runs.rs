@@ -1,0 +1,152 @@
+//! The runs table on SQLite: written in the writer's transaction, read from
+//! the read pool.
+
+use rusqlite::{params, types::Value as SqlValue, Connection, OptionalExtension};
+use uuid::Uuid;
+
+use crate::{Arg, RunQuery, RunState, SqlQuery, TaskSummary};
+
+fn json_err(e: serde_json::Error) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+}
+
+fn decode(text: String) -> rusqlite::Result<RunState> {
+    serde_json::from_str(&text).map_err(json_err)
+}
+
+fn bind(args: &[Arg]) -> Vec<SqlValue> {
+    args.iter()
+        .map(|a| match a {
+            Arg::Int(i) => SqlValue::Integer(*i),
+            Arg::Text(t) => SqlValue::Text(t.clone()),
+        })
+        .collect()
+}
+
+fn query_states(conn: &Connection, q: &SqlQuery) -> rusqlite::Result<Vec<RunState>> {
+    let mut stmt = conn.prepare_cached(&q.sql)?;
+    let rows = stmt.query_map(rusqlite::params_from_iter(bind(&q.args)), |r| r.get::<_, String>(0))?;
+    rows.map(|r| r.and_then(decode)).collect()
+}
+
+pub fn load(conn: &Connection, id: &Uuid) -> rusqlite::Result<Option<RunState>> {
+    conn.prepare_cached("SELECT state FROM runs WHERE id = ?1")?
+        .query_row([id.to_string()], |r| r.get::<_, String>(0))
+        .optional()?
+        .map(decode)
+        .transpose()
+}
+
+/// An unfinished run of `task_name` created with `key`.
+pub fn find_unfinished_by_idempotency_key(
+    conn: &Connection,
+    task_name: &str,
+    key: &str,
+) -> rusqlite::Result<Option<RunState>> {
+    conn.prepare_cached(
+        "SELECT state FROM runs WHERE task_name = ?1 AND idempotency_key = ?2 AND status <> 'ended' \
+         ORDER BY created_at DESC LIMIT 1",
+    )?
+    .query_row([task_name, key], |r| r.get::<_, String>(0))
+    .optional()?
+    .map(decode)
+    .transpose()
+}
+
+/// Writes `state` as the run's row. `previous` is the row as it was before
+/// (None for a new run); tags are rewritten only when they changed.
+pub fn store(conn: &Connection, previous: Option<&RunState>, state: &RunState) -> rusqlite::Result<()> {
+    let json = serde_json::to_string(state).map_err(json_err)?;
+    conn.prepare_cached(
+        "INSERT INTO runs (id, project, task_name, status, end_reason, exit_code, triggered_by, \
+         retry_attempt, parent_run_id, idempotency_key, dead_lettered, deleted, created_at, start_at, \
+         end_at, duration_ms, version, position, state) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19) \
+         ON CONFLICT (id) DO UPDATE SET project = excluded.project, task_name = excluded.task_name, \
+         status = excluded.status, end_reason = excluded.end_reason, exit_code = excluded.exit_code, \
+         triggered_by = excluded.triggered_by, retry_attempt = excluded.retry_attempt, \
+         parent_run_id = excluded.parent_run_id, idempotency_key = excluded.idempotency_key, \
+         dead_lettered = excluded.dead_lettered, deleted = excluded.deleted, \
+         created_at = excluded.created_at, start_at = excluded.start_at, end_at = excluded.end_at, \
+         duration_ms = excluded.duration_ms, version = excluded.version, \
+         position = excluded.position, state = excluded.state",
+    )?
+    .execute(params![
+        state.id.to_string(),
+        state.project,
+        state.task_name,
+        state.status.as_str(),
+        state.end_reason.map(|r| r.as_str()),
+        state.exit_code,
+        state.triggered_by.as_str(),
+        state.retry_attempt,
+        state.parent_run_id.map(|p| p.to_string()),
+        state.idempotency_key,
+        state.dead_lettered,
+        state.deleted,
+        state.created_at.as_micros(),
+        state.start_at.map(|t| t.as_micros()),
+        state.end_at.map(|t| t.as_micros()),
+        state.duration_ms,
+        state.version,
+        state.position,
+        json,
+    ])?;
+    if previous.map(|p| &p.tags) != Some(&state.tags) {
+        let id = state.id.to_string();
+        conn.prepare_cached("DELETE FROM run_tags WHERE run_id = ?1")?
+            .execute([&id])?;
+        let mut insert = conn.prepare_cached("INSERT INTO run_tags (run_id, key, value) VALUES (?1, ?2, ?3)")?;
+        for (key, value) in &state.tags {
+            insert.execute(params![id, key, value])?;
+        }
+    }
+    Ok(())
+}
+
+/// A page of runs and the number of runs matching the filter.
+pub fn list(conn: &Connection, query: &RunQuery) -> rusqlite::Result<(Vec<RunState>, i64)> {
+    let runs = query_states(conn, &query.page_sql("runs"))?;
+    let count = query.count_sql("runs");
+    let total = conn
+        .prepare_cached(&count.sql)?
+        .query_row(rusqlite::params_from_iter(bind(&count.args)), |r| r.get(0))?;
+    Ok((runs, total))
+}
+
+/// A page of task summaries, by task name, and the number of tasks.
+pub fn tasks(conn: &Connection, limit: i64, offset: i64) -> rusqlite::Result<(Vec<TaskSummary>, i64)> {
+    let keys = TaskSummary::count_keys();
+    let q = TaskSummary::counts_sql(limit, offset);
+    let mut stmt = conn.prepare_cached(&q.sql)?;
+    let rows = stmt.query_map(rusqlite::params_from_iter(bind(&q.args)), |r| {
+        let task_name: String = r.get(0)?;
+        let total: i64 = r.get(1)?;
+        let mut counts = std::collections::BTreeMap::new();
+        for (i, key) in keys.iter().enumerate() {
+            counts.insert((*key).to_owned(), r.get::<_, i64>(i + 2)?);
+        }
+        Ok((task_name, total, counts))
+    })?;
+    let rows: Vec<_> = rows.collect::<rusqlite::Result<_>>()?;
+    let one = |sql: &str, task: &str| -> rusqlite::Result<Option<RunState>> {
+        let q = SqlQuery {
+            sql: sql.to_owned(),
+            args: vec![Arg::Text(task.to_owned())],
+        };
+        Ok(query_states(conn, &q)?.pop())
+    };
+    let mut out = Vec::with_capacity(rows.len());
+    for (task_name, total, counts) in rows {
+        out.push(TaskSummary {
+            last_run: one(TaskSummary::LAST_RUN_SQL, &task_name)?,
+            last_success: one(TaskSummary::LAST_SUCCESS_SQL, &task_name)?,
+            last_failure: one(TaskSummary::LAST_FAILURE_SQL, &task_name)?,
+            task_name,
+            total,
+            counts,
+        });
+    }
+    let total = conn.query_row(TaskSummary::TASK_COUNT_SQL, [], |r| r.get(0))?;
+    Ok((out, total))
+}

@@ -1,0 +1,257 @@
+//! RFC 9457 problem details. Every error response of the API is one of these;
+//! 5xx details are logged, never sent.
+
+use axum::extract::Request;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use serde_json::Value;
+use utoipa::ToSchema;
+
+use crate::commands::CommandError;
+use crate::ledger::LedgerError;
+
+/// One offending input.
+#[derive(Clone, Debug, PartialEq, Serialize, ToSchema)]
+pub struct FieldError {
+    /// Where the fault is: `query.limit`, `body.filter.created_after`, `path.id`.
+    pub location: String,
+    pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub value: Option<Value>,
+}
+
+/// An RFC 9457 problem document.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct Problem {
+    #[serde(rename = "type")]
+    pub problem_type: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
+    /// Stable machine-readable code.
+    pub code: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<FieldError>,
+    /// For conflicts: the run's status when the request was refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub current_status: Option<String>,
+    /// For version conflicts: the run's current version.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub current_version: Option<i64>,
+}
+
+#[derive(Debug)]
+pub enum ApiError {
+    /// 400: the request could not be read at all (malformed JSON, bad query encoding).
+    Malformed {
+        detail: String,
+        errors: Vec<FieldError>,
+    },
+    /// 422: well-formed but invalid values.
+    Invalid {
+        detail: String,
+        errors: Vec<FieldError>,
+    },
+    NotFound {
+        code: &'static str,
+        detail: String,
+    },
+    Conflict {
+        code: &'static str,
+        detail: String,
+        current_status: Option<String>,
+        current_version: Option<i64>,
+    },
+    UnsupportedMediaType(String),
+    PayloadTooLarge,
+    MethodNotAllowed,
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn invalid(errors: Vec<FieldError>) -> Self {
+        let detail = match errors.as_slice() {
+            [one] => format!("{}: {}", one.location, one.message),
+            many => format!("{} inputs are invalid", many.len()),
+        };
+        Self::Invalid { detail, errors }
+    }
+
+    pub fn invalid_one(location: impl Into<String>, message: impl Into<String>, value: Option<Value>) -> Self {
+        Self::invalid(vec![FieldError {
+            location: location.into(),
+            message: message.into(),
+            value,
+        }])
+    }
+
+    pub fn run_not_found(id: impl std::fmt::Display) -> Self {
+        Self::NotFound {
+            code: "run_not_found",
+            detail: format!("run {id} does not exist"),
+        }
+    }
+
+    fn problem(&self) -> Problem {
+        let (status, code, detail, errors) = match self {
+            Self::Malformed { detail, errors } => (
+                StatusCode::BAD_REQUEST,
+                "malformed_request",
+                detail.clone(),
+                errors.clone(),
+            ),
+            Self::Invalid { detail, errors } => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "validation_failed",
+                detail.clone(),
+                errors.clone(),
+            ),
+            Self::NotFound { code, detail } => (StatusCode::NOT_FOUND, *code, detail.clone(), vec![]),
+            Self::Conflict { code, detail, .. } => (StatusCode::CONFLICT, *code, detail.clone(), vec![]),
+            Self::UnsupportedMediaType(detail) => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                detail.clone(),
+                vec![],
+            ),
+            Self::PayloadTooLarge => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                "the request body is larger than the server accepts".to_owned(),
+                vec![],
+            ),
+            Self::MethodNotAllowed => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this route does not accept that method".to_owned(),
+                vec![],
+            ),
+            Self::Internal(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                "the server failed to handle the request; the error is in its log".to_owned(),
+                vec![],
+            ),
+        };
+        let (current_status, current_version) = match self {
+            Self::Conflict {
+                current_status,
+                current_version,
+                ..
+            } => (current_status.clone(), *current_version),
+            _ => (None, None),
+        };
+        Problem {
+            problem_type: format!("/problems/{code}"),
+            title: status.canonical_reason().unwrap_or("Error").to_owned(),
+            status: status.as_u16(),
+            detail,
+            instance: None,
+            code: code.to_owned(),
+            errors,
+            current_status,
+            current_version,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if let Self::Internal(detail) = &self {
+            tracing::error!(error = %detail, "request failed");
+        }
+        let problem = self.problem();
+        let mut response = render(&problem);
+        response.extensions_mut().insert(problem);
+        response
+    }
+}
+
+fn render(problem: &Problem) -> Response {
+    let status = StatusCode::from_u16(problem.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let body = serde_json::to_vec(problem).expect("problems serialize");
+    let mut response = (status, body).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
+    response
+}
+
+/// Fills in `instance` with the request path, and turns error responses made
+/// outside our handlers (unknown route, wrong method, body limit) into
+/// problems too.
+pub async fn problems(request: Request, next: Next) -> Response {
+    let path = request.uri().path().to_owned();
+    let response = next.run(request).await;
+    let problem = match response.extensions().get::<Problem>() {
+        Some(problem) => problem.clone(),
+        None => match response.status() {
+            StatusCode::NOT_FOUND => ApiError::NotFound {
+                code: "route_not_found",
+                detail: format!("no route {path}"),
+            }
+            .problem(),
+            StatusCode::METHOD_NOT_ALLOWED => ApiError::MethodNotAllowed.problem(),
+            StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge.problem(),
+            _ => return response,
+        },
+    };
+    let (mut parts, _) = response.into_parts();
+    let with_instance = Problem {
+        instance: Some(path),
+        ..problem
+    };
+    let rendered = render(&with_instance);
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, rendered.into_body())
+}
+
+impl From<LedgerError> for ApiError {
+    fn from(e: LedgerError) -> Self {
+        match e {
+            LedgerError::Storage(detail) => Self::Internal(detail),
+            LedgerError::Command(e) => e.into(),
+        }
+    }
+}
+
+impl From<CommandError> for ApiError {
+    fn from(e: CommandError) -> Self {
+        if e.is_not_found() {
+            return Self::NotFound {
+                code: "run_not_found",
+                detail: e.to_string(),
+            };
+        }
+        match e {
+            CommandError::Refused(refusal) => Self::Conflict {
+                code: "illegal_transition",
+                detail: refusal.message.clone(),
+                current_status: refusal.current_status.map(|s| s.to_string()),
+                current_version: None,
+            },
+            CommandError::VersionConflict { actual, .. } => Self::Conflict {
+                code: "version_conflict",
+                detail: e.to_string(),
+                current_status: None,
+                current_version: Some(actual),
+            },
+            CommandError::MissingReference { field, run_id } => Self::invalid_one(
+                format!("body.{field}"),
+                format!("run {run_id} does not exist"),
+                Some(Value::String(run_id.to_string())),
+            ),
+            CommandError::NotFound(id) => Self::run_not_found(id),
+        }
+    }
+}

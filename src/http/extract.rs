@@ -1,0 +1,317 @@
+//! Request parsing that reports every fault with its location.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::{header, request::Parts, StatusCode};
+use runledger_events::{Metadata, Timestamp};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::error::{ApiError, FieldError};
+
+/// Collects the faults of one request so that all of them are reported at once.
+#[derive(Default)]
+pub struct Faults(Vec<FieldError>);
+
+impl Faults {
+    pub fn add(&mut self, location: impl Into<String>, message: impl Into<String>, value: Option<Value>) {
+        self.0.push(FieldError {
+            location: location.into(),
+            message: message.into(),
+            value,
+        });
+    }
+
+    /// Parses with `parse`, recording a fault at `location` if it fails.
+    pub fn check<T, E: Into<String>>(
+        &mut self,
+        location: &str,
+        raw: &str,
+        parse: impl FnOnce(&str) -> Result<T, E>,
+    ) -> Option<T> {
+        match parse(raw) {
+            Ok(value) => Some(value),
+            Err(message) => {
+                self.add(location, message, Some(Value::String(raw.to_owned())));
+                None
+            }
+        }
+    }
+
+    pub fn finish(self) -> Result<(), ApiError> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(ApiError::invalid(self.0))
+        }
+    }
+}
+
+pub fn parse_time(raw: &str) -> Result<Timestamp, String> {
+    Timestamp::parse(raw).map_err(|e| format!("must be an RFC 3339 date-time such as 2026-04-15T12:00:00Z ({e})"))
+}
+
+pub fn parse_uuid(raw: &str) -> Result<Uuid, String> {
+    Uuid::parse_str(raw).map_err(|_| "must be a run id (a UUID)".to_owned())
+}
+
+/// A run id from the path; a malformed one is a 422 at `path.id`.
+pub fn run_id(raw: &str) -> Result<Uuid, ApiError> {
+    parse_uuid(raw).map_err(|m| ApiError::invalid_one("path.id", m, Some(Value::String(raw.to_owned()))))
+}
+
+/// A JSON body. Malformed JSON is a 400; a value of the wrong type, a missing
+/// or an unknown field is a 422 at `body.<path>`. An empty body reads as `{}`.
+pub struct JsonBody<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        if let Some(content_type) = req.headers().get(header::CONTENT_TYPE) {
+            let text = content_type.to_str().unwrap_or_default().to_ascii_lowercase();
+            let essence = text.split(';').next().unwrap_or_default().trim();
+            if !(essence == "application/json" || essence.ends_with("+json")) {
+                return Err(ApiError::UnsupportedMediaType(format!(
+                    "the body must be application/json, not {essence}"
+                )));
+            }
+        }
+        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge
+            } else {
+                ApiError::Malformed {
+                    detail: rejection.body_text(),
+                    errors: vec![],
+                }
+            }
+        })?;
+        let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
+            b"{}"
+        } else {
+            &bytes
+        };
+        parse_json(bytes).map(JsonBody)
+    }
+}
+
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|err| {
+        let path = err.path().to_string();
+        json_fault(&path, err.into_inner())
+    })?;
+    de.end().map_err(|e| json_fault(".", e))?;
+    Ok(value)
+}
+
+fn json_fault(path: &str, inner: serde_json::Error) -> ApiError {
+    let message = strip_position(&inner.to_string());
+    if inner.is_syntax() || inner.is_eof() {
+        return ApiError::Malformed {
+            detail: format!("the body is not valid JSON: {inner}"),
+            errors: vec![FieldError {
+                location: "body".into(),
+                message,
+                value: None,
+            }],
+        };
+    }
+    let mut location = if path == "." {
+        "body".to_owned()
+    } else {
+        format!("body.{path}")
+    };
+    if let Some(field) = quoted_field(&message, "missing field `").or_else(|| quoted_field(&message, "unknown field `"))
+    {
+        location = format!("{location}.{field}");
+    }
+    ApiError::invalid_one(location, message, None)
+}
+
+fn strip_position(message: &str) -> String {
+    match message.find(" at line ") {
+        Some(i) => message[..i].to_owned(),
+        None => message.to_owned(),
+    }
+}
+
+fn quoted_field(message: &str, prefix: &str) -> Option<String> {
+    let rest = message.strip_prefix(prefix)?;
+    Some(rest[..rest.find('`')?].to_owned())
+}
+
+/// The query string as ordered pairs, taken one name at a time; whatever is
+/// left at the end is an unknown parameter.
+pub struct QueryParams {
+    pairs: Vec<(String, String)>,
+    pub faults: Faults,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for QueryParams {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        let query = parts.uri.query().unwrap_or_default();
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query).map_err(|e| ApiError::Malformed {
+            detail: format!("the query string cannot be decoded: {e}"),
+            errors: vec![],
+        })?;
+        Ok(Self {
+            pairs,
+            faults: Faults::default(),
+        })
+    }
+}
+
+impl QueryParams {
+    fn location(name: &str) -> String {
+        format!("query.{name}")
+    }
+
+    /// Every value given for `name`.
+    pub fn many(&mut self, name: &str) -> Vec<String> {
+        let (taken, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pairs)
+            .into_iter()
+            .partition(|(k, _)| k == name);
+        self.pairs = rest;
+        taken.into_iter().map(|(_, v)| v).collect()
+    }
+
+    /// The one value of `name`; repeating it is a fault.
+    pub fn one(&mut self, name: &str) -> Option<String> {
+        let mut values = self.many(name);
+        if values.len() > 1 {
+            self.faults.add(
+                Self::location(name),
+                "must be given at most once",
+                Some(Value::from(values.clone())),
+            );
+        }
+        values.pop()
+    }
+
+    pub fn parsed<T, E: Into<String>>(&mut self, name: &str, parse: impl FnOnce(&str) -> Result<T, E>) -> Option<T> {
+        let raw = self.one(name)?;
+        self.faults.check(&Self::location(name), &raw, parse)
+    }
+
+    pub fn int_in(&mut self, name: &str, min: i64, max: i64) -> Option<i64> {
+        self.parsed(name, |raw| match raw.parse::<i64>() {
+            Ok(n) if (min..=max).contains(&n) => Ok(n),
+            Ok(_) => Err(format!("must be between {min} and {max}")),
+            Err(_) => Err("must be an integer".to_owned()),
+        })
+    }
+
+    pub fn flag(&mut self, name: &str) -> Option<bool> {
+        self.parsed(name, |raw| match raw {
+            "true" | "1" => Ok(true),
+            "false" | "0" => Ok(false),
+            _ => Err("must be true or false"),
+        })
+    }
+
+    pub fn time(&mut self, name: &str) -> Option<Timestamp> {
+        self.parsed(name, parse_time)
+    }
+
+    /// A comma-separated list, each item parsed with `parse`.
+    pub fn list<T>(&mut self, name: &str, parse: impl Fn(&str) -> Option<T>, allowed: impl Fn() -> String) -> Vec<T> {
+        let Some(raw) = self.one(name) else { return Vec::new() };
+        let mut out = Vec::new();
+        for item in raw.split(',').map(str::trim) {
+            match parse(item) {
+                Some(v) => out.push(v),
+                None => self.faults.add(
+                    Self::location(name),
+                    format!("{item:?} is not one of: {}", allowed()),
+                    Some(Value::String(raw.clone())),
+                ),
+            }
+        }
+        out
+    }
+
+    /// Reports unknown parameters and every fault seen.
+    pub fn finish(mut self) -> Result<(), ApiError> {
+        for (name, value) in std::mem::take(&mut self.pairs) {
+            self.faults.add(
+                Self::location(&name),
+                "is not a known parameter",
+                Some(Value::String(value)),
+            );
+        }
+        self.faults.finish()
+    }
+}
+
+/// Who is asking and in which request: becomes every appended event's metadata.
+pub struct RequestMeta(pub Metadata);
+
+impl<S: Send + Sync> FromRequestParts<S> for RequestMeta {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        let header = |name: &str| {
+            parts
+                .headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::trim)
+                .filter(|v| !v.is_empty() && v.len() <= 200)
+                .map(str::to_owned)
+        };
+        Ok(Self(Metadata {
+            actor: "anonymous".into(),
+            request_id: Some(header("x-request-id").unwrap_or_else(|| Uuid::now_v7().to_string())),
+            operation_id: None,
+            correlation_id: header("x-correlation-id"),
+            causation_id: header("x-causation-id"),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Body {
+        name: String,
+        inner: Option<Inner>,
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Inner {
+        n: i64,
+    }
+
+    fn location(err: ApiError) -> (u16, String) {
+        match err {
+            ApiError::Malformed { errors, .. } => (400, errors[0].location.clone()),
+            ApiError::Invalid { errors, .. } => (422, errors[0].location.clone()),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn json_faults_carry_their_location() {
+        let parse = |s: &str| parse_json::<Body>(s.as_bytes()).unwrap_err();
+        assert_eq!(location(parse("{")), (400, "body".into()));
+        assert_eq!(location(parse(r#"{"name": "a"} x"#)), (400, "body".into()));
+        assert_eq!(location(parse("{}")), (422, "body.name".into()));
+        assert_eq!(location(parse(r#"{"name": 1}"#)), (422, "body.name".into()));
+        assert_eq!(
+            location(parse(r#"{"name": "a", "inner": {"n": "x"}}"#)),
+            (422, "body.inner.n".into())
+        );
+        assert_eq!(location(parse(r#"{"name": "a", "nme": 1}"#)), (422, "body.nme".into()));
+    }
+}

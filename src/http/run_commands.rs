@@ -1,0 +1,539 @@
+//! Writing runs: executors report transitions, operators act on runs.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use runledger_events::{EndReason, Reason, RunEnded, RunRescheduled, RunStarted, TriggeredBy};
+use runledger_projections::RunState;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
+use uuid::Uuid;
+
+use super::error::{ApiError, Problem};
+use super::extract::{parse_time, parse_uuid, run_id, Faults, JsonBody, RequestMeta};
+use crate::commands::{Action, Command, CreateRun, Outcome, RetryAction, RunCommand};
+use crate::domain::{short_text, TaskName};
+use crate::ledger::Ledger;
+
+pub fn router() -> OpenApiRouter<Arc<Ledger>> {
+    OpenApiRouter::new()
+        .routes(routes!(create_run))
+        .routes(routes!(start_run))
+        .routes(routes!(heartbeat_run))
+        .routes(routes!(end_run))
+        .routes(routes!(cancel_run))
+        .routes(routes!(pause_run))
+        .routes(routes!(resume_run))
+        .routes(routes!(reschedule_run))
+        .routes(routes!(delete_run))
+        .routes(routes!(restore_run))
+        .routes(routes!(retry_run))
+        .routes(routes!(replay_run))
+}
+
+const MAX_REASON: usize = 1000;
+const MAX_KEY: usize = 255;
+const MAX_MAP_ENTRIES: usize = 50;
+const MAX_DEPENDENCIES: usize = 100;
+
+/// Body of `POST /api/runs`.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRunRequest {
+    /// `^[a-zA-Z0-9._-]{1,100}$`
+    task_name: String,
+    /// `cron`, `api` (default), `cloud`, `service`, `startup`, `manual`, `spawn`, `workflow`,
+    /// `event`, `retry` or `rerun`.
+    triggered_by: Option<String>,
+    /// Default `default`; same pattern as task names.
+    project: Option<String>,
+    #[schema(value_type = Option<Object>)]
+    payload: Option<Value>,
+    /// At most 50; keys may not contain `:`.
+    tags: Option<BTreeMap<String, String>>,
+    /// At most 50 entries.
+    metadata: Option<BTreeMap<String, String>>,
+    priority: Option<i32>,
+    /// Creating again with the key of an unfinished run of the same task returns that run (200).
+    idempotency_key: Option<String>,
+    concurrency_key: Option<String>,
+    /// Attempts before a failing run is dead-lettered (1–1000). Unset: never dead-lettered.
+    max_attempts: Option<i64>,
+    timeout_secs: Option<i64>,
+    /// When the run should start (RFC 3339).
+    scheduled_at: Option<String>,
+    parent_run_id: Option<String>,
+    continuation_of: Option<String>,
+    depends_on: Option<Vec<String>>,
+    external_execution_id: Option<String>,
+    replica_index: Option<i64>,
+    debug_mode: Option<bool>,
+}
+
+fn check_map(
+    faults: &mut Faults,
+    field: &str,
+    map: Option<BTreeMap<String, String>>,
+    tag_keys: bool,
+) -> BTreeMap<String, String> {
+    let map = map.unwrap_or_default();
+    if map.len() > MAX_MAP_ENTRIES {
+        faults.add(
+            format!("body.{field}"),
+            format!("at most {MAX_MAP_ENTRIES} entries"),
+            None,
+        );
+    }
+    for (key, value) in &map {
+        let location = format!("body.{field}.{key}");
+        if let Err(m) = short_text(key, 100) {
+            faults.add(&location, format!("key {m}"), None);
+        } else if tag_keys && key.contains(':') {
+            faults.add(&location, "key must not contain ':'", None);
+        }
+        if value.chars().count() > 500 {
+            faults.add(&location, "value must be at most 500 characters", None);
+        }
+    }
+    map
+}
+
+fn optional_text(faults: &mut Faults, field: &str, raw: Option<String>, max: usize) -> Option<String> {
+    raw.and_then(|raw| faults.check(&format!("body.{field}"), &raw, |r| short_text(r, max)))
+}
+
+fn in_range(faults: &mut Faults, field: &str, value: Option<i64>, min: i64, max: i64) -> Option<i64> {
+    let v = value?;
+    if (min..=max).contains(&v) {
+        Some(v)
+    } else {
+        faults.add(
+            format!("body.{field}"),
+            format!("must be between {min} and {max}"),
+            Some(v.into()),
+        );
+        None
+    }
+}
+
+impl CreateRunRequest {
+    fn parse(self) -> Result<CreateRun, ApiError> {
+        let mut f = Faults::default();
+        let task_name = f.check("body.task_name", &self.task_name, TaskName::parse);
+        let triggered_by = self.triggered_by.as_deref().map_or(Some(TriggeredBy::Api), |raw| {
+            f.check("body.triggered_by", raw, |r| {
+                r.parse::<TriggeredBy>()
+                    .map_err(|()| format!("must be one of: {}", TriggeredBy::allowed()))
+            })
+        });
+        let project = match &self.project {
+            None => Some("default".to_owned()),
+            Some(raw) => f.check("body.project", raw, |r| TaskName::parse(r).map(|p| p.to_string())),
+        };
+        let tags = check_map(&mut f, "tags", self.tags, true);
+        let metadata = check_map(&mut f, "metadata", self.metadata, false);
+        let idempotency_key = optional_text(&mut f, "idempotency_key", self.idempotency_key, MAX_KEY);
+        let concurrency_key = optional_text(&mut f, "concurrency_key", self.concurrency_key, MAX_KEY);
+        let external_execution_id = optional_text(&mut f, "external_execution_id", self.external_execution_id, MAX_KEY);
+        let max_attempts = in_range(&mut f, "max_attempts", self.max_attempts, 1, 1000);
+        let timeout_secs = in_range(&mut f, "timeout_secs", self.timeout_secs, 1, 366 * 24 * 3600);
+        let replica_index = in_range(&mut f, "replica_index", self.replica_index, 0, 1_000_000).unwrap_or(0);
+        let scheduled_at = self
+            .scheduled_at
+            .and_then(|raw| f.check("body.scheduled_at", &raw, parse_time));
+        let parent_run_id = self
+            .parent_run_id
+            .and_then(|raw| f.check("body.parent_run_id", &raw, parse_uuid));
+        let continuation_of = self
+            .continuation_of
+            .and_then(|raw| f.check("body.continuation_of", &raw, parse_uuid));
+        let depends_on_raw = self.depends_on.unwrap_or_default();
+        if depends_on_raw.len() > MAX_DEPENDENCIES {
+            f.add("body.depends_on", format!("at most {MAX_DEPENDENCIES} runs"), None);
+        }
+        let mut depends_on: Vec<Uuid> = depends_on_raw
+            .iter()
+            .enumerate()
+            .filter_map(|(i, raw)| f.check(&format!("body.depends_on.{i}"), raw, parse_uuid))
+            .collect();
+        depends_on.dedup();
+        f.finish()?;
+        let mut create = CreateRun::new(task_name.expect("checked"));
+        create.project = project.expect("checked");
+        create.triggered_by = triggered_by.expect("checked");
+        create.payload = self.payload;
+        create.tags = tags;
+        create.metadata = metadata;
+        create.priority = i64::from(self.priority.unwrap_or(0));
+        create.idempotency_key = idempotency_key;
+        create.concurrency_key = concurrency_key;
+        create.max_attempts = max_attempts;
+        create.timeout_secs = timeout_secs;
+        create.scheduled_at = scheduled_at;
+        create.parent_run_id = parent_run_id;
+        create.continuation_of = continuation_of;
+        create.depends_on = depends_on;
+        create.external_execution_id = external_execution_id;
+        create.replica_index = replica_index;
+        create.debug_mode = self.debug_mode.unwrap_or(false);
+        Ok(create)
+    }
+}
+
+/// Create a run.
+#[utoipa::path(post, path = "/api/runs", tag = "runs", request_body = CreateRunRequest,
+    responses(
+        (status = 201, description = "Created", body = RunState),
+        (status = 200, description = "An unfinished run of the task already holds the idempotency key", body = RunState),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 422, body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn create_run(
+    State(ledger): State<Arc<Ledger>>,
+    RequestMeta(meta): RequestMeta,
+    JsonBody(body): JsonBody<CreateRunRequest>,
+) -> Result<Response, ApiError> {
+    let create = body.parse()?;
+    match ledger.execute(Command::Create(create), meta).await? {
+        Outcome::Created(run) => {
+            let location = format!("/api/runs/{}", run.id);
+            Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(run)).into_response())
+        }
+        Outcome::Existing(run) => Ok((StatusCode::OK, Json(run)).into_response()),
+        other => Err(ApiError::Internal(format!("create answered {other:?}"))),
+    }
+}
+
+fn expected(faults: &mut Faults, value: Option<i64>) -> Option<i64> {
+    in_range(faults, "expected_version", value, 1, i64::MAX)
+}
+
+fn reason(faults: &mut Faults, raw: Option<String>) -> Reason {
+    Reason {
+        reason: optional_text(faults, "reason", raw, MAX_REASON),
+    }
+}
+
+async fn run_command(
+    ledger: &Ledger,
+    meta: runledger_events::Metadata,
+    id: &str,
+    expected_version: Option<i64>,
+    action: Action,
+) -> Result<Json<RunState>, ApiError> {
+    let run_id = run_id(id)?;
+    let command = Command::Run(RunCommand {
+        run_id,
+        expected_version,
+        action,
+    });
+    match ledger.execute(command, meta).await? {
+        Outcome::Updated(run) => Ok(Json(run)),
+        other => Err(ApiError::Internal(format!("command answered {other:?}"))),
+    }
+}
+
+/// Every transition may carry `expected_version`: the command is refused
+/// with 409 unless the run is still at that version.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReasonRequest {
+    expected_version: Option<i64>,
+    /// At most 1000 characters.
+    reason: Option<String>,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StartRequest {
+    expected_version: Option<i64>,
+    external_execution_id: Option<String>,
+    replica_index: Option<i64>,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HeartbeatRequest {
+    expected_version: Option<i64>,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EndRequest {
+    expected_version: Option<i64>,
+    /// `success`, `failed`, `stopped`, `timeout`, `crashed`, `skipped`, `log_overflow` or `expired`.
+    end_reason: String,
+    exit_code: Option<i64>,
+    /// At most 10,000 characters.
+    error: Option<String>,
+    #[schema(value_type = Option<Object>)]
+    result: Option<Value>,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RescheduleRequest {
+    expected_version: Option<i64>,
+    /// RFC 3339.
+    scheduled_at: String,
+    reason: Option<String>,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetryRequest {
+    /// At most 1000 characters.
+    reason: Option<String>,
+    /// Replaces the source run's payload on the new run.
+    #[schema(value_type = Option<Object>)]
+    payload: Option<Value>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct RetryAccepted {
+    /// The source run; it is preserved.
+    #[schema(value_type = String)]
+    run_id: Uuid,
+    /// The new run.
+    #[schema(value_type = String)]
+    new_run_id: Uuid,
+    /// Always `retry`.
+    action: &'static str,
+    /// Always `accepted`.
+    status: &'static str,
+    message: String,
+}
+
+macro_rules! transition {
+    ($name:ident, $path:literal, $body:ty, $doc:literal, |$f:ident, $b:ident| $action:expr) => {
+        #[doc = $doc]
+        #[utoipa::path(post, path = $path, tag = "runs",
+            params(("id" = String, Path, description = "Run id")),
+            request_body = $body,
+            responses(
+                (status = 200, body = RunState),
+                (status = 400, body = Problem, content_type = "application/problem+json"),
+                (status = 404, body = Problem, content_type = "application/problem+json"),
+                (status = 409, description = "Illegal transition or stale expected_version", body = Problem, content_type = "application/problem+json"),
+                (status = 422, body = Problem, content_type = "application/problem+json"),
+            ))]
+        async fn $name(
+            State(ledger): State<Arc<Ledger>>,
+            Path(id): Path<String>,
+            RequestMeta(meta): RequestMeta,
+            JsonBody($b): JsonBody<$body>,
+        ) -> Result<Json<RunState>, ApiError> {
+            let mut $f = Faults::default();
+            let expected_version = expected(&mut $f, $b.expected_version);
+            let action = $action;
+            $f.finish()?;
+            run_command(&ledger, meta, &id, expected_version, action).await
+        }
+    };
+}
+
+transition!(
+    start_run,
+    "/api/runs/{id}/start",
+    StartRequest,
+    "Start a pending run.",
+    |f, b| Action::Start(RunStarted {
+        external_execution_id: optional_text(&mut f, "external_execution_id", b.external_execution_id, MAX_KEY),
+        replica_index: in_range(&mut f, "replica_index", b.replica_index, 0, 1_000_000),
+    })
+);
+
+transition!(
+    heartbeat_run,
+    "/api/runs/{id}/heartbeat",
+    HeartbeatRequest,
+    "Report that a running or paused run is alive.",
+    |f, b| {
+        let _ = (&mut f, &b);
+        Action::Heartbeat
+    }
+);
+
+transition!(
+    end_run,
+    "/api/runs/{id}/end",
+    EndRequest,
+    "End a run. A failed, timed-out or crashed run with no attempts left is dead-lettered in the same append.",
+    |f, b| {
+        let reason = f.check("body.end_reason", &b.end_reason, |r| {
+            r.parse::<EndReason>()
+                .map_err(|()| format!("must be one of: {}", EndReason::allowed()))
+        });
+        let error = b.error.and_then(|e| {
+            if e.chars().count() > 10_000 {
+                f.add("body.error", "must be at most 10000 characters", None);
+                None
+            } else {
+                Some(e)
+            }
+        });
+        Action::End(RunEnded {
+            end_reason: reason.unwrap_or(EndReason::Success),
+            exit_code: b.exit_code,
+            error,
+            result: b.result,
+        })
+    }
+);
+
+transition!(
+    cancel_run,
+    "/api/runs/{id}/cancel",
+    ReasonRequest,
+    "Cancel an unfinished run: it ends as `stopped`.",
+    |f, b| { Action::Cancel(reason(&mut f, b.reason)) }
+);
+
+transition!(
+    pause_run,
+    "/api/runs/{id}/pause",
+    ReasonRequest,
+    "Pause a running run.",
+    |f, b| { Action::Pause(reason(&mut f, b.reason)) }
+);
+
+transition!(
+    resume_run,
+    "/api/runs/{id}/resume",
+    ReasonRequest,
+    "Resume a paused run.",
+    |f, b| { Action::Resume(reason(&mut f, b.reason)) }
+);
+
+transition!(
+    reschedule_run,
+    "/api/runs/{id}/reschedule",
+    RescheduleRequest,
+    "Move a pending run's scheduled time.",
+    |f, b| {
+        let at = f.check("body.scheduled_at", &b.scheduled_at, parse_time);
+        let reason = reason(&mut f, b.reason).reason;
+        Action::Reschedule(RunRescheduled {
+            scheduled_at: at.unwrap_or_else(runledger_events::Timestamp::now),
+            reason,
+        })
+    }
+);
+
+transition!(
+    restore_run,
+    "/api/runs/{id}/restore",
+    ReasonRequest,
+    "Restore a soft-deleted run.",
+    |f, b| { Action::Restore(reason(&mut f, b.reason)) }
+);
+
+/// Soft-delete a run: it is hidden from lists (unless `include_deleted`) and
+/// can be restored. Its events are kept.
+#[utoipa::path(delete, path = "/api/runs/{id}", tag = "runs",
+    params(("id" = String, Path, description = "Run id")),
+    request_body = ReasonRequest,
+    responses(
+        (status = 200, body = RunState),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 409, body = Problem, content_type = "application/problem+json"),
+        (status = 422, body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn delete_run(
+    State(ledger): State<Arc<Ledger>>,
+    Path(id): Path<String>,
+    RequestMeta(meta): RequestMeta,
+    JsonBody(body): JsonBody<ReasonRequest>,
+) -> Result<Json<RunState>, ApiError> {
+    let mut f = Faults::default();
+    let expected_version = expected(&mut f, body.expected_version);
+    let action = Action::Delete(reason(&mut f, body.reason));
+    f.finish()?;
+    run_command(&ledger, meta, &id, expected_version, action).await
+}
+
+async fn retry(
+    ledger: &Ledger,
+    meta: runledger_events::Metadata,
+    id: &str,
+    body: RetryRequest,
+    action: RetryAction,
+) -> Result<Response, ApiError> {
+    let run_id = run_id(id)?;
+    let mut f = Faults::default();
+    let reason = optional_text(&mut f, "reason", body.reason, MAX_REASON);
+    f.finish()?;
+    let command = Command::Run(RunCommand {
+        run_id,
+        expected_version: None,
+        action: Action::Retry {
+            action,
+            reason,
+            payload: body.payload,
+        },
+    });
+    match ledger.execute(command, meta).await? {
+        Outcome::Retried { source, new_run, .. } => Ok((
+            StatusCode::ACCEPTED,
+            [(header::LOCATION, format!("/api/runs/{}", new_run.id))],
+            Json(RetryAccepted {
+                run_id: source.id,
+                new_run_id: new_run.id,
+                action: "retry",
+                status: "accepted",
+                message: format!(
+                    "run {} created as attempt {} of task {}; run {} is preserved",
+                    new_run.id, new_run.retry_attempt, new_run.task_name, source.id
+                ),
+            }),
+        )
+            .into_response()),
+        other => Err(ApiError::Internal(format!("retry answered {other:?}"))),
+    }
+}
+
+/// Retry an ended run: a new run with the same configuration (and the given
+/// payload, if any), `retry_attempt + 1`, in the same lineage. The source run
+/// is preserved and gains a `run.retried` event in the same transaction.
+#[utoipa::path(post, path = "/api/runs/{id}/retry", tag = "runs",
+    params(("id" = String, Path, description = "Run id")),
+    request_body = RetryRequest,
+    responses(
+        (status = 202, body = RetryAccepted),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The run has not ended", body = Problem, content_type = "application/problem+json"),
+        (status = 422, body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn retry_run(
+    State(ledger): State<Arc<Ledger>>,
+    Path(id): Path<String>,
+    RequestMeta(meta): RequestMeta,
+    JsonBody(body): JsonBody<RetryRequest>,
+) -> Result<Response, ApiError> {
+    retry(&ledger, meta, &id, body, RetryAction::Retry).await
+}
+
+/// Alias of `/retry`.
+#[utoipa::path(post, path = "/api/runs/{id}/replay", tag = "runs",
+    params(("id" = String, Path, description = "Run id")),
+    request_body = RetryRequest,
+    responses(
+        (status = 202, body = RetryAccepted),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 409, body = Problem, content_type = "application/problem+json"),
+        (status = 422, body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn replay_run(
+    State(ledger): State<Arc<Ledger>>,
+    Path(id): Path<String>,
+    RequestMeta(meta): RequestMeta,
+    JsonBody(body): JsonBody<RetryRequest>,
+) -> Result<Response, ApiError> {
+    retry(&ledger, meta, &id, body, RetryAction::Replay).await
+}

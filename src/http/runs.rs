@@ -1,0 +1,287 @@
+//! Reading runs: the list with its filters and sorts, one run, its events.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::Json;
+use runledger_events::{EventEnvelope, TriggeredBy, RUN_EVENT_TYPES};
+use runledger_projections::{RunFilter, RunQuery, RunState, SortDirection, SortField, StatusValue};
+use serde::Serialize;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+use super::error::{ApiError, Problem};
+use super::extract::{parse_uuid, run_id, QueryParams};
+use crate::domain::TaskName;
+use crate::ledger::{EventsQuery, Ledger};
+
+pub fn router() -> OpenApiRouter<Arc<Ledger>> {
+    OpenApiRouter::new()
+        .routes(routes!(list_runs))
+        .routes(routes!(get_run))
+        .routes(routes!(run_events))
+        .routes(routes!(list_task_runs))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct RunList {
+    pub runs: Vec<RunState>,
+    /// Runs matching the filters, ignoring limit and offset.
+    pub total: i64,
+}
+
+/// The query parameters of the runs list (documentation of what
+/// `run_query` parses).
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct ListRunsParams {
+    /// Page size.
+    #[param(minimum = 1, maximum = 1000, default = 50)]
+    limit: Option<i64>,
+    /// Runs to skip.
+    #[param(minimum = 0, default = 0)]
+    offset: Option<i64>,
+    /// Comma-separated; a run matches any value: a phase (`pending`, `running`, `paused`,
+    /// `ended`), an end reason (`success`, `failed`, …), `deleted` or `dead_letter`.
+    status: Option<String>,
+    /// Exact task name.
+    task_name: Option<String>,
+    /// Exact project.
+    project: Option<String>,
+    /// Comma-separated trigger sources (`cron`, `api`, `retry`, …).
+    triggered_by: Option<String>,
+    /// Runs created at or after this time (RFC 3339).
+    created_after: Option<String>,
+    /// Runs created at or before this time (RFC 3339).
+    created_before: Option<String>,
+    /// Runs whose exit code is at least this (inclusive).
+    exit_code_min: Option<i64>,
+    /// Runs whose exit code is at most this (inclusive).
+    exit_code_max: Option<i64>,
+    /// Only retries (`retry_attempt > 0`).
+    retries_only: Option<bool>,
+    /// Case-insensitive substring of the task name or the run id.
+    search: Option<String>,
+    /// `key:value`; repeat for several tags, all must match.
+    tag: Option<Vec<String>>,
+    /// Children of this run.
+    parent_run_id: Option<String>,
+    /// Show soft-deleted runs too (hidden by default).
+    include_deleted: Option<bool>,
+    /// `task_name`, `status`, `start_at`, `exit_code`, `duration` or `created_at` (default).
+    sort_field: Option<String>,
+    /// `asc` or `desc` (default). Runs with no value for the sort field come last.
+    sort_direction: Option<String>,
+}
+
+const MAX_TEXT_FILTER: usize = 200;
+
+fn bounded(raw: &str) -> Result<String, String> {
+    crate::domain::short_text(raw, MAX_TEXT_FILTER)
+}
+
+/// Parses the list parameters; faults are recorded in `params`.
+pub fn run_query(params: &mut QueryParams) -> RunQuery {
+    let limit = params.int_in("limit", 1, 1000).unwrap_or(50);
+    let offset = params.int_in("offset", 0, i64::MAX).unwrap_or(0);
+    let statuses = params.list("status", StatusValue::parse, StatusValue::allowed);
+    let triggered_by = params.list("triggered_by", |s| s.parse::<TriggeredBy>().ok(), TriggeredBy::allowed);
+    let task_name = params.parsed("task_name", |raw| TaskName::parse(raw).map(|t| t.to_string()));
+    let project = params.parsed("project", bounded);
+    let created_after = params.time("created_after");
+    let created_before = params.time("created_before");
+    let exit_code_min = params.int_in("exit_code_min", i64::MIN, i64::MAX);
+    let exit_code_max = params.int_in("exit_code_max", i64::MIN, i64::MAX);
+    let retries_only = params.flag("retries_only").unwrap_or(false);
+    let search = params.parsed("search", bounded);
+    let mut tags = Vec::new();
+    for raw in params.many("tag") {
+        let parsed = params.faults.check("query.tag", &raw, |raw| match raw.split_once(':') {
+            Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+            _ => Err("must be key:value"),
+        });
+        tags.extend(parsed);
+    }
+    if tags.len() > 20 {
+        params.faults.add("query.tag", "at most 20 tag filters", None);
+    }
+    let parent_run_id = params.parsed("parent_run_id", parse_uuid);
+    let include_deleted = params.flag("include_deleted").unwrap_or(false);
+    let sort_field = params
+        .parsed("sort_field", |raw| {
+            SortField::parse(raw).ok_or_else(|| format!("must be one of: {}", SortField::NAMES.join(", ")))
+        })
+        .unwrap_or_default();
+    let sort_direction = params
+        .parsed("sort_direction", |raw| {
+            SortDirection::parse(raw).ok_or("must be asc or desc")
+        })
+        .unwrap_or_default();
+    if let (Some(min), Some(max)) = (exit_code_min, exit_code_max) {
+        if min > max {
+            params.faults.add(
+                "query.exit_code_min",
+                format!("must not exceed exit_code_max ({max})"),
+                Some(min.into()),
+            );
+        }
+    }
+    if let (Some(after), Some(before)) = (created_after, created_before) {
+        if after > before {
+            params.faults.add(
+                "query.created_after",
+                "must not be later than created_before",
+                Some(after.to_rfc3339().into()),
+            );
+        }
+    }
+    RunQuery {
+        filter: RunFilter {
+            statuses,
+            project,
+            task_name,
+            triggered_by,
+            created_after,
+            created_before,
+            exit_code_min,
+            exit_code_max,
+            retries_only,
+            search,
+            tags,
+            parent_run_id,
+            include_deleted,
+        },
+        sort_field,
+        sort_direction,
+        limit,
+        offset,
+    }
+}
+
+/// List runs with filters, sorting and pagination.
+#[utoipa::path(get, path = "/api/runs", tag = "runs", params(ListRunsParams),
+    responses(
+        (status = 200, body = RunList),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 422, body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn list_runs(State(ledger): State<Arc<Ledger>>, mut params: QueryParams) -> Result<Json<RunList>, ApiError> {
+    let query = run_query(&mut params);
+    params.finish()?;
+    let (runs, total) = ledger.list_runs(query).await?;
+    Ok(Json(RunList { runs, total }))
+}
+
+/// List the runs of one task; the same filters as `GET /api/runs`.
+#[utoipa::path(get, path = "/api/tasks/{taskName}/runs", tag = "tasks",
+    params(("taskName" = String, Path, description = "Task name, ^[a-zA-Z0-9._-]{1,100}$"), ListRunsParams),
+    responses(
+        (status = 200, body = RunList),
+        (status = 422, body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn list_task_runs(
+    State(ledger): State<Arc<Ledger>>,
+    Path(task): Path<String>,
+    mut params: QueryParams,
+) -> Result<Json<RunList>, ApiError> {
+    let task = params.faults.check("path.taskName", &task, TaskName::parse);
+    let mut query = run_query(&mut params);
+    if let (Some(task), Some(filter)) = (&task, &query.filter.task_name) {
+        if filter != task.as_str() {
+            params.faults.add(
+                "query.task_name",
+                "conflicts with the task name in the path",
+                Some(filter.clone().into()),
+            );
+        }
+    }
+    params.finish()?;
+    query.filter.task_name = task.map(|t| t.to_string());
+    let (runs, total) = ledger.list_runs(query).await?;
+    Ok(Json(RunList { runs, total }))
+}
+
+/// One run, including soft-deleted ones.
+#[utoipa::path(get, path = "/api/runs/{id}", tag = "runs",
+    params(("id" = String, Path, description = "Run id")),
+    responses(
+        (status = 200, body = RunState),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 422, body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn get_run(
+    State(ledger): State<Arc<Ledger>>,
+    Path(id): Path<String>,
+    params: QueryParams,
+) -> Result<Json<RunState>, ApiError> {
+    let id = run_id(&id)?;
+    params.finish()?;
+    ledger
+        .get_run(id)
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::run_not_found(id))
+}
+
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct RunEventsParams {
+    /// Comma-separated event types, e.g. `run.started,run.ended`.
+    #[param(rename = "type")]
+    event_type: Option<String>,
+    /// Only events after this stream version (for paging).
+    #[param(minimum = 0, default = 0)]
+    after_version: Option<i64>,
+    #[param(minimum = 1, maximum = 10000, default = 1000)]
+    limit: Option<i64>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct RunEvents {
+    #[schema(value_type = Vec<Object>)]
+    pub events: Vec<EventEnvelope>,
+    /// Pass as `after_version` for the next page; absent on the last page.
+    pub next_after_version: Option<i64>,
+}
+
+/// The run's ledger events, oldest first.
+#[utoipa::path(get, path = "/api/runs/{id}/events", tag = "runs",
+    params(("id" = String, Path, description = "Run id"), RunEventsParams),
+    responses(
+        (status = 200, body = RunEvents),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 422, body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn run_events(
+    State(ledger): State<Arc<Ledger>>,
+    Path(id): Path<String>,
+    mut params: QueryParams,
+) -> Result<Json<RunEvents>, ApiError> {
+    let run_id = run_id(&id)?;
+    let types = params.list(
+        "type",
+        |t| RUN_EVENT_TYPES.contains(&t).then(|| t.to_owned()),
+        || RUN_EVENT_TYPES.join(", "),
+    );
+    let after_version = params.int_in("after_version", 0, i64::MAX).unwrap_or(0);
+    let limit = params.int_in("limit", 1, 10_000).unwrap_or(1000);
+    params.finish()?;
+    let events = ledger
+        .run_events(EventsQuery {
+            run_id,
+            after_version,
+            limit,
+            types,
+        })
+        .await?
+        .ok_or_else(|| ApiError::run_not_found(run_id))?;
+    let next_after_version = (events.len() as i64 == limit)
+        .then(|| events.last().map(|e| e.stream_version))
+        .flatten();
+    Ok(Json(RunEvents {
+        events,
+        next_after_version,
+    }))
+}

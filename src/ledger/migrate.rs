@@ -1,0 +1,57 @@
+//! Schema migrations for SQLite, run at start-up. Each file in
+//! `migrations/sqlite/` runs once, in order, in one transaction.
+
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
+
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "events", include_str!("../../migrations/sqlite/0001_events.sql")),
+    (2, "runs", include_str!("../../migrations/sqlite/0002_runs.sql")),
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum MigrateError {
+    #[error("the database is at schema version {found}, newer than this build knows ({known}); upgrade runledger")]
+    FromTheFuture { found: i64, known: i64 },
+    #[error(transparent)]
+    Sqlite(#[from] rusqlite::Error),
+}
+
+/// Applies the migrations the database does not have yet; returns how many.
+pub fn sqlite(conn: &mut Connection) -> Result<usize, MigrateError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    tx.execute_batch(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (
+            version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)",
+    )?;
+    let found: i64 = tx
+        .query_row("SELECT MAX(version) FROM schema_migrations", [], |r| {
+            r.get::<_, Option<i64>>(0)
+        })
+        .optional()?
+        .flatten()
+        .unwrap_or(0);
+    let known = MIGRATIONS.last().map_or(0, |m| m.0);
+    if found > known {
+        return Err(MigrateError::FromTheFuture { found, known });
+    }
+    let mut applied = 0;
+    for (version, name, sql) in MIGRATIONS.iter().filter(|m| m.0 > found) {
+        tx.execute_batch(sql)?;
+        tx.execute(
+            "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?1, ?2, ?3)",
+            rusqlite::params![version, name, runledger_events::Timestamp::now().to_rfc3339()],
+        )?;
+        applied += 1;
+    }
+    tx.commit()?;
+    Ok(applied)
+}
+
+/// True when every known migration is applied.
+pub fn sqlite_is_current(conn: &Connection) -> rusqlite::Result<bool> {
+    let found: Option<i64> = conn
+        .query_row("SELECT MAX(version) FROM schema_migrations", [], |r| r.get(0))
+        .optional()?
+        .flatten();
+    Ok(found == MIGRATIONS.last().map(|m| m.0))
+}

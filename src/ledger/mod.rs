@@ -1,0 +1,136 @@
+//! The ledger: executes commands against the log and answers queries from the
+//! projections. One backend today (SQLite); each backend is a module.
+
+pub mod migrate;
+mod sqlite;
+
+use std::path::PathBuf;
+
+use runledger_events::{EventEnvelope, Metadata};
+use runledger_projections::{RunQuery, RunState, TaskSummary};
+use uuid::Uuid;
+
+use crate::commands::{Command, CommandError, Outcome};
+
+pub use sqlite::SqliteLedger;
+
+/// Where the ledger lives, parsed from `--database-url`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DatabaseUrl {
+    Sqlite(PathBuf),
+}
+
+impl DatabaseUrl {
+    /// Accepts `sqlite://relative/path.db`, `sqlite:///absolute/path.db` and
+    /// `sqlite:path.db`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        if let Some(rest) = text.strip_prefix("sqlite:") {
+            let path = rest.strip_prefix("//").unwrap_or(rest);
+            let path = path.split('?').next().unwrap_or_default();
+            if path.is_empty() || path == ":memory:" {
+                return Err("a SQLite URL needs a file path, e.g. sqlite://runledger.db".into());
+            }
+            return Ok(Self::Sqlite(PathBuf::from(path)));
+        }
+        if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+            return Err("this build of runledger has no PostgreSQL backend yet; use sqlite://PATH".into());
+        }
+        Err(format!("unsupported database URL {text:?}; expected sqlite://PATH"))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error(transparent)]
+    Command(#[from] CommandError),
+    #[error("storage: {0}")]
+    Storage(String),
+}
+
+impl From<rusqlite::Error> for LedgerError {
+    fn from(e: rusqlite::Error) -> Self {
+        Self::Storage(e.to_string())
+    }
+}
+
+/// A run's events, oldest first.
+pub struct EventsQuery {
+    pub run_id: Uuid,
+    pub after_version: i64,
+    pub limit: i64,
+    pub types: Vec<String>,
+}
+
+pub enum Ledger {
+    Sqlite(SqliteLedger),
+}
+
+impl Ledger {
+    /// Opens (creating and migrating if needed) the ledger at `url`.
+    pub async fn open(url: &DatabaseUrl) -> anyhow::Result<Self> {
+        match url {
+            DatabaseUrl::Sqlite(path) => Ok(Self::Sqlite(SqliteLedger::open(path.clone()).await?)),
+        }
+    }
+
+    pub async fn execute(&self, command: Command, metadata: Metadata) -> Result<Outcome, LedgerError> {
+        match self {
+            Self::Sqlite(l) => l.execute(command, metadata).await,
+        }
+    }
+
+    pub async fn get_run(&self, id: Uuid) -> Result<Option<RunState>, LedgerError> {
+        match self {
+            Self::Sqlite(l) => l.get_run(id).await,
+        }
+    }
+
+    pub async fn list_runs(&self, query: RunQuery) -> Result<(Vec<RunState>, i64), LedgerError> {
+        match self {
+            Self::Sqlite(l) => l.list_runs(query).await,
+        }
+    }
+
+    pub async fn tasks(&self, limit: i64, offset: i64) -> Result<(Vec<TaskSummary>, i64), LedgerError> {
+        match self {
+            Self::Sqlite(l) => l.tasks(limit, offset).await,
+        }
+    }
+
+    /// `None` when the run does not exist.
+    pub async fn run_events(&self, query: EventsQuery) -> Result<Option<Vec<EventEnvelope>>, LedgerError> {
+        match self {
+            Self::Sqlite(l) => l.run_events(query).await,
+        }
+    }
+
+    /// True when the database answers and its schema is current.
+    pub async fn ready(&self) -> bool {
+        match self {
+            Self::Sqlite(l) => l.ready().await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_urls() {
+        assert_eq!(
+            DatabaseUrl::parse("sqlite://runledger.db"),
+            Ok(DatabaseUrl::Sqlite("runledger.db".into()))
+        );
+        assert_eq!(
+            DatabaseUrl::parse("sqlite:///var/lib/r.db"),
+            Ok(DatabaseUrl::Sqlite("/var/lib/r.db".into()))
+        );
+        assert_eq!(
+            DatabaseUrl::parse("sqlite:x.db?mode=rwc"),
+            Ok(DatabaseUrl::Sqlite("x.db".into()))
+        );
+        assert!(DatabaseUrl::parse("sqlite::memory:").is_err());
+        assert!(DatabaseUrl::parse("mysql://x").is_err());
+    }
+}

@@ -1,0 +1,8 @@
+//! runledger: an event-sourced ledger for job runs.
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod commands;
+pub mod domain;
+pub mod http;
+pub mod ledger;
