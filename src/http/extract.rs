@@ -124,8 +124,8 @@ fn json_fault(path: &str, inner: serde_json::Error) -> ApiError {
     } else {
         format!("body.{path}")
     };
-    if let Some(field) = quoted_field(&message, "missing field `").or_else(|| quoted_field(&message, "unknown field `"))
-    {
+    // serde_path_to_error already names an unknown field; a missing one is named only in the message.
+    if let Some(field) = quoted_field(&message, "missing field `") {
         location = format!("{location}.{field}");
     }
     ApiError::invalid_one(location, message, None)
