@@ -1,0 +1,282 @@
+//! A run's life through the real server: create, start, heartbeat, pause,
+//! resume, end, retry, delete, restore — and the log behind it.
+
+mod common;
+
+use common::TestServer;
+use serde_json::json;
+
+#[tokio::test]
+async fn a_run_from_creation_to_retry_through_the_api() {
+    let s = TestServer::start().await;
+    let created = s
+        .post(
+            "/api/runs",
+            json!({"task_name": "nightly-report", "triggered_by": "cron",
+        "payload": {"day": "2026-11-23"}, "tags": {"env": "prod"}, "max_attempts": 3}),
+        )
+        .await;
+    assert_eq!(created.status.as_u16(), 201);
+    let run = &created.body;
+    let id = run["id"].as_str().unwrap().to_owned();
+    assert_eq!(created.headers["location"], format!("/api/runs/{id}").as_str());
+    assert_eq!(run["status"], "pending");
+    assert_eq!(run["triggered_by"], "cron");
+    assert_eq!(run["project"], "default");
+    assert_eq!(run["version"], 1);
+    assert_eq!(id.chars().nth(14), Some('7'), "run ids are UUIDv7");
+
+    for (action, status) in [
+        ("start", "running"),
+        ("heartbeat", "running"),
+        ("pause", "paused"),
+        ("resume", "running"),
+    ] {
+        let r = s.post(&format!("/api/runs/{id}/{action}"), json!({})).await;
+        assert_eq!(r.ok(200)["status"], status, "{action}");
+    }
+    let ended = s
+        .post(
+            &format!("/api/runs/{id}/end"),
+            json!({"end_reason": "failed", "exit_code": 2, "error": "boom"}),
+        )
+        .await;
+    let ended = ended.ok(200);
+    assert_eq!(ended["status"], "ended");
+    assert_eq!(ended["end_reason"], "failed");
+    assert_eq!(ended["exit_code"], 2);
+    assert_eq!(ended["error"], "boom");
+    assert!(ended["duration_ms"].as_i64().unwrap() >= 0);
+    assert_eq!(ended["version"], 6);
+    assert_eq!(ended["dead_lettered"], false, "attempt 1 of 3");
+
+    let retry = s
+        .post(&format!("/api/runs/{id}/retry"), json!({"reason": "flaky network"}))
+        .await;
+    assert_eq!(retry.status.as_u16(), 202, "{}", retry.body);
+    assert_eq!(retry.body["run_id"], id.as_str());
+    assert_eq!(retry.body["action"], "retry");
+    assert_eq!(retry.body["status"], "accepted");
+    assert!(retry.body["message"].is_string());
+    let new_id = retry.body["new_run_id"].as_str().unwrap();
+    let new_run = s.get(&format!("/api/runs/{new_id}")).await;
+    let new_run = new_run.ok(200);
+    assert_eq!(new_run["retry_of_run_id"], id.as_str());
+    assert_eq!(new_run["retry_attempt"], 1);
+    assert_eq!(new_run["lineage_root"], id.as_str());
+    assert_eq!(new_run["triggered_by"], "retry");
+    assert_eq!(new_run["payload"], json!({"day": "2026-11-23"}));
+    assert_eq!(new_run["status"], "pending");
+
+    let source = s.get(&format!("/api/runs/{id}")).await;
+    assert_eq!(source.ok(200)["status"], "ended", "the source run is preserved");
+    let events = s.get(&format!("/api/runs/{id}/events")).await;
+    let types: Vec<&str> = events.ok(200)["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        types,
+        [
+            "run.created",
+            "run.started",
+            "run.heartbeat",
+            "run.paused",
+            "run.resumed",
+            "run.ended",
+            "run.retried"
+        ]
+    );
+
+    let deleted = s.delete(&format!("/api/runs/{id}"), json!({"reason": "noise"})).await;
+    assert_eq!(deleted.ok(200)["deleted"], true);
+    let listed = s.get("/api/runs").await;
+    assert_eq!(
+        common::ids(listed.ok(200)),
+        vec![new_id.to_owned()],
+        "deleted runs are hidden"
+    );
+    let restored = s.post(&format!("/api/runs/{id}/restore"), json!({})).await;
+    assert_eq!(restored.ok(200)["deleted"], false);
+    assert_eq!(s.get("/api/runs").await.ok(200)["total"], 2);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn every_event_carries_position_hash_chain_and_metadata() {
+    let s = TestServer::start().await;
+    let a = s.run_through("a", json!({}), &["start", "end:success:0"]).await;
+    let b = s.create(json!({"task_name": "b"})).await;
+    let req = s
+        .client
+        .post(s.url(&format!("/api/runs/{}/start", b["id"].as_str().unwrap())))
+        .header("x-request-id", "req-42")
+        .header("x-correlation-id", "deploy-7")
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(req.status().as_u16(), 200);
+
+    let mut all = Vec::new();
+    for run in [&a, &b] {
+        let r = s
+            .get(&format!("/api/runs/{}/events", run["id"].as_str().unwrap()))
+            .await;
+        all.extend(r.ok(200)["events"].as_array().unwrap().clone());
+    }
+    all.sort_by_key(|e| e["position"].as_i64().unwrap());
+    let positions: Vec<i64> = all.iter().map(|e| e["position"].as_i64().unwrap()).collect();
+    assert_eq!(positions, [1, 2, 3, 4, 5], "gap-free positions in commit order");
+    assert_eq!(all[0]["prev_hash"], "0".repeat(64));
+    for pair in all.windows(2) {
+        assert_eq!(
+            pair[1]["prev_hash"], pair[0]["hash"],
+            "each event chains to the one before"
+        );
+    }
+    for e in &all {
+        assert_eq!(e["metadata"]["actor"], "anonymous");
+        assert!(e["metadata"]["request_id"].is_string());
+        assert_eq!(e["schema_version"], 1);
+        assert!(e["recorded_at"].as_str().unwrap().ends_with('Z'));
+    }
+    assert_eq!(all[4]["metadata"]["request_id"], "req-42");
+    assert_eq!(all[4]["metadata"]["correlation_id"], "deploy-7");
+    assert_eq!(all[4]["stream_id"], format!("run-{}", b["id"].as_str().unwrap()));
+    assert_eq!(all[4]["stream_version"], 2);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn the_events_table_refuses_updates_and_deletes() {
+    let s = TestServer::start().await;
+    s.create(json!({"task_name": "t"})).await;
+    let conn = rusqlite::Connection::open(&s.db_path).unwrap();
+    let update = conn.execute("UPDATE events SET data = '{}' WHERE position = 1", []);
+    assert!(update.unwrap_err().to_string().contains("append-only"));
+    let delete = conn.execute("DELETE FROM events", []);
+    assert!(delete.unwrap_err().to_string().contains("append-only"));
+    assert_eq!(s.event_count(), 1);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn concurrent_commands_on_one_run_never_double_apply() {
+    let s = std::sync::Arc::new(TestServer::start().await);
+    let run = s.run_through("race", json!({}), &["start"]).await;
+    let id = run["id"].as_str().unwrap().to_owned();
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let (s, id) = (s.clone(), id.clone());
+        tasks.push(tokio::spawn(async move {
+            s.post(
+                &format!("/api/runs/{id}/end"),
+                json!({"end_reason": "success", "exit_code": 0}),
+            )
+            .await
+            .status
+            .as_u16()
+        }));
+    }
+    let mut codes = Vec::new();
+    for t in tasks {
+        codes.push(t.await.unwrap());
+    }
+    assert_eq!(codes.iter().filter(|c| **c == 200).count(), 1, "{codes:?}");
+    assert_eq!(codes.iter().filter(|c| **c == 409).count(), 15, "{codes:?}");
+    assert_eq!(s.event_count(), 3);
+}
+
+#[tokio::test]
+async fn a_stale_expected_version_is_a_conflict_and_appends_nothing() {
+    let s = TestServer::start().await;
+    let run = s.run_through("t", json!({}), &["start"]).await;
+    let id = run["id"].as_str().unwrap();
+    let before = s.event_count();
+    let r = s
+        .post(&format!("/api/runs/{id}/heartbeat"), json!({"expected_version": 1}))
+        .await;
+    assert_eq!(r.problem(409, "version_conflict")["current_version"], 2);
+    assert_eq!(s.event_count(), before);
+    let r = s
+        .post(&format!("/api/runs/{id}/heartbeat"), json!({"expected_version": 2}))
+        .await;
+    assert_eq!(r.ok(200)["version"], 3);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn idempotency_key_returns_the_unfinished_run_of_the_same_task() {
+    let s = TestServer::start().await;
+    let first = s.create(json!({"task_name": "sync", "idempotency_key": "k-1"})).await;
+    let again = s
+        .post("/api/runs", json!({"task_name": "sync", "idempotency_key": "k-1"}))
+        .await;
+    assert_eq!(again.ok(200)["id"], first["id"]);
+    let other_task = s.create(json!({"task_name": "other", "idempotency_key": "k-1"})).await;
+    assert_ne!(other_task["id"], first["id"]);
+    assert_eq!(s.event_count(), 2);
+    let id = first["id"].as_str().unwrap();
+    s.post(&format!("/api/runs/{id}/cancel"), json!({})).await.ok(200);
+    let after_end = s
+        .post("/api/runs", json!({"task_name": "sync", "idempotency_key": "k-1"}))
+        .await;
+    assert_ne!(
+        after_end.ok(201)["id"],
+        first["id"],
+        "a finished run no longer holds its key"
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn failing_the_last_attempt_dead_letters_the_run() {
+    let s = TestServer::start().await;
+    let run = s
+        .run_through("t", json!({"max_attempts": 1}), &["start", "end:crashed:137"])
+        .await;
+    assert_eq!(run["dead_lettered"], true);
+    let events = s
+        .get(&format!(
+            "/api/runs/{}/events?type=run.dead_lettered",
+            run["id"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(events.ok(200)["events"].as_array().unwrap().len(), 1);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn openapi_and_offline_docs_are_served() {
+    let s = TestServer::start().await;
+    let doc = s.get("/openapi.json").await;
+    let doc = doc.ok(200);
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"));
+    for path in [
+        "/api/runs",
+        "/api/runs/{id}",
+        "/api/runs/{id}/start",
+        "/api/runs/{id}/end",
+        "/api/runs/{id}/retry",
+        "/api/runs/{id}/replay",
+        "/api/runs/{id}/events",
+        "/api/tasks",
+        "/api/tasks/{taskName}/runs",
+        "/api/runs/{id}/restore",
+    ] {
+        assert!(doc["paths"][path].is_object(), "{path} missing from /openapi.json");
+    }
+    let page = s.get("/docs/").await;
+    let html = page.ok(200).as_str().unwrap();
+    assert!(html.contains("swagger"), "the docs page is Swagger UI");
+    assert!(!html.contains("cdn") && !html.contains("unpkg"), "no CDN assets");
+    let init = s.get("/docs/swagger-initializer.js").await;
+    assert!(init.ok(200).as_str().unwrap().contains("/openapi.json"));
+    assert_eq!(s.get("/docs/swagger-ui-bundle.js").await.status.as_u16(), 200);
+    assert_eq!(s.get("/healthz").await.ok(200)["status"], "ok");
+    assert_eq!(s.get("/readyz").await.ok(200)["status"], "ok");
+    s.stop().await;
+}
