@@ -3,6 +3,7 @@
 
 mod pool;
 pub mod read;
+mod verify;
 mod writer;
 
 use std::path::Path;
@@ -11,6 +12,7 @@ use std::time::Duration;
 use rusqlite::Connection;
 
 pub use pool::ReadPool;
+pub use verify::{verify_chain, ChainReport};
 pub use writer::{AppendError, StorageError, WriteError, WriteTx, Writer, MAX_BATCH};
 
 /// Opens a connection with the settings every runledger connection shares:
