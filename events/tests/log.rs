@@ -179,3 +179,25 @@ async fn verification_finds_the_first_altered_removed_or_reordered_event() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_writer_notices_appends_made_by_another_process() {
+    let (_d, path, a) = setup();
+    let b = Writer::start(&path).unwrap();
+    append(&a, "s", ExpectedVersion::NoStream, vec![event(1)])
+        .await
+        .unwrap();
+    append(&b, "s", ExpectedVersion::Exact(1), vec![event(2)])
+        .await
+        .unwrap();
+    // `a` remembers version 1 for "s"; the moved head must make it forget.
+    match append(&a, "s", ExpectedVersion::Exact(1), vec![event(3)]).await {
+        Err(WriteError::Refused(AppendError::WrongVersion { actual: 2, .. })) => {}
+        other => panic!("expected a version refusal, got {other:?}"),
+    }
+    let third = append(&a, "s", ExpectedVersion::Exact(2), vec![event(3)])
+        .await
+        .unwrap();
+    assert_eq!((third[0].position, third[0].stream_version), (3, 3));
+    assert!(verify_chain(&sqlite::open(&path).unwrap()).unwrap().is_intact());
+}

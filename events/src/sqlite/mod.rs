@@ -13,7 +13,7 @@ use rusqlite::Connection;
 
 pub use pool::ReadPool;
 pub use verify::{verify_chain, ChainReport};
-pub use writer::{AppendError, StorageError, WriteError, WriteTx, Writer, MAX_BATCH};
+pub use writer::{AppendError, StorageError, WriteError, WriteTx, Writer, WriterStats, MAX_BATCH};
 
 /// Opens a connection with the settings every runledger connection shares:
 /// WAL, `synchronous=FULL` (an acknowledged write survives power loss), and a

@@ -4,6 +4,7 @@
 //! answered only after COMMIT returns, so an acknowledged write is durable.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -66,7 +67,21 @@ struct Head {
 pub struct WriteTx<'c> {
     conn: &'c Connection,
     head: Head,
+    versions: &'c mut StreamVersions,
+    /// Streams the current unit appended to, forgotten if it rolls back.
+    touched: Vec<String>,
 }
+
+/// The writer's memory of each stream's version, so an append need not ask
+/// the database. It is trusted only while the log's head is where this writer
+/// left it: if anything else appended in between, it is cleared.
+#[derive(Default)]
+struct StreamVersions {
+    map: std::collections::HashMap<String, i64>,
+    head: i64,
+}
+
+const MAX_REMEMBERED_STREAMS: usize = 100_000;
 
 impl WriteTx<'_> {
     /// The transaction's connection, for projections written in the same
@@ -85,14 +100,19 @@ impl WriteTx<'_> {
         events: &[NewEvent],
         metadata: &Metadata,
     ) -> Result<Vec<EventEnvelope>, AppendError> {
-        let Some(first) = events.first() else {
+        if events.is_empty() {
             return Ok(Vec::new());
-        };
-        if let Some(existing) = read::by_event_id(self.conn, &first.event_id.to_string())? {
-            return self.already_appended(existing, events);
         }
-        let current = read::stream_version(self.conn, stream_id)?;
+        let current = match self.versions.map.get(stream_id) {
+            Some(version) => *version,
+            None => read::stream_version(self.conn, stream_id)?,
+        };
         if !expected.admits(current) {
+            // A repeated append fails its version check; it is answered with
+            // what the first one stored.
+            if let Some(existing) = read::by_event_id(self.conn, &events[0].event_id.to_string())? {
+                return self.already_appended(existing, events);
+            }
             return Err(AppendError::WrongVersion {
                 stream_id: stream_id.to_owned(),
                 expected,
@@ -131,7 +151,7 @@ impl WriteTx<'_> {
                 prev_hash: &self.head.hash,
             }
             .hash();
-            stmt.execute(params![
+            let inserted = stmt.execute(params![
                 position,
                 event_id,
                 stream_id,
@@ -143,7 +163,18 @@ impl WriteTx<'_> {
                 recorded_text,
                 self.head.hash,
                 hash,
-            ])?;
+            ]);
+            if let Err(err) = inserted {
+                if !super::is_unique_violation(&err) || !err.to_string().contains("events.event_id") {
+                    return Err(err.into());
+                }
+                // The unique event id is the idempotency guard.
+                let existing = read::by_event_id(self.conn, &event_id)?.ok_or(AppendError::Storage(err))?;
+                return match i {
+                    0 => self.already_appended(existing, events),
+                    _ => Err(AppendError::PartialDuplicate(event_id)),
+                };
+            }
             let prev_hash = std::mem::replace(&mut self.head.hash, hash.clone());
             self.head.position = position;
             self.head.recorded_at = Some(recorded_at);
@@ -161,6 +192,10 @@ impl WriteTx<'_> {
                 hash,
             });
         }
+        self.versions
+            .map
+            .insert(stream_id.to_owned(), current + events.len() as i64);
+        self.touched.push(stream_id.to_owned());
         Ok(out)
     }
 
@@ -198,6 +233,7 @@ where
     fn run(self: Box<Self>, tx: &mut WriteTx<'_>) -> Result<Completion, StorageError> {
         let Job { work, reply } = *self;
         let saved = tx.head.clone();
+        tx.touched.clear();
         tx.conn.prepare_cached("SAVEPOINT unit")?.execute([])?;
         match work(tx) {
             Ok(value) => {
@@ -210,6 +246,9 @@ where
                 tx.conn.prepare_cached("ROLLBACK TO unit")?.execute([])?;
                 tx.conn.prepare_cached("RELEASE unit")?.execute([])?;
                 tx.head = saved;
+                for stream in tx.touched.drain(..) {
+                    tx.versions.map.remove(&stream);
+                }
                 let _ = reply.send(Err(WriteError::Refused(refusal)));
                 Ok(Box::new(|_| {}))
             }
@@ -221,11 +260,36 @@ where
     }
 }
 
+/// Counters of the writer's work since it started.
+#[derive(Debug, Default)]
+pub struct WriterStats {
+    /// Transactions committed.
+    pub batches: AtomicU64,
+    /// Units of work run in committed transactions.
+    pub units: AtomicU64,
+    /// Events appended in committed transactions.
+    pub events: AtomicU64,
+    /// Time spent in COMMIT (the fsync), in microseconds.
+    pub commit_micros: AtomicU64,
+}
+
+impl WriterStats {
+    pub fn snapshot(&self) -> (u64, u64, u64, u64) {
+        (
+            self.batches.load(Ordering::Relaxed),
+            self.units.load(Ordering::Relaxed),
+            self.events.load(Ordering::Relaxed),
+            self.commit_micros.load(Ordering::Relaxed),
+        )
+    }
+}
+
 /// The single writer of one SQLite database.
 pub struct Writer {
     sender: Option<mpsc::Sender<Box<dyn Unit>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
     head: watch::Receiver<i64>,
+    stats: Arc<WriterStats>,
 }
 
 impl Writer {
@@ -235,14 +299,17 @@ impl Writer {
         let (position, _, _) = read::head(&conn)?;
         let (head_tx, head_rx) = watch::channel(position);
         let (sender, receiver) = mpsc::channel(QUEUE);
+        let stats = Arc::new(WriterStats::default());
+        let thread_stats = stats.clone();
         let thread = std::thread::Builder::new()
             .name("runledger-writer".into())
-            .spawn(move || run(conn, receiver, head_tx))
+            .spawn(move || run(conn, receiver, head_tx, &thread_stats))
             .expect("spawning the writer thread");
         Ok(Self {
             sender: Some(sender),
             thread: Mutex::new(Some(thread)),
             head: head_rx,
+            stats,
         })
     }
 
@@ -268,6 +335,10 @@ impl Writer {
     pub fn head(&self) -> watch::Receiver<i64> {
         self.head.clone()
     }
+
+    pub fn stats(&self) -> &WriterStats {
+        &self.stats
+    }
 }
 
 impl Drop for Writer {
@@ -279,8 +350,17 @@ impl Drop for Writer {
     }
 }
 
-fn run(mut conn: Connection, mut receiver: mpsc::Receiver<Box<dyn Unit>>, head: watch::Sender<i64>) {
+fn run(
+    mut conn: Connection,
+    mut receiver: mpsc::Receiver<Box<dyn Unit>>,
+    head: watch::Sender<i64>,
+    stats: &WriterStats,
+) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut versions = StreamVersions {
+        head: -1,
+        ..Default::default()
+    };
     while let Some(unit) = receiver.blocking_recv() {
         batch.push(unit);
         while batch.len() < MAX_BATCH {
@@ -290,21 +370,22 @@ fn run(mut conn: Connection, mut receiver: mpsc::Receiver<Box<dyn Unit>>, head: 
             }
         }
         let size = batch.len();
-        match commit(&mut conn, &mut batch) {
-            Ok(position) => {
-                head.send_if_modified(|h| {
-                    let moved = *h != position;
-                    *h = position;
-                    moved
-                });
-            }
-            Err(err) => tracing::error!(error = %err, batch = size, "group commit failed"),
+        if let Err(err) = commit(&mut conn, &mut batch, &mut versions, &head, stats) {
+            tracing::error!(error = %err, batch = size, "group commit failed");
         }
     }
 }
 
-/// Runs and commits one batch, answering every unit; returns the new head.
-fn commit(conn: &mut Connection, batch: &mut Vec<Box<dyn Unit>>) -> Result<i64, StorageError> {
+/// Runs and commits one batch, moves the published head, then answers every
+/// unit — in that order, so whoever holds an answer sees a head at least as
+/// far as their write.
+fn commit(
+    conn: &mut Connection,
+    batch: &mut Vec<Box<dyn Unit>>,
+    versions: &mut StreamVersions,
+    published: &watch::Sender<i64>,
+    stats: &WriterStats,
+) -> Result<(), StorageError> {
     let tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
         Ok(tx) => tx,
         Err(e) => {
@@ -321,6 +402,9 @@ fn commit(conn: &mut Connection, batch: &mut Vec<Box<dyn Unit>>) -> Result<i64, 
             return Err(err);
         }
     };
+    if versions.head != position || versions.map.len() > MAX_REMEMBERED_STREAMS {
+        versions.map.clear();
+    }
     let mut wtx = WriteTx {
         conn: &tx,
         head: Head {
@@ -328,6 +412,8 @@ fn commit(conn: &mut Connection, batch: &mut Vec<Box<dyn Unit>>) -> Result<i64, 
             hash,
             recorded_at,
         },
+        versions: &mut *versions,
+        touched: Vec::new(),
     };
     let mut completions = Vec::with_capacity(batch.len());
     let mut failure = None;
@@ -342,12 +428,41 @@ fn commit(conn: &mut Connection, batch: &mut Vec<Box<dyn Unit>>) -> Result<i64, 
         }
     }
     let head = wtx.head.position;
+    let units = completions.len() as u64;
+    drop(wtx);
     let outcome = match failure {
         Some(err) => Err(err),
-        None => tx.commit().map_err(StorageError::from),
+        None => {
+            let started = std::time::Instant::now();
+            let committed = tx.commit().map_err(StorageError::from);
+            stats
+                .commit_micros
+                .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+            committed
+        }
     };
+    match &outcome {
+        Ok(()) => {
+            let before = versions.head.max(0);
+            versions.head = head;
+            stats.batches.fetch_add(1, Ordering::Relaxed);
+            stats.units.fetch_add(units, Ordering::Relaxed);
+            published.send_if_modified(|h| {
+                let moved = *h != head;
+                stats
+                    .events
+                    .fetch_add((head - (*h).max(before)).max(0) as u64, Ordering::Relaxed);
+                *h = head;
+                moved
+            });
+        }
+        Err(_) => {
+            versions.map.clear();
+            versions.head = -1;
+        }
+    }
     for done in completions {
         done(outcome.clone());
     }
-    outcome.map(|()| head)
+    outcome
 }
