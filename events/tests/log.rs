@@ -126,7 +126,7 @@ async fn a_refused_unit_never_fails_its_neighbours_in_the_batch() {
 }
 
 #[tokio::test]
-async fn a_unit_that_errors_after_writing_leaves_no_trace() {
+async fn a_unit_that_refuses_after_writing_rolls_back_its_batch() {
     let (_d, path, w) = setup();
     let result: Result<(), WriteError<&str>> = w
         .submit(|tx| {
@@ -135,13 +135,27 @@ async fn a_unit_that_errors_after_writing_leaves_no_trace() {
             Err("changed my mind")
         })
         .await;
-    assert!(matches!(result, Err(WriteError::Refused("changed my mind"))));
+    assert!(matches!(result, Err(WriteError::Storage(_))), "{result:?}");
     let next = append(&w, "s", ExpectedVersion::NoStream, vec![event(2)])
         .await
         .unwrap();
-    assert_eq!(next[0].position, 1, "the refused unit's position is reused");
+    assert_eq!(next[0].position, 1, "nothing of the broken batch was kept");
     assert_eq!(next[0].prev_hash, runledger_events::chain::GENESIS_HASH);
     assert!(verify_chain(&sqlite::open(&path).unwrap()).unwrap().is_intact());
+}
+
+#[tokio::test]
+async fn a_half_repeated_append_is_refused_before_writing() {
+    let (_d, path, w) = setup();
+    let first = event(1);
+    append(&w, "s", ExpectedVersion::NoStream, vec![first.clone()])
+        .await
+        .unwrap();
+    match append(&w, "t", ExpectedVersion::NoStream, vec![event(2), first]).await {
+        Err(WriteError::Refused(AppendError::PartialDuplicate(_))) => {}
+        other => panic!("expected a partial-duplicate refusal, got {other:?}"),
+    }
+    assert_eq!(read::head(&sqlite::open(&path).unwrap()).unwrap().0, 1);
 }
 
 fn tamper(path: &std::path::Path, sql: &str) {

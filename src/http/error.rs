@@ -189,9 +189,11 @@ fn render(problem: &Problem) -> Response {
 pub async fn problems(request: Request, next: Next) -> Response {
     let path = request.uri().path().to_owned();
     let response = next.run(request).await;
+    let status = response.status();
     let problem = match response.extensions().get::<Problem>() {
         Some(problem) => problem.clone(),
-        None => match response.status() {
+        None if !status.is_client_error() => return response,
+        None => match status {
             StatusCode::NOT_FOUND => ApiError::NotFound {
                 code: "route_not_found",
                 detail: format!("no route {path}"),
@@ -199,15 +201,50 @@ pub async fn problems(request: Request, next: Next) -> Response {
             .problem(),
             StatusCode::METHOD_NOT_ALLOWED => ApiError::MethodNotAllowed.problem(),
             StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge.problem(),
-            _ => return response,
+            // Any other rejection made by the framework (a path segment that
+            // is not UTF-8, say): keep its status and its words.
+            _ => {
+                let (parts, body) = response.into_parts();
+                let text = axum::body::to_bytes(body, 64 * 1024).await.unwrap_or_default();
+                let detail = String::from_utf8_lossy(&text).trim().to_owned();
+                let response = Response::from_parts(parts, axum::body::Body::empty());
+                let problem = rejection_problem(status, detail);
+                return with_instance(response, problem, path);
+            }
         },
     };
+    with_instance(response, problem, path)
+}
+
+fn rejection_problem(status: StatusCode, detail: String) -> Problem {
+    let code = match status {
+        StatusCode::BAD_REQUEST => "malformed_request",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        _ => "client_error",
+    };
+    Problem {
+        problem_type: format!("/problems/{code}"),
+        title: status.canonical_reason().unwrap_or("Error").to_owned(),
+        status: status.as_u16(),
+        detail: if detail.is_empty() {
+            "the request was refused".to_owned()
+        } else {
+            detail
+        },
+        instance: None,
+        code: code.to_owned(),
+        errors: Vec::new(),
+        current_status: None,
+        current_version: None,
+    }
+}
+
+fn with_instance(response: Response, problem: Problem, path: String) -> Response {
     let (mut parts, _) = response.into_parts();
-    let with_instance = Problem {
+    let rendered = render(&Problem {
         instance: Some(path),
         ..problem
-    };
-    let rendered = render(&with_instance);
+    });
     parts.headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/problem+json"),

@@ -39,6 +39,11 @@ impl Faults {
         }
     }
 
+    /// The run id of the path, checked with the rest of the request.
+    pub fn path_id(&mut self, raw: &str) -> Option<Uuid> {
+        self.check("path.id", raw, parse_uuid)
+    }
+
     pub fn finish(self) -> Result<(), ApiError> {
         if self.0.is_empty() {
             Ok(())

@@ -16,7 +16,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
 use super::error::{ApiError, Problem};
-use super::extract::{parse_time, parse_uuid, run_id, Faults, JsonBody, RequestMeta};
+use super::extract::{parse_time, parse_uuid, Faults, JsonBody, RequestMeta};
 use crate::commands::{Action, Command, CreateRun, Outcome, RetryAction, RunCommand};
 use crate::domain::{short_text, TaskName};
 use crate::ledger::Ledger;
@@ -223,11 +223,10 @@ fn reason(faults: &mut Faults, raw: Option<String>) -> Reason {
 async fn run_command(
     ledger: &Ledger,
     meta: runledger_events::Metadata,
-    id: &str,
+    run_id: Uuid,
     expected_version: Option<i64>,
     action: Action,
 ) -> Result<Json<RunState>, ApiError> {
-    let run_id = run_id(id)?;
     let command = Command::Run(RunCommand {
         run_id,
         expected_version,
@@ -330,10 +329,11 @@ macro_rules! transition {
             JsonBody($b): JsonBody<$body>,
         ) -> Result<Json<RunState>, ApiError> {
             let mut $f = Faults::default();
+            let run_id = $f.path_id(&id);
             let expected_version = expected(&mut $f, $b.expected_version);
             let action = $action;
             $f.finish()?;
-            run_command(&ledger, meta, &id, expected_version, action).await
+            run_command(&ledger, meta, run_id.expect("checked"), expected_version, action).await
         }
     };
 }
@@ -452,10 +452,11 @@ async fn delete_run(
     JsonBody(body): JsonBody<ReasonRequest>,
 ) -> Result<Json<RunState>, ApiError> {
     let mut f = Faults::default();
+    let run_id = f.path_id(&id);
     let expected_version = expected(&mut f, body.expected_version);
     let action = Action::Delete(reason(&mut f, body.reason));
     f.finish()?;
-    run_command(&ledger, meta, &id, expected_version, action).await
+    run_command(&ledger, meta, run_id.expect("checked"), expected_version, action).await
 }
 
 async fn retry(
@@ -465,12 +466,12 @@ async fn retry(
     body: RetryRequest,
     action: RetryAction,
 ) -> Result<Response, ApiError> {
-    let run_id = run_id(id)?;
     let mut f = Faults::default();
+    let run_id = f.path_id(id);
     let reason = optional_text(&mut f, "reason", body.reason, MAX_REASON);
     f.finish()?;
     let command = Command::Run(RunCommand {
-        run_id,
+        run_id: run_id.expect("checked"),
         expected_version: None,
         action: Action::Retry {
             action,

@@ -2,8 +2,8 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use runledger_events::sqlite::{read, AppendError, ReadPool, WriteError, WriteTx, Writer};
-use runledger_events::{run_stream_id, EventEnvelope, Metadata};
+use runledger_events::sqlite::{read, ReadPool, WriteError, WriteTx, Writer};
+use runledger_events::{run_stream_id, EventEnvelope, ExpectedVersion, Metadata};
 use runledger_projections::sqlite::runs;
 use runledger_projections::{EventContext, RunQuery, RunState, TaskSummary};
 use tracing::instrument;
@@ -112,6 +112,22 @@ fn execute_in(tx: &mut WriteTx<'_>, command: &Command, metadata: &Metadata) -> R
         Decision::Existing(run) => return Ok(Outcome::Existing(run)),
         Decision::Append { writes, reply } => (writes, reply),
     };
+    // Every refusal happens before the first write (the writer's contract):
+    // check all expected versions first.
+    for write in &writes {
+        let actual = tx.stream_version(&run_stream_id(&write.run_id))?;
+        if !write.expected.admits(actual) {
+            let expected = match write.expected {
+                ExpectedVersion::Exact(v) => v,
+                _ => 0,
+            };
+            return Err(UnitError::Command(CommandError::VersionConflict {
+                run_id: write.run_id,
+                expected,
+                actual,
+            }));
+        }
+    }
     let mut states: HashMap<Uuid, RunState> = HashMap::new();
     if let Some(target) = loaded.target {
         states.insert(target.id, target);
@@ -121,17 +137,7 @@ fn execute_in(tx: &mut WriteTx<'_>, command: &Command, metadata: &Metadata) -> R
         let stream = run_stream_id(&write.run_id);
         let envelopes = tx
             .append(&stream, write.expected, &new_events, metadata)
-            .map_err(|e| match e {
-                AppendError::WrongVersion { actual, .. } => UnitError::Command(CommandError::VersionConflict {
-                    run_id: write.run_id,
-                    expected: match write.expected {
-                        runledger_events::ExpectedVersion::Exact(v) => v,
-                        _ => 0,
-                    },
-                    actual,
-                }),
-                other => UnitError::Storage(other.to_string()),
-            })?;
+            .map_err(|e| UnitError::Storage(e.to_string()))?;
         let previous = states.get(&write.run_id).cloned();
         let state = states
             .entry(write.run_id)
@@ -141,7 +147,7 @@ fn execute_in(tx: &mut WriteTx<'_>, command: &Command, metadata: &Metadata) -> R
                 .apply(event, &EventContext::of(envelope))
                 .map_err(|r| UnitError::Storage(format!("decided event no longer applies: {r}")))?;
         }
-        runs::store(tx.conn(), previous.as_ref(), state)?;
+        runs::store(tx.writer(), previous.as_ref(), state)?;
     }
     commands::outcome(reply, &states).ok_or_else(|| UnitError::Storage("decided run missing after append".into()))
 }

@@ -19,15 +19,19 @@ use super::read;
 /// The most units one transaction takes.
 pub const MAX_BATCH: usize = 1024;
 const QUEUE: usize = 16 * 1024;
+/// The longest a small batch waits for the rest of a busy writer population.
+const GATHER_WAIT: std::time::Duration = std::time::Duration::from_micros(100);
+/// Below this many concurrent writers, a commit never waits.
+const GATHER_MIN_POPULATION: usize = 16;
 
 /// A storage failure; shared by every unit of the batch it failed.
 #[derive(Clone, Debug, thiserror::Error)]
 #[error("storage error: {0}")]
-pub struct StorageError(pub Arc<rusqlite::Error>);
+pub struct StorageError(pub Arc<str>);
 
 impl From<rusqlite::Error> for StorageError {
     fn from(e: rusqlite::Error) -> Self {
-        Self(Arc::new(e))
+        Self(e.to_string().into())
     }
 }
 
@@ -64,12 +68,18 @@ struct Head {
 }
 
 /// The open batch transaction as a unit of work sees it.
+///
+/// Units run without savepoints (a savepoint makes SQLite copy every page the
+/// unit touches, which cost more than the append itself). The contract is
+/// instead: a unit refuses only before its first write. A unit that returns
+/// an error after writing takes its whole batch down with it, so nothing
+/// partial is ever committed.
 pub struct WriteTx<'c> {
     conn: &'c Connection,
     head: Head,
     versions: &'c mut StreamVersions,
-    /// Streams the current unit appended to, forgotten if it rolls back.
-    touched: Vec<String>,
+    /// Whether the current unit has written.
+    wrote: bool,
 }
 
 /// The writer's memory of each stream's version, so an append need not ask
@@ -84,10 +94,28 @@ struct StreamVersions {
 const MAX_REMEMBERED_STREAMS: usize = 100_000;
 
 impl WriteTx<'_> {
-    /// The transaction's connection, for projections written in the same
-    /// transaction as the events they fold.
+    /// The transaction's connection, for reading. Write through `writer`.
     pub fn conn(&self) -> &Connection {
         self.conn
+    }
+
+    /// The transaction's connection, for projections written in the same
+    /// transaction as the events they fold. From here on the unit must not
+    /// refuse.
+    pub fn writer(&mut self) -> &Connection {
+        self.wrote = true;
+        self.conn
+    }
+
+    /// The stream's current version (0 if it has no events), so a unit can
+    /// check every expectation before it writes anything.
+    pub fn stream_version(&mut self, stream_id: &str) -> rusqlite::Result<i64> {
+        if let Some(version) = self.versions.map.get(stream_id) {
+            return Ok(*version);
+        }
+        let version = read::stream_version(self.conn, stream_id)?;
+        self.versions.map.insert(stream_id.to_owned(), version);
+        Ok(version)
     }
 
     /// Appends `events` to `stream_id` if the stream is at `expected`.
@@ -103,10 +131,7 @@ impl WriteTx<'_> {
         if events.is_empty() {
             return Ok(Vec::new());
         }
-        let current = match self.versions.map.get(stream_id) {
-            Some(version) => *version,
-            None => read::stream_version(self.conn, stream_id)?,
-        };
+        let current = self.stream_version(stream_id)?;
         if !expected.admits(current) {
             // A repeated append fails its version check; it is answered with
             // what the first one stored.
@@ -118,6 +143,13 @@ impl WriteTx<'_> {
                 expected,
                 actual: current,
             });
+        }
+        // Refuse a half-repeated append before writing anything.
+        for event in &events[1..] {
+            let id = event.event_id.to_string();
+            if read::by_event_id(self.conn, &id)?.is_some() {
+                return Err(AppendError::PartialDuplicate(id));
+            }
         }
         let metadata_text = canonical_json(&serde_json::to_value(metadata).expect("metadata serializes"));
         // Time never runs backwards along the log, so a time maps to a position.
@@ -170,11 +202,13 @@ impl WriteTx<'_> {
                 }
                 // The unique event id is the idempotency guard.
                 let existing = read::by_event_id(self.conn, &event_id)?.ok_or(AppendError::Storage(err))?;
+                self.wrote |= i > 0;
                 return match i {
                     0 => self.already_appended(existing, events),
                     _ => Err(AppendError::PartialDuplicate(event_id)),
                 };
             }
+            self.wrote = true;
             let prev_hash = std::mem::replace(&mut self.head.hash, hash.clone());
             self.head.position = position;
             self.head.recorded_at = Some(recorded_at);
@@ -195,7 +229,6 @@ impl WriteTx<'_> {
         self.versions
             .map
             .insert(stream_id.to_owned(), current + events.len() as i64);
-        self.touched.push(stream_id.to_owned());
         Ok(out)
     }
 
@@ -232,23 +265,18 @@ where
 {
     fn run(self: Box<Self>, tx: &mut WriteTx<'_>) -> Result<Completion, StorageError> {
         let Job { work, reply } = *self;
-        let saved = tx.head.clone();
-        tx.touched.clear();
-        tx.conn.prepare_cached("SAVEPOINT unit")?.execute([])?;
+        tx.wrote = false;
         match work(tx) {
-            Ok(value) => {
-                tx.conn.prepare_cached("RELEASE unit")?.execute([])?;
-                Ok(Box::new(move |committed: Result<(), StorageError>| {
-                    let _ = reply.send(committed.map(|()| value).map_err(WriteError::Storage));
-                }))
+            Ok(value) => Ok(Box::new(move |committed: Result<(), StorageError>| {
+                let _ = reply.send(committed.map(|()| value).map_err(WriteError::Storage));
+            })),
+            Err(_) if tx.wrote => {
+                let err = StorageError("a unit of work refused after writing; its batch was rolled back".into());
+                tracing::error!(error = %err, "unit broke the write contract");
+                let _ = reply.send(Err(WriteError::Storage(err.clone())));
+                Err(err)
             }
             Err(refusal) => {
-                tx.conn.prepare_cached("ROLLBACK TO unit")?.execute([])?;
-                tx.conn.prepare_cached("RELEASE unit")?.execute([])?;
-                tx.head = saved;
-                for stream in tx.touched.drain(..) {
-                    tx.versions.map.remove(&stream);
-                }
                 let _ = reply.send(Err(WriteError::Refused(refusal)));
                 Ok(Box::new(|_| {}))
             }
@@ -361,17 +389,35 @@ fn run(
         head: -1,
         ..Default::default()
     };
+    // With many concurrent writers, the callers answered by one commit come
+    // back while the next commits, and the population settles into two
+    // half-full cohorts. The last two batches together estimate the
+    // population; a batch well short of it waits briefly for the rest.
+    let mut last_two = [0usize; 2];
     while let Some(unit) = receiver.blocking_recv() {
         batch.push(unit);
-        while batch.len() < MAX_BATCH {
-            match receiver.try_recv() {
-                Ok(unit) => batch.push(unit),
-                Err(_) => break,
+        drain(&mut receiver, &mut batch);
+        let population = last_two[0] + last_two[1];
+        if population >= GATHER_MIN_POPULATION && batch.len() * 4 < population * 3 {
+            let deadline = std::time::Instant::now() + GATHER_WAIT;
+            while batch.len() * 4 < population * 3 && std::time::Instant::now() < deadline {
+                std::thread::yield_now();
+                drain(&mut receiver, &mut batch);
             }
         }
+        last_two = [last_two[1], batch.len()];
         let size = batch.len();
         if let Err(err) = commit(&mut conn, &mut batch, &mut versions, &head, stats) {
             tracing::error!(error = %err, batch = size, "group commit failed");
+        }
+    }
+}
+
+fn drain(receiver: &mut mpsc::Receiver<Box<dyn Unit>>, batch: &mut Vec<Box<dyn Unit>>) {
+    while batch.len() < MAX_BATCH {
+        match receiver.try_recv() {
+            Ok(unit) => batch.push(unit),
+            Err(_) => break,
         }
     }
 }
@@ -413,7 +459,7 @@ fn commit(
             recorded_at,
         },
         versions: &mut *versions,
-        touched: Vec::new(),
+        wrote: false,
     };
     let mut completions = Vec::with_capacity(batch.len());
     let mut failure = None;

@@ -1,0 +1,700 @@
+//! Every invalid request gets an RFC 9457 problem with a stable code and the
+//! location of each fault, and appends nothing to the log.
+
+mod common;
+
+use common::{Reply, TestServer};
+use reqwest::Method;
+use serde_json::{json, Value};
+
+/// A valid run id that no run has.
+const NO_SUCH_RUN: &str = "0190a5b2-7c3e-7000-8000-00000000beef";
+
+fn id(run: &Value) -> String {
+    run["id"].as_str().expect("run id").to_owned()
+}
+
+/// The locations of a problem's errors, sorted.
+fn locations(body: &Value) -> Vec<String> {
+    let mut all: Vec<String> = body["errors"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no errors in {body}"))
+        .iter()
+        .map(|e| {
+            assert!(
+                e["message"].as_str().is_some_and(|m| !m.is_empty()),
+                "every fault says what is wrong: {body}"
+            );
+            e["location"].as_str().expect("location").to_owned()
+        })
+        .collect();
+    all.sort();
+    all
+}
+
+/// Asserts a 422 whose only fault is at `location`.
+#[track_caller]
+fn only_fault_at(reply: &Reply, location: &str) {
+    let body = reply.invalid_at(location);
+    assert_eq!(locations(body), [location], "body: {body}");
+}
+
+/// Asserts the log still holds `before` events.
+#[track_caller]
+fn nothing_appended(s: &TestServer, before: i64, what: &str) {
+    assert_eq!(s.event_count(), before, "{what} appended events");
+}
+
+async fn raw(s: &TestServer, method: Method, path: &str, body: &str) -> Reply {
+    s.send_raw(method, path, "application/json", body).await
+}
+
+#[tokio::test]
+async fn malformed_json_is_a_400_and_appends_nothing() {
+    let s = TestServer::start().await;
+    let run = id(&s.run_through("t", json!({}), &["start"]).await);
+    let before = s.event_count();
+    let end = format!("/api/runs/{run}/end");
+    for (path, body) in [
+        ("/api/runs", "{"),
+        ("/api/runs", r#"{"task_name": "t"} x"#),
+        ("/api/runs", r#"{"task_name": "t"}}"#),
+        ("/api/runs", r#"{"task_name": "t",}"#),
+        ("/api/runs", r#"{"task_name": 't'}"#),
+        (end.as_str(), "{"),
+        (end.as_str(), r#"{"end_reason": "success"} {"#),
+        (end.as_str(), r#"{"end_reason": "success""#),
+    ] {
+        let reply = raw(&s, Method::POST, path, body).await;
+        let problem = reply.problem(400, "malformed_request");
+        assert_eq!(locations(problem), ["body"], "{path} {body}: {problem}");
+        nothing_appended(&s, before, body);
+    }
+    let state = s.get(&format!("/api/runs/{run}")).await;
+    assert_eq!(state.ok(200)["status"], "running");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn wrong_types_missing_and_unknown_fields_are_422_at_the_field() {
+    let s = TestServer::start().await;
+    let running = id(&s.run_through("t", json!({}), &["start"]).await);
+    let pending = id(&s.create(json!({"task_name": "t"})).await);
+    let before = s.event_count();
+    let create = "/api/runs".to_owned();
+    let end = format!("/api/runs/{running}/end");
+    let start = format!("/api/runs/{pending}/start");
+    let reschedule = format!("/api/runs/{pending}/reschedule");
+    let cases: Vec<(&String, Value, &str)> = vec![
+        // Wrong types.
+        (&create, json!({"task_name": 5}), "body.task_name"),
+        (&create, json!({"task_name": "t", "tags": []}), "body.tags"),
+        (&create, json!({"task_name": "t", "tags": {"env": 1}}), "body.tags.env"),
+        (
+            &create,
+            json!({"task_name": "t", "max_attempts": "3"}),
+            "body.max_attempts",
+        ),
+        (&create, json!({"task_name": "t", "priority": 1.5}), "body.priority"),
+        (&create, json!({"task_name": "t", "depends_on": "x"}), "body.depends_on"),
+        (
+            &end,
+            json!({"end_reason": "failed", "exit_code": "x"}),
+            "body.exit_code",
+        ),
+        (&end, json!({"end_reason": 1}), "body.end_reason"),
+        (&start, json!({"expected_version": "1"}), "body.expected_version"),
+        (&reschedule, json!({"scheduled_at": 5}), "body.scheduled_at"),
+        // Missing required fields.
+        (&create, json!({}), "body.task_name"),
+        (&create, json!({"triggered_by": "cron"}), "body.task_name"),
+        (&end, json!({}), "body.end_reason"),
+        (&end, json!({"exit_code": 0}), "body.end_reason"),
+        (&reschedule, json!({}), "body.scheduled_at"),
+        // Unknown fields.
+        (&create, json!({"task_name": "t", "colour": "red"}), "body.colour"),
+        (&start, json!({"force": true}), "body.force"),
+        (&end, json!({"end_reason": "success", "code": 0}), "body.code"),
+    ];
+    for (path, body, location) in cases {
+        let reply = s.post(path, body.clone()).await;
+        only_fault_at(&reply, location);
+        nothing_appended(&s, before, &format!("{path} {body}"));
+    }
+    // An empty body reads as `{}`.
+    let reply = raw(&s, Method::POST, "/api/runs", "").await;
+    only_fault_at(&reply, "body.task_name");
+    let reply = raw(&s, Method::POST, &end, " ").await;
+    only_fault_at(&reply, "body.end_reason");
+    let reply = s.post(&format!("/api/runs/{running}/retry"), json!({"why": "x"})).await;
+    only_fault_at(&reply, "body.why");
+    let reply = s.delete(&format!("/api/runs/{running}"), json!({"reason": 5})).await;
+    only_fault_at(&reply, "body.reason");
+    nothing_appended(&s, before, "empty and unknown bodies");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_body_that_is_not_json_is_415() {
+    let s = TestServer::start().await;
+    let run = id(&s.create(json!({"task_name": "t"})).await);
+    let before = s.event_count();
+    for (path, content_type, body) in [
+        ("/api/runs".to_owned(), "text/plain", r#"{"task_name": "t"}"#),
+        (
+            "/api/runs".to_owned(),
+            "application/x-www-form-urlencoded",
+            "task_name=t",
+        ),
+        ("/api/runs".to_owned(), "application/jsonx", r#"{"task_name": "t"}"#),
+        (format!("/api/runs/{run}/start"), "text/plain", "{}"),
+    ] {
+        let reply = s.send_raw(Method::POST, &path, content_type, body).await;
+        reply.problem(415, "unsupported_media_type");
+        nothing_appended(&s, before, content_type);
+    }
+    // JSON with parameters or a +json suffix is JSON.
+    let reply = s
+        .send_raw(
+            Method::POST,
+            "/api/runs",
+            "application/json; charset=utf-8",
+            r#"{"task_name": "t"}"#,
+        )
+        .await;
+    reply.ok(201);
+    assert_eq!(s.event_count(), before + 1);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn invalid_values_on_create_are_422_at_the_field() {
+    let s = TestServer::start().await;
+    s.create(json!({"task_name": "existing"})).await;
+    let before = s.event_count();
+    let cases = [
+        (json!({"task_name": "has space"}), "body.task_name"),
+        (json!({"task_name": "x".repeat(101)}), "body.task_name"),
+        (json!({"task_name": ""}), "body.task_name"),
+        (json!({"task_name": "ünïcode"}), "body.task_name"),
+        (json!({"task_name": "a/b"}), "body.task_name"),
+        (json!({"task_name": "t", "triggered_by": "robot"}), "body.triggered_by"),
+        (json!({"task_name": "t", "triggered_by": "CRON"}), "body.triggered_by"),
+        (json!({"task_name": "t", "project": "has space"}), "body.project"),
+        (json!({"task_name": "t", "project": ""}), "body.project"),
+        (
+            json!({"task_name": "t", "scheduled_at": "tomorrow"}),
+            "body.scheduled_at",
+        ),
+        (
+            json!({"task_name": "t", "scheduled_at": "2026-13-01T00:00:00Z"}),
+            "body.scheduled_at",
+        ),
+        (
+            json!({"task_name": "t", "scheduled_at": "2026-01-01T00:00:00"}),
+            "body.scheduled_at",
+        ),
+        (
+            json!({"task_name": "t", "parent_run_id": "not-a-uuid"}),
+            "body.parent_run_id",
+        ),
+        (
+            json!({"task_name": "t", "parent_run_id": NO_SUCH_RUN}),
+            "body.parent_run_id",
+        ),
+        (json!({"task_name": "t", "max_attempts": 0}), "body.max_attempts"),
+        (json!({"task_name": "t", "max_attempts": 1001}), "body.max_attempts"),
+        (json!({"task_name": "t", "tags": {"a:b": "v"}}), "body.tags.a:b"),
+        (json!({"task_name": "t", "timeout_secs": 0}), "body.timeout_secs"),
+        (json!({"task_name": "t", "depends_on": ["nope"]}), "body.depends_on.0"),
+        (
+            json!({"task_name": "t", "depends_on": [NO_SUCH_RUN]}),
+            "body.depends_on",
+        ),
+        (json!({"task_name": "t", "idempotency_key": ""}), "body.idempotency_key"),
+    ];
+    for (body, location) in cases {
+        let reply = s.post("/api/runs", body.clone()).await;
+        only_fault_at(&reply, location);
+        nothing_appended(&s, before, &body.to_string());
+    }
+    let reply = s
+        .post("/api/runs", json!({"task_name": "t", "parent_run_id": NO_SUCH_RUN}))
+        .await;
+    let fault = &reply.invalid_at("body.parent_run_id")["errors"][0];
+    assert_eq!(fault["value"], NO_SUCH_RUN);
+    // The boundaries themselves are accepted.
+    s.create(json!({"task_name": "x".repeat(100), "max_attempts": 1})).await;
+    s.create(json!({"task_name": "t", "max_attempts": 1000})).await;
+    assert_eq!(s.event_count(), before + 2);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn invalid_values_on_transitions_are_422_at_the_field() {
+    let s = TestServer::start().await;
+    let running = id(&s.run_through("t", json!({}), &["start"]).await);
+    let pending = id(&s.create(json!({"task_name": "t"})).await);
+    let before = s.event_count();
+    let cases = [
+        (
+            format!("/api/runs/{running}/end"),
+            json!({"end_reason": "exploded"}),
+            "body.end_reason",
+        ),
+        (
+            format!("/api/runs/{running}/end"),
+            json!({"end_reason": "Success"}),
+            "body.end_reason",
+        ),
+        (
+            format!("/api/runs/{running}/heartbeat"),
+            json!({"expected_version": 0}),
+            "body.expected_version",
+        ),
+        (
+            format!("/api/runs/{pending}/start"),
+            json!({"expected_version": -1}),
+            "body.expected_version",
+        ),
+        (
+            format!("/api/runs/{pending}/start"),
+            json!({"replica_index": -1}),
+            "body.replica_index",
+        ),
+        (
+            format!("/api/runs/{pending}/reschedule"),
+            json!({"scheduled_at": "next week"}),
+            "body.scheduled_at",
+        ),
+        (
+            format!("/api/runs/{pending}/cancel"),
+            json!({"reason": ""}),
+            "body.reason",
+        ),
+        (
+            format!("/api/runs/{running}/pause"),
+            json!({"reason": "x".repeat(1001)}),
+            "body.reason",
+        ),
+    ];
+    for (path, body, location) in cases {
+        let reply = s.post(&path, body).await;
+        only_fault_at(&reply, location);
+        nothing_appended(&s, before, &path);
+    }
+    let reply = s
+        .delete(&format!("/api/runs/{pending}"), json!({"expected_version": 0}))
+        .await;
+    only_fault_at(&reply, "body.expected_version");
+    nothing_appended(&s, before, "delete");
+    let states = [
+        s.get(&format!("/api/runs/{running}")).await.ok(200).clone(),
+        s.get(&format!("/api/runs/{pending}")).await.ok(200).clone(),
+    ];
+    assert_eq!(
+        (&states[0]["status"], &states[0]["version"]),
+        (&json!("running"), &json!(2))
+    );
+    assert_eq!(
+        (&states[1]["status"], &states[1]["version"], &states[1]["deleted"]),
+        (&json!("pending"), &json!(1), &json!(false))
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn every_fault_of_a_body_is_reported_at_once() {
+    let s = TestServer::start().await;
+    let running = id(&s.run_through("t", json!({}), &["start"]).await);
+    let before = s.event_count();
+    let reply = s
+        .post(
+            "/api/runs",
+            json!({
+                "task_name": "bad name",
+                "triggered_by": "robot",
+                "project": "a b",
+                "max_attempts": 0,
+                "tags": {"a:b": "v"},
+                "parent_run_id": "x",
+                "scheduled_at": "soon",
+            }),
+        )
+        .await;
+    let body = reply.problem(422, "validation_failed");
+    assert_eq!(
+        locations(body),
+        [
+            "body.max_attempts",
+            "body.parent_run_id",
+            "body.project",
+            "body.scheduled_at",
+            "body.tags.a:b",
+            "body.task_name",
+            "body.triggered_by",
+        ]
+    );
+    let reply = s
+        .post(
+            &format!("/api/runs/{running}/end"),
+            json!({"end_reason": "nope", "expected_version": 0}),
+        )
+        .await;
+    let body = reply.problem(422, "validation_failed");
+    assert_eq!(locations(body), ["body.end_reason", "body.expected_version"]);
+    nothing_appended(&s, before, "several faults");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn each_invalid_list_parameter_is_422_at_its_location() {
+    let s = TestServer::start().await;
+    s.create(json!({"task_name": "t"})).await;
+    let before = s.event_count();
+    let many_tags: String = (0..21).map(|i| format!("tag=k{i}:v&")).collect();
+    let cases: Vec<(String, &str)> = [
+        ("limit=0", "query.limit"),
+        ("limit=1001", "query.limit"),
+        ("limit=abc", "query.limit"),
+        ("limit=-1", "query.limit"),
+        ("limit=", "query.limit"),
+        ("offset=-1", "query.offset"),
+        ("offset=x", "query.offset"),
+        ("sort_field=size", "query.sort_field"),
+        ("sort_field=duration_ms", "query.sort_field"),
+        ("sort_direction=up", "query.sort_direction"),
+        ("sort_direction=ascending", "query.sort_direction"),
+        ("created_after=yesterday", "query.created_after"),
+        ("created_after=2026-01-01", "query.created_after"),
+        ("created_before=2026-01-01T00:00:00", "query.created_before"),
+        (
+            "created_after=2026-02-01T00:00:00Z&created_before=2026-01-01T00:00:00Z",
+            "query.created_after",
+        ),
+        ("exit_code_min=5&exit_code_max=1", "query.exit_code_min"),
+        ("exit_code_min=x", "query.exit_code_min"),
+        ("exit_code_max=1.5", "query.exit_code_max"),
+        ("status=done", "query.status"),
+        ("status=running,done", "query.status"),
+        ("status=Running", "query.status"),
+        ("triggered_by=robot", "query.triggered_by"),
+        ("triggered_by=cron,robot", "query.triggered_by"),
+        ("tag=env", "query.tag"),
+        ("tag=:prod", "query.tag"),
+        ("tag=env:prod&tag=team", "query.tag"),
+        ("parent_run_id=123", "query.parent_run_id"),
+        ("include_deleted=maybe", "query.include_deleted"),
+        ("include_deleted=", "query.include_deleted"),
+        ("retries_only=yes", "query.retries_only"),
+        ("task_name=bad%20name", "query.task_name"),
+        ("limit=5&limit=6", "query.limit"),
+        ("status=running&status=ended", "query.status"),
+        ("sort_field=status&sort_field=status", "query.sort_field"),
+        ("limt=5", "query.limt"),
+        ("as_off=2026-01-01T00:00:00Z", "query.as_off"),
+    ]
+    .into_iter()
+    .map(|(q, l)| (q.to_owned(), l))
+    .chain([(many_tags, "query.tag")])
+    .collect();
+    for (query, location) in &cases {
+        for path in ["/api/runs", "/api/tasks/t/runs"] {
+            let reply = s.get(&format!("{path}?{query}")).await;
+            only_fault_at(&reply, location);
+        }
+    }
+    // The fault carries the offending value.
+    let reply = s.get("/api/runs?limit=abc").await;
+    let fault = &reply.invalid_at("query.limit")["errors"][0];
+    assert_eq!(fault["value"], "abc");
+    let reply = s.get("/api/runs?limt=5").await;
+    assert_eq!(reply.invalid_at("query.limt")["errors"][0]["value"], "5");
+    for (query, location) in [
+        ("limit=0", "query.limit"),
+        ("limit=1001", "query.limit"),
+        ("offset=-1", "query.offset"),
+        ("status=running", "query.status"),
+    ] {
+        let reply = s.get(&format!("/api/tasks?{query}")).await;
+        only_fault_at(&reply, location);
+    }
+    nothing_appended(&s, before, "list queries");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn every_fault_of_a_query_is_reported_at_once() {
+    let s = TestServer::start().await;
+    let reply = s
+        .get(
+            "/api/runs?limit=0&offset=-1&sort_field=size&sort_direction=up&status=done\
+             &include_deleted=maybe&tag=env&exit_code_min=9&exit_code_max=1&limt=5",
+        )
+        .await;
+    let body = reply.problem(422, "validation_failed");
+    assert_eq!(
+        locations(body),
+        [
+            "query.exit_code_min",
+            "query.include_deleted",
+            "query.limit",
+            "query.limt",
+            "query.offset",
+            "query.sort_direction",
+            "query.sort_field",
+            "query.status",
+            "query.tag",
+        ]
+    );
+    let reply = s.get("/api/tasks/bad%20name/runs?limit=0&task_name=x%20y").await;
+    let body = reply.problem(422, "validation_failed");
+    assert_eq!(locations(body), ["path.taskName", "query.limit", "query.task_name"]);
+    nothing_appended(&s, 0, "invalid queries");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn path_faults_are_422_at_the_path_parameter() {
+    let s = TestServer::start().await;
+    s.create(json!({"task_name": "etl"})).await;
+    let before = s.event_count();
+    for (method, path, body) in [
+        (Method::GET, "/api/runs/not-a-uuid", None),
+        (Method::GET, "/api/runs/123/events", None),
+        (Method::POST, "/api/runs/not-a-uuid/start", Some(json!({}))),
+        (
+            Method::POST,
+            "/api/runs/not-a-uuid/end",
+            Some(json!({"end_reason": "success"})),
+        ),
+        (Method::POST, "/api/runs/not-a-uuid/cancel", Some(json!({}))),
+        (Method::POST, "/api/runs/not-a-uuid/retry", Some(json!({}))),
+        (Method::DELETE, "/api/runs/not-a-uuid", Some(json!({}))),
+    ] {
+        let reply = s.send(method, path, body).await;
+        only_fault_at(&reply, "path.id");
+        assert_eq!(reply.body["errors"][0]["value"], path.split('/').nth(3).unwrap());
+    }
+    let long = "x".repeat(101);
+    for path in [
+        "/api/tasks/bad%20name/runs".to_owned(),
+        "/api/tasks/b%C3%A4d/runs".to_owned(),
+        format!("/api/tasks/{long}/runs"),
+    ] {
+        let reply = s.get(&path).await;
+        only_fault_at(&reply, "path.taskName");
+    }
+    // A body of the right shape with a bad value: both faults are reported.
+    let both = s.post("/api/runs/not-a-uuid/end", json!({"end_reason": "nope"})).await;
+    both.invalid_at("path.id");
+    both.invalid_at("body.end_reason");
+    let reply = s.get("/api/tasks/etl/runs?task_name=other").await;
+    only_fault_at(&reply, "query.task_name");
+    let reply = s.get("/api/tasks/etl/runs?task_name=etl").await;
+    assert_eq!(reply.ok(200)["total"], 1);
+    nothing_appended(&s, before, "path faults");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_path_parameter_that_is_not_utf8_is_a_problem() {
+    let s = TestServer::start().await;
+    for path in ["/api/runs/%FF", "/api/tasks/%FF/runs"] {
+        let reply = s.get(path).await;
+        reply.problem(400, "malformed_request");
+    }
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn an_unknown_run_is_404_on_every_route() {
+    let s = TestServer::start().await;
+    s.create(json!({"task_name": "t"})).await;
+    let before = s.event_count();
+    let run = format!("/api/runs/{NO_SUCH_RUN}");
+    let cases = [
+        (Method::GET, run.clone(), None),
+        (Method::GET, format!("{run}/events"), None),
+        (Method::POST, format!("{run}/start"), Some(json!({}))),
+        (Method::POST, format!("{run}/heartbeat"), Some(json!({}))),
+        (
+            Method::POST,
+            format!("{run}/end"),
+            Some(json!({"end_reason": "success"})),
+        ),
+        (Method::POST, format!("{run}/cancel"), Some(json!({}))),
+        (Method::POST, format!("{run}/pause"), Some(json!({}))),
+        (Method::POST, format!("{run}/resume"), Some(json!({}))),
+        (
+            Method::POST,
+            format!("{run}/reschedule"),
+            Some(json!({"scheduled_at": "2030-01-01T00:00:00Z"})),
+        ),
+        (Method::POST, format!("{run}/restore"), Some(json!({}))),
+        (Method::DELETE, run.clone(), Some(json!({}))),
+        (Method::POST, format!("{run}/retry"), Some(json!({}))),
+        (Method::POST, format!("{run}/replay"), Some(json!({}))),
+        (
+            Method::POST,
+            format!("{run}/start"),
+            Some(json!({"expected_version": 1})),
+        ),
+    ];
+    for (method, path, body) in cases {
+        let reply = s.send(method.clone(), &path, body).await;
+        let problem = reply.problem(404, "run_not_found");
+        assert_eq!(problem["instance"], path.as_str());
+        nothing_appended(&s, before, &format!("{method} {path}"));
+    }
+    let upper = format!("/api/runs/{}", NO_SUCH_RUN.to_uppercase());
+    s.get(&upper).await.problem(404, "run_not_found");
+    s.stop().await;
+}
+
+/// Each run's (status, version, deleted).
+async fn versions(s: &TestServer, runs: &[&String]) -> Vec<(Value, Value, Value)> {
+    let mut out = Vec::new();
+    for run in runs {
+        let reply = s.get(&format!("/api/runs/{run}")).await;
+        let state = reply.ok(200);
+        out.push((
+            state["status"].clone(),
+            state["version"].clone(),
+            state["deleted"].clone(),
+        ));
+    }
+    out
+}
+
+#[tokio::test]
+async fn illegal_transitions_are_409_with_the_current_status() {
+    let s = TestServer::start().await;
+    let pending = id(&s.create(json!({"task_name": "t"})).await);
+    let running = id(&s.run_through("t", json!({}), &["start"]).await);
+    let ended = id(&s.run_through("t", json!({}), &["start", "end:success:0"]).await);
+    let deleted = id(&s.run_through("t", json!({}), &["delete"]).await);
+    let before = s.event_count();
+    let all = [&pending, &running, &ended, &deleted];
+    let versions_before = versions(&s, &all).await;
+
+    let cases = [
+        (Method::POST, format!("/api/runs/{ended}/start"), json!({}), "ended"),
+        (
+            Method::POST,
+            format!("/api/runs/{ended}/end"),
+            json!({"end_reason": "failed", "exit_code": 1}),
+            "ended",
+        ),
+        (Method::POST, format!("/api/runs/{pending}/pause"), json!({}), "pending"),
+        (
+            Method::POST,
+            format!("/api/runs/{running}/resume"),
+            json!({}),
+            "running",
+        ),
+        (
+            Method::POST,
+            format!("/api/runs/{pending}/heartbeat"),
+            json!({}),
+            "pending",
+        ),
+        (Method::POST, format!("/api/runs/{ended}/heartbeat"), json!({}), "ended"),
+        (
+            Method::POST,
+            format!("/api/runs/{running}/reschedule"),
+            json!({"scheduled_at": "2030-01-01T00:00:00Z"}),
+            "running",
+        ),
+        (Method::POST, format!("/api/runs/{running}/start"), json!({}), "running"),
+        (
+            Method::POST,
+            format!("/api/runs/{pending}/restore"),
+            json!({}),
+            "pending",
+        ),
+        (Method::POST, format!("/api/runs/{ended}/restore"), json!({}), "ended"),
+        (Method::DELETE, format!("/api/runs/{deleted}"), json!({}), "pending"),
+        (Method::POST, format!("/api/runs/{running}/retry"), json!({}), "running"),
+        (
+            Method::POST,
+            format!("/api/runs/{pending}/replay"),
+            json!({}),
+            "pending",
+        ),
+        (Method::POST, format!("/api/runs/{ended}/cancel"), json!({}), "ended"),
+        (Method::POST, format!("/api/runs/{ended}/pause"), json!({}), "ended"),
+    ];
+    for (method, path, body, status) in cases {
+        let reply = s.send(method.clone(), &path, Some(body)).await;
+        let problem = reply.problem(409, "illegal_transition");
+        assert_eq!(problem["current_status"], status, "{method} {path}: {problem}");
+        nothing_appended(&s, before, &format!("{method} {path}"));
+    }
+    assert_eq!(versions(&s, &all).await, versions_before);
+    // Ending twice through /end itself.
+    let reply = s
+        .post(&format!("/api/runs/{running}/end"), json!({"end_reason": "success"}))
+        .await;
+    reply.ok(200);
+    let after_end = s.event_count();
+    let reply = s
+        .post(&format!("/api/runs/{running}/end"), json!({"end_reason": "success"}))
+        .await;
+    assert_eq!(reply.problem(409, "illegal_transition")["current_status"], "ended");
+    nothing_appended(&s, after_end, "a second end");
+    assert_eq!(after_end, before + 1);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn unknown_routes_and_methods_are_problems() {
+    let s = TestServer::start().await;
+    let run = id(&s.create(json!({"task_name": "t"})).await);
+    let before = s.event_count();
+    for (method, path) in [
+        (Method::GET, "/api/nope".to_owned()),
+        (Method::GET, "/api/runs/".to_owned()),
+        (Method::POST, format!("/api/runs/{run}/explode")),
+        (Method::GET, format!("/api/runs/{run}/events/extra")),
+        (Method::GET, "/api/tasks/t".to_owned()),
+    ] {
+        let reply = s.send(method.clone(), &path, Some(json!({}))).await;
+        let problem = reply.problem(404, "route_not_found");
+        assert_eq!(problem["instance"], path.as_str(), "{method} {path}");
+        nothing_appended(&s, before, &format!("{method} {path}"));
+    }
+    for (method, path) in [
+        (Method::PUT, "/api/runs".to_owned()),
+        (Method::DELETE, "/api/runs".to_owned()),
+        (Method::PATCH, format!("/api/runs/{run}")),
+        (Method::GET, format!("/api/runs/{run}/start")),
+        (Method::POST, "/api/tasks".to_owned()),
+    ] {
+        let reply = s.send(method.clone(), &path, Some(json!({}))).await;
+        reply.problem(405, "method_not_allowed");
+        nothing_appended(&s, before, &format!("{method} {path}"));
+    }
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_body_over_8_mib_is_413() {
+    let s = TestServer::start().await;
+    let before = s.event_count();
+    let big = format!(
+        r#"{{"task_name": "big", "payload": "{}"}}"#,
+        "x".repeat(9 * 1024 * 1024)
+    );
+    let reply = raw(&s, Method::POST, "/api/runs", &big).await;
+    reply.problem(413, "payload_too_large");
+    nothing_appended(&s, before, "a 9 MiB body");
+    // Just under the limit is accepted.
+    let fits = format!(
+        r#"{{"task_name": "big", "payload": "{}"}}"#,
+        "x".repeat(8 * 1024 * 1024 - 64)
+    );
+    raw(&s, Method::POST, "/api/runs", &fits).await.ok(201);
+    assert_eq!(s.event_count(), before + 1);
+    s.stop().await;
+}
