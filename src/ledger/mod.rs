@@ -1,6 +1,7 @@
 //! The ledger: executes commands against the log and answers queries from the
 //! projections. One backend today (SQLite); each backend is a module.
 
+mod execute;
 pub mod migrate;
 mod sqlite;
 
