@@ -5,12 +5,14 @@
 pub mod chain;
 mod envelope;
 mod run;
+mod seal;
 pub mod sqlite;
 mod timestamp;
 pub mod upcast;
 
 pub use envelope::{EventEnvelope, ExpectedVersion, Metadata, NewEvent};
 pub use run::*;
+pub use seal::{Sealed, Sealer};
 pub use timestamp::Timestamp;
 
 /// The stream every event of one run is appended to.

@@ -11,8 +11,7 @@ use std::thread::JoinHandle;
 use rusqlite::{params, Connection, TransactionBehavior};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::chain::{canonical_json, HashInput};
-use crate::{EventEnvelope, ExpectedVersion, Metadata, NewEvent, Timestamp};
+use crate::{EventEnvelope, ExpectedVersion, Metadata, NewEvent, Sealer};
 
 use super::read;
 
@@ -60,13 +59,6 @@ pub enum AppendError {
     Storage(#[from] rusqlite::Error),
 }
 
-#[derive(Clone)]
-struct Head {
-    position: i64,
-    hash: String,
-    recorded_at: Option<Timestamp>,
-}
-
 /// The open batch transaction as a unit of work sees it.
 ///
 /// Units run without savepoints (a savepoint makes SQLite copy every page the
@@ -76,7 +68,7 @@ struct Head {
 /// partial is ever committed.
 pub struct WriteTx<'c> {
     conn: &'c Connection,
-    head: Head,
+    head: Sealer,
     versions: &'c mut StreamVersions,
     /// Whether the current unit has written.
     wrote: bool,
@@ -151,56 +143,36 @@ impl WriteTx<'_> {
                 return Err(AppendError::PartialDuplicate(id));
             }
         }
-        let metadata_text = canonical_json(&serde_json::to_value(metadata).expect("metadata serializes"));
-        // Time never runs backwards along the log, so a time maps to a position.
-        let now = Timestamp::now();
-        let recorded_at = match self.head.recorded_at {
-            Some(last) if last > now => last,
-            _ => now,
-        };
-        let recorded_text = recorded_at.to_rfc3339();
+        let before = self.head.clone();
+        let sealed = self.head.seal(stream_id, current, events, metadata);
         let mut stmt = self.conn.prepare_cached(
             "INSERT INTO events (position, event_id, stream_id, stream_version, event_type, \
              schema_version, data, metadata, recorded_at, prev_hash, hash) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
         )?;
-        let mut out = Vec::with_capacity(events.len());
-        for (i, event) in events.iter().enumerate() {
-            let position = self.head.position + 1;
-            let stream_version = current + 1 + i as i64;
-            let event_id = event.event_id.to_string();
-            let data_text = canonical_json(&event.data);
-            let hash = HashInput {
-                position,
-                event_id: &event_id,
-                stream_id,
-                stream_version,
-                event_type: &event.event_type,
-                schema_version: event.schema_version,
-                data: &data_text,
-                metadata: &metadata_text,
-                recorded_at: &recorded_text,
-                prev_hash: &self.head.hash,
-            }
-            .hash();
+        let mut out = Vec::with_capacity(sealed.len());
+        for (i, s) in sealed.into_iter().enumerate() {
+            let e = &s.envelope;
+            let event_id = e.event_id.to_string();
             let inserted = stmt.execute(params![
-                position,
+                e.position,
                 event_id,
-                stream_id,
-                stream_version,
-                event.event_type,
-                event.schema_version,
-                data_text,
-                metadata_text,
-                recorded_text,
-                self.head.hash,
-                hash,
+                e.stream_id,
+                e.stream_version,
+                e.event_type,
+                e.schema_version,
+                s.data,
+                s.metadata,
+                s.recorded_at,
+                e.prev_hash,
+                e.hash,
             ]);
             if let Err(err) = inserted {
                 if !super::is_unique_violation(&err) || !err.to_string().contains("events.event_id") {
                     return Err(err.into());
                 }
                 // The unique event id is the idempotency guard.
+                self.head = before;
                 let existing = read::by_event_id(self.conn, &event_id)?.ok_or(AppendError::Storage(err))?;
                 self.wrote |= i > 0;
                 return match i {
@@ -209,22 +181,7 @@ impl WriteTx<'_> {
                 };
             }
             self.wrote = true;
-            let prev_hash = std::mem::replace(&mut self.head.hash, hash.clone());
-            self.head.position = position;
-            self.head.recorded_at = Some(recorded_at);
-            out.push(EventEnvelope {
-                position,
-                event_id: event.event_id,
-                stream_id: stream_id.to_owned(),
-                stream_version,
-                event_type: event.event_type.clone(),
-                schema_version: event.schema_version,
-                data: event.data.clone(),
-                metadata: metadata.clone(),
-                recorded_at,
-                prev_hash,
-                hash,
-            });
+            out.push(s.envelope);
         }
         self.versions
             .map
@@ -453,11 +410,7 @@ fn commit(
     }
     let mut wtx = WriteTx {
         conn: &tx,
-        head: Head {
-            position,
-            hash,
-            recorded_at,
-        },
+        head: Sealer::new(position, hash, recorded_at),
         versions: &mut *versions,
         wrote: false,
     };
