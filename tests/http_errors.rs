@@ -40,20 +40,17 @@ fn only_fault_at(reply: &Reply, location: &str) {
 }
 
 /// Asserts the log still holds `before` events.
-#[track_caller]
-fn nothing_appended(s: &TestServer, before: i64, what: &str) {
-    assert_eq!(s.event_count(), before, "{what} appended events");
+async fn nothing_appended(s: &TestServer, before: i64, what: &str) {
+    assert_eq!(s.event_count().await, before, "{what} appended events");
 }
 
 async fn raw(s: &TestServer, method: Method, path: &str, body: &str) -> Reply {
     s.send_raw(method, path, "application/json", body).await
 }
 
-#[tokio::test]
-async fn malformed_json_is_a_400_and_appends_nothing() {
-    let s = TestServer::start().await;
+async fn malformed_json_is_a_400_and_appends_nothing(s: TestServer) {
     let run = id(&s.run_through("t", json!({}), &["start"]).await);
-    let before = s.event_count();
+    let before = s.event_count().await;
     let end = format!("/api/runs/{run}/end");
     for (path, body) in [
         ("/api/runs", "{"),
@@ -68,19 +65,17 @@ async fn malformed_json_is_a_400_and_appends_nothing() {
         let reply = raw(&s, Method::POST, path, body).await;
         let problem = reply.problem(400, "malformed_request");
         assert_eq!(locations(problem), ["body"], "{path} {body}: {problem}");
-        nothing_appended(&s, before, body);
+        nothing_appended(&s, before, body).await;
     }
     let state = s.get(&format!("/api/runs/{run}")).await;
     assert_eq!(state.ok(200)["status"], "running");
     s.stop().await;
 }
 
-#[tokio::test]
-async fn wrong_types_missing_and_unknown_fields_are_422_at_the_field() {
-    let s = TestServer::start().await;
+async fn wrong_types_missing_and_unknown_fields_are_422_at_the_field(s: TestServer) {
     let running = id(&s.run_through("t", json!({}), &["start"]).await);
     let pending = id(&s.create(json!({"task_name": "t"})).await);
-    let before = s.event_count();
+    let before = s.event_count().await;
     let create = "/api/runs".to_owned();
     let end = format!("/api/runs/{running}/end");
     let start = format!("/api/runs/{pending}/start");
@@ -119,7 +114,7 @@ async fn wrong_types_missing_and_unknown_fields_are_422_at_the_field() {
     for (path, body, location) in cases {
         let reply = s.post(path, body.clone()).await;
         only_fault_at(&reply, location);
-        nothing_appended(&s, before, &format!("{path} {body}"));
+        nothing_appended(&s, before, &format!("{path} {body}")).await;
     }
     // An empty body reads as `{}`.
     let reply = raw(&s, Method::POST, "/api/runs", "").await;
@@ -130,15 +125,13 @@ async fn wrong_types_missing_and_unknown_fields_are_422_at_the_field() {
     only_fault_at(&reply, "body.why");
     let reply = s.delete(&format!("/api/runs/{running}"), json!({"reason": 5})).await;
     only_fault_at(&reply, "body.reason");
-    nothing_appended(&s, before, "empty and unknown bodies");
+    nothing_appended(&s, before, "empty and unknown bodies").await;
     s.stop().await;
 }
 
-#[tokio::test]
-async fn a_body_that_is_not_json_is_415() {
-    let s = TestServer::start().await;
+async fn a_body_that_is_not_json_is_415(s: TestServer) {
     let run = id(&s.create(json!({"task_name": "t"})).await);
-    let before = s.event_count();
+    let before = s.event_count().await;
     for (path, content_type, body) in [
         ("/api/runs".to_owned(), "text/plain", r#"{"task_name": "t"}"#),
         (
@@ -151,7 +144,7 @@ async fn a_body_that_is_not_json_is_415() {
     ] {
         let reply = s.send_raw(Method::POST, &path, content_type, body).await;
         reply.problem(415, "unsupported_media_type");
-        nothing_appended(&s, before, content_type);
+        nothing_appended(&s, before, content_type).await;
     }
     // JSON with parameters or a +json suffix is JSON.
     let reply = s
@@ -163,15 +156,13 @@ async fn a_body_that_is_not_json_is_415() {
         )
         .await;
     reply.ok(201);
-    assert_eq!(s.event_count(), before + 1);
+    assert_eq!(s.event_count().await, before + 1);
     s.stop().await;
 }
 
-#[tokio::test]
-async fn invalid_values_on_create_are_422_at_the_field() {
-    let s = TestServer::start().await;
+async fn invalid_values_on_create_are_422_at_the_field(s: TestServer) {
     s.create(json!({"task_name": "existing"})).await;
-    let before = s.event_count();
+    let before = s.event_count().await;
     let cases = [
         (json!({"task_name": "has space"}), "body.task_name"),
         (json!({"task_name": "x".repeat(101)}), "body.task_name"),
@@ -216,7 +207,7 @@ async fn invalid_values_on_create_are_422_at_the_field() {
     for (body, location) in cases {
         let reply = s.post("/api/runs", body.clone()).await;
         only_fault_at(&reply, location);
-        nothing_appended(&s, before, &body.to_string());
+        nothing_appended(&s, before, &body.to_string()).await;
     }
     let reply = s
         .post("/api/runs", json!({"task_name": "t", "parent_run_id": NO_SUCH_RUN}))
@@ -226,16 +217,14 @@ async fn invalid_values_on_create_are_422_at_the_field() {
     // The boundaries themselves are accepted.
     s.create(json!({"task_name": "x".repeat(100), "max_attempts": 1})).await;
     s.create(json!({"task_name": "t", "max_attempts": 1000})).await;
-    assert_eq!(s.event_count(), before + 2);
+    assert_eq!(s.event_count().await, before + 2);
     s.stop().await;
 }
 
-#[tokio::test]
-async fn invalid_values_on_transitions_are_422_at_the_field() {
-    let s = TestServer::start().await;
+async fn invalid_values_on_transitions_are_422_at_the_field(s: TestServer) {
     let running = id(&s.run_through("t", json!({}), &["start"]).await);
     let pending = id(&s.create(json!({"task_name": "t"})).await);
-    let before = s.event_count();
+    let before = s.event_count().await;
     let cases = [
         (
             format!("/api/runs/{running}/end"),
@@ -281,13 +270,13 @@ async fn invalid_values_on_transitions_are_422_at_the_field() {
     for (path, body, location) in cases {
         let reply = s.post(&path, body).await;
         only_fault_at(&reply, location);
-        nothing_appended(&s, before, &path);
+        nothing_appended(&s, before, &path).await;
     }
     let reply = s
         .delete(&format!("/api/runs/{pending}"), json!({"expected_version": 0}))
         .await;
     only_fault_at(&reply, "body.expected_version");
-    nothing_appended(&s, before, "delete");
+    nothing_appended(&s, before, "delete").await;
     let states = [
         s.get(&format!("/api/runs/{running}")).await.ok(200).clone(),
         s.get(&format!("/api/runs/{pending}")).await.ok(200).clone(),
@@ -303,11 +292,9 @@ async fn invalid_values_on_transitions_are_422_at_the_field() {
     s.stop().await;
 }
 
-#[tokio::test]
-async fn every_fault_of_a_body_is_reported_at_once() {
-    let s = TestServer::start().await;
+async fn every_fault_of_a_body_is_reported_at_once(s: TestServer) {
     let running = id(&s.run_through("t", json!({}), &["start"]).await);
-    let before = s.event_count();
+    let before = s.event_count().await;
     let reply = s
         .post(
             "/api/runs",
@@ -343,15 +330,13 @@ async fn every_fault_of_a_body_is_reported_at_once() {
         .await;
     let body = reply.problem(422, "validation_failed");
     assert_eq!(locations(body), ["body.end_reason", "body.expected_version"]);
-    nothing_appended(&s, before, "several faults");
+    nothing_appended(&s, before, "several faults").await;
     s.stop().await;
 }
 
-#[tokio::test]
-async fn each_invalid_list_parameter_is_422_at_its_location() {
-    let s = TestServer::start().await;
+async fn each_invalid_list_parameter_is_422_at_its_location(s: TestServer) {
     s.create(json!({"task_name": "t"})).await;
-    let before = s.event_count();
+    let before = s.event_count().await;
     let many_tags: String = (0..21).map(|i| format!("tag=k{i}:v&")).collect();
     let cases: Vec<(String, &str)> = [
         ("limit=0", "query.limit"),
@@ -419,13 +404,11 @@ async fn each_invalid_list_parameter_is_422_at_its_location() {
         let reply = s.get(&format!("/api/tasks?{query}")).await;
         only_fault_at(&reply, location);
     }
-    nothing_appended(&s, before, "list queries");
+    nothing_appended(&s, before, "list queries").await;
     s.stop().await;
 }
 
-#[tokio::test]
-async fn every_fault_of_a_query_is_reported_at_once() {
-    let s = TestServer::start().await;
+async fn every_fault_of_a_query_is_reported_at_once(s: TestServer) {
     let reply = s
         .get(
             "/api/runs?limit=0&offset=-1&sort_field=size&sort_direction=up&status=done\
@@ -450,15 +433,13 @@ async fn every_fault_of_a_query_is_reported_at_once() {
     let reply = s.get("/api/tasks/bad%20name/runs?limit=0&task_name=x%20y").await;
     let body = reply.problem(422, "validation_failed");
     assert_eq!(locations(body), ["path.taskName", "query.limit", "query.task_name"]);
-    nothing_appended(&s, 0, "invalid queries");
+    nothing_appended(&s, 0, "invalid queries").await;
     s.stop().await;
 }
 
-#[tokio::test]
-async fn path_faults_are_422_at_the_path_parameter() {
-    let s = TestServer::start().await;
+async fn path_faults_are_422_at_the_path_parameter(s: TestServer) {
     s.create(json!({"task_name": "etl"})).await;
-    let before = s.event_count();
+    let before = s.event_count().await;
     for (method, path, body) in [
         (Method::GET, "/api/runs/not-a-uuid", None),
         (Method::GET, "/api/runs/123/events", None),
@@ -493,13 +474,11 @@ async fn path_faults_are_422_at_the_path_parameter() {
     only_fault_at(&reply, "query.task_name");
     let reply = s.get("/api/tasks/etl/runs?task_name=etl").await;
     assert_eq!(reply.ok(200)["total"], 1);
-    nothing_appended(&s, before, "path faults");
+    nothing_appended(&s, before, "path faults").await;
     s.stop().await;
 }
 
-#[tokio::test]
-async fn a_path_parameter_that_is_not_utf8_is_a_problem() {
-    let s = TestServer::start().await;
+async fn a_path_parameter_that_is_not_utf8_is_a_problem(s: TestServer) {
     for path in ["/api/runs/%FF", "/api/tasks/%FF/runs"] {
         let reply = s.get(path).await;
         reply.problem(400, "malformed_request");
@@ -507,11 +486,9 @@ async fn a_path_parameter_that_is_not_utf8_is_a_problem() {
     s.stop().await;
 }
 
-#[tokio::test]
-async fn an_unknown_run_is_404_on_every_route() {
-    let s = TestServer::start().await;
+async fn an_unknown_run_is_404_on_every_route(s: TestServer) {
     s.create(json!({"task_name": "t"})).await;
-    let before = s.event_count();
+    let before = s.event_count().await;
     let run = format!("/api/runs/{NO_SUCH_RUN}");
     let cases = [
         (Method::GET, run.clone(), None),
@@ -545,7 +522,7 @@ async fn an_unknown_run_is_404_on_every_route() {
         let reply = s.send(method.clone(), &path, body).await;
         let problem = reply.problem(404, "run_not_found");
         assert_eq!(problem["instance"], path.as_str());
-        nothing_appended(&s, before, &format!("{method} {path}"));
+        nothing_appended(&s, before, &format!("{method} {path}")).await;
     }
     let upper = format!("/api/runs/{}", NO_SUCH_RUN.to_uppercase());
     s.get(&upper).await.problem(404, "run_not_found");
@@ -567,14 +544,12 @@ async fn versions(s: &TestServer, runs: &[&String]) -> Vec<(Value, Value, Value)
     out
 }
 
-#[tokio::test]
-async fn illegal_transitions_are_409_with_the_current_status() {
-    let s = TestServer::start().await;
+async fn illegal_transitions_are_409_with_the_current_status(s: TestServer) {
     let pending = id(&s.create(json!({"task_name": "t"})).await);
     let running = id(&s.run_through("t", json!({}), &["start"]).await);
     let ended = id(&s.run_through("t", json!({}), &["start", "end:success:0"]).await);
     let deleted = id(&s.run_through("t", json!({}), &["delete"]).await);
-    let before = s.event_count();
+    let before = s.event_count().await;
     let all = [&pending, &running, &ended, &deleted];
     let versions_before = versions(&s, &all).await;
 
@@ -629,7 +604,7 @@ async fn illegal_transitions_are_409_with_the_current_status() {
         let reply = s.send(method.clone(), &path, Some(body)).await;
         let problem = reply.problem(409, "illegal_transition");
         assert_eq!(problem["current_status"], status, "{method} {path}: {problem}");
-        nothing_appended(&s, before, &format!("{method} {path}"));
+        nothing_appended(&s, before, &format!("{method} {path}")).await;
     }
     assert_eq!(versions(&s, &all).await, versions_before);
     // Ending twice through /end itself.
@@ -637,21 +612,19 @@ async fn illegal_transitions_are_409_with_the_current_status() {
         .post(&format!("/api/runs/{running}/end"), json!({"end_reason": "success"}))
         .await;
     reply.ok(200);
-    let after_end = s.event_count();
+    let after_end = s.event_count().await;
     let reply = s
         .post(&format!("/api/runs/{running}/end"), json!({"end_reason": "success"}))
         .await;
     assert_eq!(reply.problem(409, "illegal_transition")["current_status"], "ended");
-    nothing_appended(&s, after_end, "a second end");
+    nothing_appended(&s, after_end, "a second end").await;
     assert_eq!(after_end, before + 1);
     s.stop().await;
 }
 
-#[tokio::test]
-async fn unknown_routes_and_methods_are_problems() {
-    let s = TestServer::start().await;
+async fn unknown_routes_and_methods_are_problems(s: TestServer) {
     let run = id(&s.create(json!({"task_name": "t"})).await);
-    let before = s.event_count();
+    let before = s.event_count().await;
     for (method, path) in [
         (Method::GET, "/api/nope".to_owned()),
         (Method::GET, "/api/runs/".to_owned()),
@@ -662,7 +635,7 @@ async fn unknown_routes_and_methods_are_problems() {
         let reply = s.send(method.clone(), &path, Some(json!({}))).await;
         let problem = reply.problem(404, "route_not_found");
         assert_eq!(problem["instance"], path.as_str(), "{method} {path}");
-        nothing_appended(&s, before, &format!("{method} {path}"));
+        nothing_appended(&s, before, &format!("{method} {path}")).await;
     }
     for (method, path) in [
         (Method::PUT, "/api/runs".to_owned()),
@@ -673,28 +646,43 @@ async fn unknown_routes_and_methods_are_problems() {
     ] {
         let reply = s.send(method.clone(), &path, Some(json!({}))).await;
         reply.problem(405, "method_not_allowed");
-        nothing_appended(&s, before, &format!("{method} {path}"));
+        nothing_appended(&s, before, &format!("{method} {path}")).await;
     }
     s.stop().await;
 }
 
-#[tokio::test]
-async fn a_body_over_8_mib_is_413() {
-    let s = TestServer::start().await;
-    let before = s.event_count();
+async fn a_body_over_8_mib_is_413(s: TestServer) {
+    let before = s.event_count().await;
     let big = format!(
         r#"{{"task_name": "big", "payload": "{}"}}"#,
         "x".repeat(9 * 1024 * 1024)
     );
     let reply = raw(&s, Method::POST, "/api/runs", &big).await;
     reply.problem(413, "payload_too_large");
-    nothing_appended(&s, before, "a 9 MiB body");
+    nothing_appended(&s, before, "a 9 MiB body").await;
     // Just under the limit is accepted.
     let fits = format!(
         r#"{{"task_name": "big", "payload": "{}"}}"#,
         "x".repeat(8 * 1024 * 1024 - 64)
     );
     raw(&s, Method::POST, "/api/runs", &fits).await.ok(201);
-    assert_eq!(s.event_count(), before + 1);
+    assert_eq!(s.event_count().await, before + 1);
     s.stop().await;
 }
+
+backend_tests!(
+    malformed_json_is_a_400_and_appends_nothing,
+    wrong_types_missing_and_unknown_fields_are_422_at_the_field,
+    a_body_that_is_not_json_is_415,
+    invalid_values_on_create_are_422_at_the_field,
+    invalid_values_on_transitions_are_422_at_the_field,
+    every_fault_of_a_body_is_reported_at_once,
+    each_invalid_list_parameter_is_422_at_its_location,
+    every_fault_of_a_query_is_reported_at_once,
+    path_faults_are_422_at_the_path_parameter,
+    a_path_parameter_that_is_not_utf8_is_a_problem,
+    an_unknown_run_is_404_on_every_route,
+    illegal_transitions_are_409_with_the_current_status,
+    unknown_routes_and_methods_are_problems,
+    a_body_over_8_mib_is_413,
+);

@@ -6,9 +6,7 @@ mod common;
 use common::TestServer;
 use serde_json::json;
 
-#[tokio::test]
-async fn a_run_from_creation_to_retry_through_the_api() {
-    let s = TestServer::start().await;
+async fn a_run_from_creation_to_retry_through_the_api(s: TestServer) {
     let created = s
         .post(
             "/api/runs",
@@ -104,9 +102,7 @@ async fn a_run_from_creation_to_retry_through_the_api() {
     s.stop().await;
 }
 
-#[tokio::test]
-async fn every_event_carries_position_hash_chain_and_metadata() {
-    let s = TestServer::start().await;
+async fn every_event_carries_position_hash_chain_and_metadata(s: TestServer) {
     let a = s.run_through("a", json!({}), &["start", "end:success:0"]).await;
     let b = s.create(json!({"task_name": "b"})).await;
     let req = s
@@ -150,22 +146,18 @@ async fn every_event_carries_position_hash_chain_and_metadata() {
     s.stop().await;
 }
 
-#[tokio::test]
-async fn the_events_table_refuses_updates_and_deletes() {
-    let s = TestServer::start().await;
+async fn the_events_table_refuses_updates_and_deletes(s: TestServer) {
     s.create(json!({"task_name": "t"})).await;
-    let conn = rusqlite::Connection::open(&s.db_path).unwrap();
-    let update = conn.execute("UPDATE events SET data = '{}' WHERE position = 1", []);
-    assert!(update.unwrap_err().to_string().contains("append-only"));
-    let delete = conn.execute("DELETE FROM events", []);
-    assert!(delete.unwrap_err().to_string().contains("append-only"));
-    assert_eq!(s.event_count(), 1);
+    let update = s.exec_sql("UPDATE events SET data = '{}' WHERE position = 1").await;
+    assert!(update.unwrap_err().contains("append-only"));
+    let delete = s.exec_sql("DELETE FROM events").await;
+    assert!(delete.unwrap_err().contains("append-only"));
+    assert_eq!(s.event_count().await, 1);
     s.stop().await;
 }
 
-#[tokio::test]
-async fn concurrent_commands_on_one_run_never_double_apply() {
-    let s = std::sync::Arc::new(TestServer::start().await);
+async fn concurrent_commands_on_one_run_never_double_apply(s: TestServer) {
+    let s = std::sync::Arc::new(s);
     let run = s.run_through("race", json!({}), &["start"]).await;
     let id = run["id"].as_str().unwrap().to_owned();
     let mut tasks = Vec::new();
@@ -187,20 +179,23 @@ async fn concurrent_commands_on_one_run_never_double_apply() {
     }
     assert_eq!(codes.iter().filter(|c| **c == 200).count(), 1, "{codes:?}");
     assert_eq!(codes.iter().filter(|c| **c == 409).count(), 15, "{codes:?}");
-    assert_eq!(s.event_count(), 3);
+    assert_eq!(s.event_count().await, 3);
+    std::sync::Arc::try_unwrap(s)
+        .ok()
+        .expect("all clients done")
+        .stop()
+        .await;
 }
 
-#[tokio::test]
-async fn a_stale_expected_version_is_a_conflict_and_appends_nothing() {
-    let s = TestServer::start().await;
+async fn a_stale_expected_version_is_a_conflict_and_appends_nothing(s: TestServer) {
     let run = s.run_through("t", json!({}), &["start"]).await;
     let id = run["id"].as_str().unwrap();
-    let before = s.event_count();
+    let before = s.event_count().await;
     let r = s
         .post(&format!("/api/runs/{id}/heartbeat"), json!({"expected_version": 1}))
         .await;
     assert_eq!(r.problem(409, "version_conflict")["current_version"], 2);
-    assert_eq!(s.event_count(), before);
+    assert_eq!(s.event_count().await, before);
     let r = s
         .post(&format!("/api/runs/{id}/heartbeat"), json!({"expected_version": 2}))
         .await;
@@ -208,9 +203,7 @@ async fn a_stale_expected_version_is_a_conflict_and_appends_nothing() {
     s.stop().await;
 }
 
-#[tokio::test]
-async fn idempotency_key_returns_the_unfinished_run_of_the_same_task() {
-    let s = TestServer::start().await;
+async fn idempotency_key_returns_the_unfinished_run_of_the_same_task(s: TestServer) {
     let first = s.create(json!({"task_name": "sync", "idempotency_key": "k-1"})).await;
     let again = s
         .post("/api/runs", json!({"task_name": "sync", "idempotency_key": "k-1"}))
@@ -218,7 +211,7 @@ async fn idempotency_key_returns_the_unfinished_run_of_the_same_task() {
     assert_eq!(again.ok(200)["id"], first["id"]);
     let other_task = s.create(json!({"task_name": "other", "idempotency_key": "k-1"})).await;
     assert_ne!(other_task["id"], first["id"]);
-    assert_eq!(s.event_count(), 2);
+    assert_eq!(s.event_count().await, 2);
     let id = first["id"].as_str().unwrap();
     s.post(&format!("/api/runs/{id}/cancel"), json!({})).await.ok(200);
     let after_end = s
@@ -232,9 +225,7 @@ async fn idempotency_key_returns_the_unfinished_run_of_the_same_task() {
     s.stop().await;
 }
 
-#[tokio::test]
-async fn failing_the_last_attempt_dead_letters_the_run() {
-    let s = TestServer::start().await;
+async fn failing_the_last_attempt_dead_letters_the_run(s: TestServer) {
     let run = s
         .run_through("t", json!({"max_attempts": 1}), &["start", "end:crashed:137"])
         .await;
@@ -249,9 +240,7 @@ async fn failing_the_last_attempt_dead_letters_the_run() {
     s.stop().await;
 }
 
-#[tokio::test]
-async fn openapi_and_offline_docs_are_served() {
-    let s = TestServer::start().await;
+async fn openapi_and_offline_docs_are_served(s: TestServer) {
     let doc = s.get("/openapi.json").await;
     let doc = doc.ok(200);
     assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"));
@@ -280,3 +269,14 @@ async fn openapi_and_offline_docs_are_served() {
     assert_eq!(s.get("/readyz").await.ok(200)["status"], "ok");
     s.stop().await;
 }
+
+backend_tests!(
+    a_run_from_creation_to_retry_through_the_api,
+    every_event_carries_position_hash_chain_and_metadata,
+    the_events_table_refuses_updates_and_deletes,
+    a_stale_expected_version_is_a_conflict_and_appends_nothing,
+    idempotency_key_returns_the_unfinished_run_of_the_same_task,
+    failing_the_last_attempt_dead_letters_the_run,
+    openapi_and_offline_docs_are_served,
+    concurrent_commands_on_one_run_never_double_apply,
+);

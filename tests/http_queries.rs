@@ -70,9 +70,7 @@ fn shift_micros(time: &str, micros: i64) -> String {
     t.to_rfc3339_opts(SecondsFormat::Micros, true)
 }
 
-#[tokio::test]
-async fn the_default_order_is_newest_first_and_pages_concatenate_to_it() {
-    let s = TestServer::start().await;
+async fn the_default_order_is_newest_first_and_pages_concatenate_to_it(s: TestServer) {
     let mut created = Vec::new();
     for task in ["e", "a", "d", "b", "g", "c", "f"] {
         created.push(id(&s.create(json!({"task_name": task})).await));
@@ -121,9 +119,7 @@ async fn the_default_order_is_newest_first_and_pages_concatenate_to_it() {
     s.stop().await;
 }
 
-#[tokio::test]
-async fn the_default_page_is_fifty_runs_and_the_total_counts_them_all() {
-    let s = TestServer::start().await;
+async fn the_default_page_is_fifty_runs_and_the_total_counts_them_all(s: TestServer) {
     let mut created = Vec::new();
     for i in 0..53 {
         created.push(id(&s.create(json!({"task_name": format!("bulk-{i}")})).await));
@@ -135,9 +131,7 @@ async fn the_default_page_is_fifty_runs_and_the_total_counts_them_all() {
     s.stop().await;
 }
 
-#[tokio::test]
-async fn sorting_by_task_name_both_ways_breaks_ties_by_id() {
-    let s = TestServer::start().await;
+async fn sorting_by_task_name_both_ways_breaks_ties_by_id(s: TestServer) {
     let charlie = id(&s.create(json!({"task_name": "charlie"})).await);
     let alpha_1 = id(&s.create(json!({"task_name": "alpha"})).await);
     let delta = id(&s.create(json!({"task_name": "delta"})).await);
@@ -160,9 +154,7 @@ async fn sorting_by_task_name_both_ways_breaks_ties_by_id() {
     s.stop().await;
 }
 
-#[tokio::test]
-async fn sorting_by_status_orders_the_status_text() {
-    let s = TestServer::start().await;
+async fn sorting_by_status_orders_the_status_text(s: TestServer) {
     let running = id(&s.run_through("t", json!({}), &["start"]).await);
     let ended = id(&s.run_through("t", json!({}), &["start", "end:success:0"]).await);
     let pending_1 = id(&s.create(json!({"task_name": "t"})).await);
@@ -184,9 +176,7 @@ async fn sorting_by_status_orders_the_status_text() {
     s.stop().await;
 }
 
-#[tokio::test]
-async fn sorting_by_start_time_puts_never_started_runs_last_both_ways() {
-    let s = TestServer::start().await;
+async fn sorting_by_start_time_puts_never_started_runs_last_both_ways(s: TestServer) {
     let a = id(&s.create(json!({"task_name": "a"})).await);
     let b = id(&s.create(json!({"task_name": "b"})).await);
     let c = id(&s.create(json!({"task_name": "c"})).await);
@@ -220,9 +210,7 @@ async fn sorting_by_start_time_puts_never_started_runs_last_both_ways() {
     s.stop().await;
 }
 
-#[tokio::test]
-async fn sorting_by_exit_code_puts_runs_without_one_last_both_ways() {
-    let s = TestServer::start().await;
+async fn sorting_by_exit_code_puts_runs_without_one_last_both_ways(s: TestServer) {
     let two = id(&s.run_through("t", json!({}), &["start", "end:failed:2"]).await);
     let killed = id(&s.run_through("t", json!({}), &["start", "end:crashed:137"]).await);
     let pending = id(&s.create(json!({"task_name": "t"})).await);
@@ -243,9 +231,7 @@ async fn sorting_by_exit_code_puts_runs_without_one_last_both_ways() {
     s.stop().await;
 }
 
-#[tokio::test]
-async fn sorting_by_duration_puts_unfinished_runs_last_both_ways() {
-    let s = TestServer::start().await;
+async fn sorting_by_duration_puts_unfinished_runs_last_both_ways(s: TestServer) {
     let long = id(&s.create(json!({"task_name": "long"})).await);
     let middle = id(&s.create(json!({"task_name": "middle"})).await);
     let short = id(&s.create(json!({"task_name": "short"})).await);
@@ -308,9 +294,7 @@ async fn sorting_by_duration_puts_unfinished_runs_last_both_ways() {
     s.stop().await;
 }
 
-#[tokio::test]
-async fn the_status_filter_matches_phases_end_reasons_and_flags() {
-    let s = TestServer::start().await;
+async fn the_status_filter_matches_phases_end_reasons_and_flags(s: TestServer) {
     let none = json!({});
     let pending = id(&s.run_through("st", none.clone(), &[]).await);
     let running = id(&s.run_through("st", none.clone(), &["start"]).await);
@@ -385,9 +369,7 @@ async fn the_status_filter_matches_phases_end_reasons_and_flags() {
     s.stop().await;
 }
 
-#[tokio::test]
-async fn deleted_runs_are_hidden_unless_asked_for() {
-    let s = TestServer::start().await;
+async fn deleted_runs_are_hidden_unless_asked_for(s: TestServer) {
     let a = id(&s.create(json!({"task_name": "a"})).await);
     let b = id(&s.run_through("b", json!({}), &["start", "end:success:0"]).await);
     let c = id(&s.create(json!({"task_name": "c"})).await);
@@ -414,9 +396,7 @@ async fn deleted_runs_are_hidden_unless_asked_for() {
     s.stop().await;
 }
 
-#[tokio::test]
-async fn task_name_and_project_filters_are_exact() {
-    let s = TestServer::start().await;
+async fn task_name_and_project_filters_are_exact(s: TestServer) {
     let alpha = id(&s.create(json!({"task_name": "alpha"})).await);
     let alpha_other = id(&s.create(json!({"task_name": "alpha", "project": "other"})).await);
     let alpha_2 = id(&s.create(json!({"task_name": "alpha-2"})).await);
@@ -438,9 +418,7 @@ async fn task_name_and_project_filters_are_exact() {
     s.stop().await;
 }
 
-#[tokio::test]
-async fn the_triggered_by_filter_takes_one_source_or_several() {
-    let s = TestServer::start().await;
+async fn the_triggered_by_filter_takes_one_source_or_several(s: TestServer) {
     let cron = id(&s.create(json!({"task_name": "t", "triggered_by": "cron"})).await);
     let manual = id(&s.create(json!({"task_name": "t", "triggered_by": "manual"})).await);
     let api = s.create(json!({"task_name": "t"})).await;
@@ -476,9 +454,7 @@ async fn the_triggered_by_filter_takes_one_source_or_several() {
     s.stop().await;
 }
 
-#[tokio::test]
-async fn created_bounds_are_inclusive() {
-    let s = TestServer::start().await;
+async fn created_bounds_are_inclusive(s: TestServer) {
     let mut runs = Vec::new();
     let mut times = Vec::new();
     for i in 0..5 {
@@ -543,9 +519,7 @@ async fn created_bounds_are_inclusive() {
     s.stop().await;
 }
 
-#[tokio::test]
-async fn exit_code_bounds_are_inclusive_and_skip_runs_without_a_code() {
-    let s = TestServer::start().await;
+async fn exit_code_bounds_are_inclusive_and_skip_runs_without_a_code(s: TestServer) {
     let two = id(&s.run_through("t", json!({}), &["start", "end:failed:2"]).await);
     let killed = id(&s.run_through("t", json!({}), &["start", "end:crashed:137"]).await);
     let no_code = id(&s.run_through("t", json!({}), &["start", "end:success"]).await);
@@ -594,9 +568,7 @@ async fn exit_code_bounds_are_inclusive_and_skip_runs_without_a_code() {
     s.stop().await;
 }
 
-#[tokio::test]
-async fn retries_only_lists_the_retries() {
-    let s = TestServer::start().await;
+async fn retries_only_lists_the_retries(s: TestServer) {
     let first = id(&s.run_through("flaky", json!({}), &["start", "end:failed:1"]).await);
     let other = id(&s.run_through("steady", json!({}), &["start", "end:success:0"]).await);
     let attempt_1 = retry(&s, &first).await;
@@ -619,9 +591,7 @@ async fn retries_only_lists_the_retries() {
     s.stop().await;
 }
 
-#[tokio::test]
-async fn search_matches_task_names_and_ids_literally_ignoring_case() {
-    let s = TestServer::start().await;
+async fn search_matches_task_names_and_ids_literally_ignoring_case(s: TestServer) {
     let a_b = id(&s.create(json!({"task_name": "a_b"})).await);
     let axb = id(&s.create(json!({"task_name": "axb"})).await);
     let prod = id(&s.create(json!({"task_name": "Deploy-Prod"})).await);
@@ -665,9 +635,7 @@ async fn search_matches_task_names_and_ids_literally_ignoring_case() {
     s.stop().await;
 }
 
-#[tokio::test]
-async fn tag_filters_are_anded_and_values_may_contain_colons() {
-    let s = TestServer::start().await;
+async fn tag_filters_are_anded_and_values_may_contain_colons(s: TestServer) {
     let prod_core = id(&s
         .create(json!({"task_name": "t", "tags": {"env": "prod", "team": "core"}}))
         .await);
@@ -716,9 +684,7 @@ async fn tag_filters_are_anded_and_values_may_contain_colons() {
     s.stop().await;
 }
 
-#[tokio::test]
-async fn parent_run_id_lists_the_direct_children() {
-    let s = TestServer::start().await;
+async fn parent_run_id_lists_the_direct_children(s: TestServer) {
     let parent_1 = id(&s.create(json!({"task_name": "parent"})).await);
     let parent_2 = id(&s.create(json!({"task_name": "parent"})).await);
     let child_1 = id(&s.create(json!({"task_name": "child", "parent_run_id": parent_1})).await);
@@ -776,9 +742,7 @@ async fn parent_run_id_lists_the_direct_children() {
     s.stop().await;
 }
 
-#[tokio::test]
-async fn filters_combine_with_and() {
-    let s = TestServer::start().await;
+async fn filters_combine_with_and(s: TestServer) {
     let matching = json!({"triggered_by": "cron", "tags": {"env": "prod"}});
     let with = |change: Value| {
         let mut body = matching.clone();
@@ -863,9 +827,7 @@ async fn filters_combine_with_and() {
     s.stop().await;
 }
 
-#[tokio::test]
-async fn task_runs_lists_one_tasks_runs_with_the_same_filters() {
-    let s = TestServer::start().await;
+async fn task_runs_lists_one_tasks_runs_with_the_same_filters(s: TestServer) {
     let a_pending = id(&s.create(json!({"task_name": "alpha"})).await);
     let b_pending = id(&s.create(json!({"task_name": "beta"})).await);
     let a_running = id(&s.run_through("alpha", json!({}), &["start"]).await);
@@ -976,9 +938,7 @@ fn counts(pairs: &[(&str, i64)]) -> Value {
     all
 }
 
-#[tokio::test]
-async fn task_summaries_count_by_status_and_name_the_last_run_success_and_failure() {
-    let s = TestServer::start().await;
+async fn task_summaries_count_by_status_and_name_the_last_run_success_and_failure(s: TestServer) {
     let zeta = id(&s.run_through("zeta", json!({}), &["start", "end:success:0"]).await);
 
     let older = id(&s.create(json!({"task_name": "etl"})).await);
@@ -1078,9 +1038,7 @@ async fn task_summaries_count_by_status_and_name_the_last_run_success_and_failur
     s.stop().await;
 }
 
-#[tokio::test]
-async fn task_summaries_page_by_name_with_a_full_total() {
-    let s = TestServer::start().await;
+async fn task_summaries_page_by_name_with_a_full_total(s: TestServer) {
     for task in ["delta", "alpha", "echo", "charlie", "bravo"] {
         s.create(json!({"task_name": task})).await;
     }
@@ -1110,3 +1068,27 @@ async fn task_summaries_page_by_name_with_a_full_total() {
     assert_eq!(alpha["counts"], counts(&[("pending", 2)]));
     s.stop().await;
 }
+
+backend_tests!(
+    the_default_order_is_newest_first_and_pages_concatenate_to_it,
+    the_default_page_is_fifty_runs_and_the_total_counts_them_all,
+    sorting_by_task_name_both_ways_breaks_ties_by_id,
+    sorting_by_status_orders_the_status_text,
+    sorting_by_start_time_puts_never_started_runs_last_both_ways,
+    sorting_by_exit_code_puts_runs_without_one_last_both_ways,
+    sorting_by_duration_puts_unfinished_runs_last_both_ways,
+    the_status_filter_matches_phases_end_reasons_and_flags,
+    deleted_runs_are_hidden_unless_asked_for,
+    task_name_and_project_filters_are_exact,
+    the_triggered_by_filter_takes_one_source_or_several,
+    created_bounds_are_inclusive,
+    exit_code_bounds_are_inclusive_and_skip_runs_without_a_code,
+    retries_only_lists_the_retries,
+    search_matches_task_names_and_ids_literally_ignoring_case,
+    tag_filters_are_anded_and_values_may_contain_colons,
+    parent_run_id_lists_the_direct_children,
+    filters_combine_with_and,
+    task_runs_lists_one_tasks_runs_with_the_same_filters,
+    task_summaries_count_by_status_and_name_the_last_run_success_and_failure,
+    task_summaries_page_by_name_with_a_full_total,
+);

@@ -4,6 +4,7 @@
 
 pub mod chain;
 mod envelope;
+pub mod postgres;
 mod run;
 mod seal;
 pub mod sqlite;

@@ -2,6 +2,7 @@
 //! the tables that fold maintains and serves queries from.
 #![forbid(unsafe_code)]
 
+pub mod postgres;
 mod query;
 mod run_state;
 pub mod sqlite;

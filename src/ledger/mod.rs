@@ -1,8 +1,10 @@
 //! The ledger: executes commands against the log and answers queries from the
-//! projections. One backend today (SQLite); each backend is a module.
+//! projections. Each backend is a module: SQLite (embedded, the default) and
+//! PostgreSQL (several nodes on one database).
 
 mod execute;
 pub mod migrate;
+mod postgres;
 mod sqlite;
 
 use std::path::PathBuf;
@@ -13,12 +15,15 @@ use uuid::Uuid;
 
 use crate::commands::{Command, CommandError, Outcome};
 
+pub use postgres::PgLedger;
 pub use sqlite::SqliteLedger;
 
 /// Where the ledger lives, parsed from `--database-url`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DatabaseUrl {
     Sqlite(PathBuf),
+    /// A `postgres://` URL; `?options=-c%20search_path%3Dname` picks a schema.
+    Postgres(String),
 }
 
 impl DatabaseUrl {
@@ -34,9 +39,13 @@ impl DatabaseUrl {
             return Ok(Self::Sqlite(PathBuf::from(path)));
         }
         if text.starts_with("postgres://") || text.starts_with("postgresql://") {
-            return Err("this build of runledger has no PostgreSQL backend yet; use sqlite://PATH".into());
+            text.parse::<sqlx::postgres::PgConnectOptions>()
+                .map_err(|e| format!("invalid PostgreSQL URL: {e}"))?;
+            return Ok(Self::Postgres(text.to_owned()));
         }
-        Err(format!("unsupported database URL {text:?}; expected sqlite://PATH"))
+        Err(format!(
+            "unsupported database URL {text:?}; expected sqlite://PATH or postgres://…"
+        ))
     }
 }
 
@@ -64,6 +73,7 @@ pub struct EventsQuery {
 
 pub enum Ledger {
     Sqlite(SqliteLedger),
+    Postgres(PgLedger),
 }
 
 impl Ledger {
@@ -71,30 +81,39 @@ impl Ledger {
     pub async fn open(url: &DatabaseUrl) -> anyhow::Result<Self> {
         match url {
             DatabaseUrl::Sqlite(path) => Ok(Self::Sqlite(SqliteLedger::open(path.clone()).await?)),
+            DatabaseUrl::Postgres(url) => Self::open_postgres(url.parse()?).await,
         }
+    }
+
+    pub async fn open_postgres(options: sqlx::postgres::PgConnectOptions) -> anyhow::Result<Self> {
+        Ok(Self::Postgres(PgLedger::open(options).await?))
     }
 
     pub async fn execute(&self, command: Command, metadata: Metadata) -> Result<Outcome, LedgerError> {
         match self {
             Self::Sqlite(l) => l.execute(command, metadata).await,
+            Self::Postgres(l) => l.execute(command, metadata).await,
         }
     }
 
     pub async fn get_run(&self, id: Uuid) -> Result<Option<RunState>, LedgerError> {
         match self {
             Self::Sqlite(l) => l.get_run(id).await,
+            Self::Postgres(l) => l.get_run(id).await,
         }
     }
 
     pub async fn list_runs(&self, query: RunQuery) -> Result<(Vec<RunState>, i64), LedgerError> {
         match self {
             Self::Sqlite(l) => l.list_runs(query).await,
+            Self::Postgres(l) => l.list_runs(query).await,
         }
     }
 
     pub async fn tasks(&self, limit: i64, offset: i64) -> Result<(Vec<TaskSummary>, i64), LedgerError> {
         match self {
             Self::Sqlite(l) => l.tasks(limit, offset).await,
+            Self::Postgres(l) => l.tasks(limit, offset).await,
         }
     }
 
@@ -102,6 +121,7 @@ impl Ledger {
     pub async fn run_events(&self, query: EventsQuery) -> Result<Option<Vec<EventEnvelope>>, LedgerError> {
         match self {
             Self::Sqlite(l) => l.run_events(query).await,
+            Self::Postgres(l) => l.run_events(query).await,
         }
     }
 
@@ -109,6 +129,7 @@ impl Ledger {
     pub async fn ready(&self) -> bool {
         match self {
             Self::Sqlite(l) => l.ready().await,
+            Self::Postgres(l) => l.ready().await,
         }
     }
 }
@@ -133,5 +154,9 @@ mod tests {
         );
         assert!(DatabaseUrl::parse("sqlite::memory:").is_err());
         assert!(DatabaseUrl::parse("mysql://x").is_err());
+        assert_eq!(
+            DatabaseUrl::parse("postgres://u@localhost:5432/db"),
+            Ok(DatabaseUrl::Postgres("postgres://u@localhost:5432/db".into()))
+        );
     }
 }

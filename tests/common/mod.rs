@@ -1,4 +1,5 @@
-//! The real server on port 0 against a fresh SQLite file per test.
+//! The real server on port 0, against a fresh SQLite file or a fresh
+//! PostgreSQL schema per test. `backend_tests!` runs each scenario on both.
 #![allow(dead_code)]
 
 use std::path::PathBuf;
@@ -12,13 +13,84 @@ use tempfile::TempDir;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+/// Where a test server keeps its ledger.
+pub enum Backend {
+    Sqlite { path: PathBuf, _dir: TempDir },
+    Postgres { url: String, schema: String },
+}
+
 pub struct TestServer {
     pub base: String,
     pub client: reqwest::Client,
-    pub db_path: PathBuf,
+    pub backend: Backend,
     shutdown: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<std::io::Result<()>>>,
-    _dir: TempDir,
+}
+
+/// Runs each listed scenario (`async fn name(s: TestServer)`) once on SQLite
+/// and once on PostgreSQL (skipped, visibly, when
+/// `RUNLEDGER_TEST_POSTGRES_URL` is not set).
+#[macro_export]
+macro_rules! backend_tests {
+    ($($name:ident),+ $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::common::TestServer::sqlite().await).await
+                }
+            )+
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    if let Some(server) = $crate::common::TestServer::postgres(stringify!($name)).await {
+                        super::$name(server).await
+                    }
+                }
+            )+
+        }
+    };
+}
+
+pub const POSTGRES_URL_VAR: &str = "RUNLEDGER_TEST_POSTGRES_URL";
+
+/// The PostgreSQL URL for tests, or a visible SKIPPED line on stderr.
+pub fn postgres_url(test: &str) -> Option<String> {
+    match std::env::var(POSTGRES_URL_VAR) {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            use std::io::Write;
+            // Written to the process's stderr directly: the test harness does
+            // not capture it, so the skip is seen even when the test passes.
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIPPED postgres::{test}: {POSTGRES_URL_VAR} is not set"
+            );
+            None
+        }
+    }
+}
+
+/// Creates a fresh schema; returns connect options that use it.
+pub async fn postgres_schema(url: &str) -> (String, sqlx::postgres::PgConnectOptions) {
+    use sqlx::ConnectOptions;
+    let schema = format!("rl_test_{}", uuid::Uuid::new_v4().simple());
+    let base: sqlx::postgres::PgConnectOptions = url.parse().expect("RUNLEDGER_TEST_POSTGRES_URL");
+    let mut conn = base.connect().await.expect("connect to PostgreSQL");
+    sqlx::query(&format!("CREATE SCHEMA {schema}"))
+        .execute(&mut conn)
+        .await
+        .expect("create schema");
+    let options = base.options([("search_path", schema.as_str())]);
+    (schema, options)
+}
+
+/// The URL that makes a `runledger` process use `schema`.
+pub fn url_with_schema(url: &str, schema: &str) -> String {
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}options=-c%20search_path%3D{schema}")
 }
 
 /// A response: status, content type and body (JSON, or a string for other bodies).
@@ -71,27 +143,36 @@ impl Reply {
 }
 
 impl TestServer {
-    pub async fn start() -> Self {
+    pub async fn sqlite() -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let db_path = dir.path().join("runledger.db");
-        let ledger = Arc::new(
-            Ledger::open(&DatabaseUrl::Sqlite(db_path.clone()))
-                .await
-                .expect("open ledger"),
-        );
+        let path = dir.path().join("runledger.db");
+        let ledger = Ledger::open(&DatabaseUrl::Sqlite(path.clone()))
+            .await
+            .expect("open ledger");
+        Self::serve(ledger, Backend::Sqlite { path, _dir: dir }).await
+    }
+
+    /// `None` (after saying so) when no PostgreSQL is configured.
+    pub async fn postgres(test: &str) -> Option<Self> {
+        let url = postgres_url(test)?;
+        let (schema, options) = postgres_schema(&url).await;
+        let ledger = Ledger::open_postgres(options).await.expect("open PostgreSQL ledger");
+        Some(Self::serve(ledger, Backend::Postgres { url, schema }).await)
+    }
+
+    async fn serve(ledger: Ledger, backend: Backend) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let base = format!("http://{}", listener.local_addr().unwrap());
         let (tx, rx) = oneshot::channel::<()>();
-        let handle = tokio::spawn(http::serve(ledger, HttpConfig::default(), listener, async {
+        let handle = tokio::spawn(http::serve(Arc::new(ledger), HttpConfig::default(), listener, async {
             let _ = rx.await;
         }));
         Self {
             base,
             client: reqwest::Client::new(),
-            db_path,
+            backend,
             shutdown: Some(tx),
             handle: Some(handle),
-            _dir: dir,
         }
     }
 
@@ -102,6 +183,59 @@ impl TestServer {
         if let Some(h) = self.handle.take() {
             h.await.expect("server task").expect("server");
         }
+        if let Backend::Postgres { url, schema } = &self.backend {
+            let _ = self.postgres_exec(url, &format!("DROP SCHEMA {schema} CASCADE")).await;
+        }
+    }
+
+    async fn postgres_exec(&self, url: &str, sql: &str) -> Result<u64, String> {
+        use sqlx::ConnectOptions;
+        let options: sqlx::postgres::PgConnectOptions = url.parse().map_err(|e: sqlx::Error| e.to_string())?;
+        let mut conn = options.connect().await.map_err(|e| e.to_string())?;
+        sqlx::raw_sql(sql)
+            .execute(&mut conn)
+            .await
+            .map(|r| r.rows_affected())
+            .map_err(|e| e.to_string())
+    }
+
+    /// Runs SQL straight against the test's database (in its schema).
+    pub async fn exec_sql(&self, sql: &str) -> Result<u64, String> {
+        match &self.backend {
+            Backend::Sqlite { path, .. } => {
+                let conn = rusqlite::Connection::open(path).map_err(|e| e.to_string())?;
+                conn.execute(sql, []).map(|n| n as u64).map_err(|e| e.to_string())
+            }
+            Backend::Postgres { url, schema } => {
+                self.postgres_exec(url, &format!("SET search_path TO {schema}; {sql}"))
+                    .await
+            }
+        }
+    }
+
+    /// A single integer from SQL run against the test's database.
+    pub async fn query_i64(&self, sql: &str) -> i64 {
+        match &self.backend {
+            Backend::Sqlite { path, .. } => {
+                let conn = rusqlite::Connection::open(path).expect("open db");
+                conn.query_row(sql, [], |r| r.get(0)).expect("query")
+            }
+            Backend::Postgres { url, schema } => {
+                use sqlx::ConnectOptions;
+                let options: sqlx::postgres::PgConnectOptions = url.parse().expect("url");
+                let mut conn = options
+                    .options([("search_path", schema.as_str())])
+                    .connect()
+                    .await
+                    .expect("connect");
+                sqlx::query_scalar(sql).fetch_one(&mut conn).await.expect("query")
+            }
+        }
+    }
+
+    /// The number of events in the log, read straight from the database.
+    pub async fn event_count(&self) -> i64 {
+        self.query_i64("SELECT COUNT(*) FROM events").await
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -194,13 +328,6 @@ impl TestServer {
             run = self.send(method, &path, Some(body)).await.ok(200).clone();
         }
         run
-    }
-
-    /// The number of events in the log, read straight from the database.
-    pub fn event_count(&self) -> i64 {
-        let conn = rusqlite::Connection::open(&self.db_path).expect("open db");
-        conn.query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0))
-            .expect("count")
     }
 }
 

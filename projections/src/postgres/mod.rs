@@ -1,0 +1,3 @@
+//! The projection tables on PostgreSQL.
+
+pub mod runs;

@@ -1,0 +1,236 @@
+//! The runs table on PostgreSQL: written in batches in the appender's
+//! transaction, read with the same SQL as SQLite.
+
+use sqlx::postgres::PgArguments;
+use sqlx::query::QueryScalar;
+use sqlx::{PgConnection, Postgres};
+use uuid::Uuid;
+
+use crate::{Arg, RunQuery, RunState, SqlQuery, TaskSummary};
+
+fn decode(text: &str) -> sqlx::Result<RunState> {
+    serde_json::from_str(text).map_err(|e| sqlx::Error::Decode(Box::new(e)))
+}
+
+fn scalar<'q, T>(q: &'q SqlQuery) -> QueryScalar<'q, Postgres, T, PgArguments>
+where
+    (T,): for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>,
+{
+    let mut query = sqlx::query_scalar(&q.sql);
+    for arg in &q.args {
+        query = match arg {
+            Arg::Int(i) => query.bind(*i),
+            Arg::Text(t) => query.bind(t.as_str()),
+        };
+    }
+    query
+}
+
+async fn states(conn: &mut PgConnection, q: &SqlQuery) -> sqlx::Result<Vec<RunState>> {
+    let rows: Vec<String> = scalar(q).fetch_all(conn).await?;
+    rows.iter().map(|s| decode(s)).collect()
+}
+
+pub async fn load(conn: &mut PgConnection, id: &Uuid) -> sqlx::Result<Option<RunState>> {
+    let row: Option<String> = sqlx::query_scalar("SELECT state FROM runs WHERE id = $1")
+        .bind(id.to_string())
+        .fetch_optional(conn)
+        .await?;
+    row.as_deref().map(decode).transpose()
+}
+
+pub async fn load_many(conn: &mut PgConnection, ids: &[Uuid]) -> sqlx::Result<Vec<RunState>> {
+    let ids: Vec<String> = ids.iter().map(Uuid::to_string).collect();
+    let rows: Vec<String> = sqlx::query_scalar("SELECT state FROM runs WHERE id = ANY($1)")
+        .bind(ids)
+        .fetch_all(conn)
+        .await?;
+    rows.iter().map(|s| decode(s)).collect()
+}
+
+/// Unfinished runs holding any of these `(task_name, idempotency_key)` pairs.
+pub async fn unfinished_by_idempotency_keys(
+    conn: &mut PgConnection,
+    keys: &[(String, String)],
+) -> sqlx::Result<Vec<RunState>> {
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (tasks, keys): (Vec<&str>, Vec<&str>) = keys.iter().map(|(t, k)| (t.as_str(), k.as_str())).unzip();
+    let rows: Vec<String> = sqlx::query_scalar(
+        "SELECT state FROM runs WHERE status <> 'ended' AND idempotency_key IS NOT NULL \
+         AND (task_name, idempotency_key) IN (SELECT * FROM UNNEST($1::text[], $2::text[]))",
+    )
+    .bind(tasks)
+    .bind(keys)
+    .fetch_all(conn)
+    .await?;
+    rows.iter().map(|s| decode(s)).collect()
+}
+
+/// One changed run: its new state and whether its tags changed.
+pub struct RunRow<'a> {
+    pub state: &'a RunState,
+    pub tags_changed: bool,
+}
+
+/// Upserts every changed run of a batch in one statement.
+pub async fn store_many(conn: &mut PgConnection, rows: &[RunRow<'_>]) -> sqlx::Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let n = rows.len();
+    let (mut id, mut project, mut task_name, mut status) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut end_reason, mut exit_code, mut triggered_by, mut retry_attempt) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut parent, mut key, mut dead, mut deleted) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut created, mut start, mut end, mut duration) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut version, mut position, mut state) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+    for row in rows {
+        let s = row.state;
+        id.push(s.id.to_string());
+        project.push(s.project.clone());
+        task_name.push(s.task_name.clone());
+        status.push(s.status.as_str());
+        end_reason.push(s.end_reason.map(|r| r.as_str()));
+        exit_code.push(s.exit_code);
+        triggered_by.push(s.triggered_by.as_str());
+        retry_attempt.push(s.retry_attempt);
+        parent.push(s.parent_run_id.map(|p| p.to_string()));
+        key.push(s.idempotency_key.clone());
+        dead.push(s.dead_lettered);
+        deleted.push(s.deleted);
+        created.push(s.created_at.as_micros());
+        start.push(s.start_at.map(|t| t.as_micros()));
+        end.push(s.end_at.map(|t| t.as_micros()));
+        duration.push(s.duration_ms);
+        version.push(s.version);
+        position.push(s.position);
+        state.push(serde_json::to_string(s).map_err(|e| sqlx::Error::Encode(Box::new(e)))?);
+    }
+    sqlx::query(
+        "INSERT INTO runs (id, project, task_name, status, end_reason, exit_code, triggered_by, \
+         retry_attempt, parent_run_id, idempotency_key, dead_lettered, deleted, created_at, start_at, \
+         end_at, duration_ms, version, position, state) \
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], \
+         $7::text[], $8::bigint[], $9::text[], $10::text[], $11::bool[], $12::bool[], $13::bigint[], \
+         $14::bigint[], $15::bigint[], $16::bigint[], $17::bigint[], $18::bigint[], $19::text[]) \
+         ON CONFLICT (id) DO UPDATE SET project = EXCLUDED.project, task_name = EXCLUDED.task_name, \
+         status = EXCLUDED.status, end_reason = EXCLUDED.end_reason, exit_code = EXCLUDED.exit_code, \
+         triggered_by = EXCLUDED.triggered_by, retry_attempt = EXCLUDED.retry_attempt, \
+         parent_run_id = EXCLUDED.parent_run_id, idempotency_key = EXCLUDED.idempotency_key, \
+         dead_lettered = EXCLUDED.dead_lettered, deleted = EXCLUDED.deleted, \
+         created_at = EXCLUDED.created_at, start_at = EXCLUDED.start_at, end_at = EXCLUDED.end_at, \
+         duration_ms = EXCLUDED.duration_ms, version = EXCLUDED.version, \
+         position = EXCLUDED.position, state = EXCLUDED.state",
+    )
+    .bind(&id)
+    .bind(project)
+    .bind(task_name)
+    .bind(status)
+    .bind(end_reason)
+    .bind(exit_code)
+    .bind(triggered_by)
+    .bind(retry_attempt)
+    .bind(parent)
+    .bind(key)
+    .bind(dead)
+    .bind(deleted)
+    .bind(created)
+    .bind(start)
+    .bind(end)
+    .bind(duration)
+    .bind(version)
+    .bind(position)
+    .bind(state)
+    .execute(&mut *conn)
+    .await?;
+    let retagged: Vec<&RunRow> = rows.iter().filter(|r| r.tags_changed).collect();
+    if !retagged.is_empty() {
+        let ids: Vec<String> = retagged.iter().map(|r| r.state.id.to_string()).collect();
+        sqlx::query("DELETE FROM run_tags WHERE run_id = ANY($1)")
+            .bind(&ids)
+            .execute(&mut *conn)
+            .await?;
+        let (mut run_id, mut tag_key, mut value) = (Vec::new(), Vec::new(), Vec::new());
+        for row in retagged {
+            for (k, v) in &row.state.tags {
+                run_id.push(row.state.id.to_string());
+                tag_key.push(k.as_str());
+                value.push(v.as_str());
+            }
+        }
+        sqlx::query(
+            "INSERT INTO run_tags (run_id, key, value) SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[])",
+        )
+        .bind(run_id)
+        .bind(tag_key)
+        .bind(value)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+/// A page of runs and the number of runs matching the filter.
+pub async fn list(conn: &mut PgConnection, query: &RunQuery) -> sqlx::Result<(Vec<RunState>, i64)> {
+    let runs = states(conn, &query.page_sql("runs")).await?;
+    let total: i64 = scalar(&query.count_sql("runs")).fetch_one(conn).await?;
+    Ok((runs, total))
+}
+
+/// A page of task summaries, by task name, and the number of tasks.
+pub async fn tasks(conn: &mut PgConnection, limit: i64, offset: i64) -> sqlx::Result<(Vec<TaskSummary>, i64)> {
+    let keys = TaskSummary::count_keys();
+    let q = TaskSummary::counts_sql(limit, offset);
+    let mut query = sqlx::query(&q.sql);
+    for arg in &q.args {
+        query = match arg {
+            Arg::Int(i) => query.bind(*i),
+            Arg::Text(t) => query.bind(t.as_str()),
+        };
+    }
+    let rows = query.fetch_all(&mut *conn).await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
+        use sqlx::Row;
+        let task_name: String = row.try_get(0)?;
+        let mut counts = std::collections::BTreeMap::new();
+        for (i, key) in keys.iter().enumerate() {
+            counts.insert((*key).to_owned(), row.try_get::<i64, _>(i + 2)?);
+        }
+        let one = |sql: &str| SqlQuery {
+            sql: sql.to_owned(),
+            args: vec![Arg::Text(task_name.clone())],
+        };
+        out.push(TaskSummary {
+            last_run: states(conn, &one(TaskSummary::LAST_RUN_SQL)).await?.pop(),
+            last_success: states(conn, &one(TaskSummary::LAST_SUCCESS_SQL)).await?.pop(),
+            last_failure: states(conn, &one(TaskSummary::LAST_FAILURE_SQL)).await?.pop(),
+            total: row.try_get(1)?,
+            task_name,
+            counts,
+        });
+    }
+    let total: i64 = sqlx::query_scalar(TaskSummary::TASK_COUNT_SQL).fetch_one(conn).await?;
+    Ok((out, total))
+}

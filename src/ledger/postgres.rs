@@ -1,0 +1,353 @@
+//! The ledger on PostgreSQL, for several stateless nodes on one database.
+//!
+//! Each node has one writer task doing group commit: it takes every command
+//! queued meanwhile, opens a transaction, takes the ledger's advisory lock
+//! (so positions are gap-free and commit in order across nodes), loads the
+//! runs the batch needs in one query, executes each command in memory with
+//! the shared executor, then writes all events and all changed runs in one
+//! statement each and commits. Followers on every node are woken by NOTIFY
+//! and read the log by position.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use runledger_events::postgres as log;
+use runledger_events::{EventEnvelope, ExpectedVersion, Metadata, NewEvent, Sealed, Sealer};
+use runledger_projections::postgres::runs::{self, RunRow};
+use runledger_projections::{RunQuery, RunState, RunStatus, TaskSummary};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+use super::execute::{execute, stream_of, ExecError, RunStore};
+use super::{EventsQuery, LedgerError};
+use crate::commands::{Command, Outcome};
+
+const MAX_BATCH: usize = 1024;
+const QUEUE: usize = 16 * 1024;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+impl From<sqlx::Error> for LedgerError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Storage(e.to_string())
+    }
+}
+
+struct Job {
+    command: Command,
+    metadata: Metadata,
+    reply: oneshot::Sender<Result<Outcome, LedgerError>>,
+}
+
+pub struct PgLedger {
+    pool: PgPool,
+    sender: Option<mpsc::Sender<Job>>,
+    head: watch::Receiver<i64>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    listener: JoinHandle<()>,
+}
+
+impl PgLedger {
+    /// Connects, migrates (safe with several nodes starting at once: sqlx
+    /// takes a lock), and starts the writer and the NOTIFY listener.
+    pub async fn open(options: PgConnectOptions) -> anyhow::Result<Self> {
+        let pool = PgPoolOptions::new().max_connections(16).connect_with(options).await?;
+        MIGRATOR.run(&pool).await?;
+        let mut conn = pool.acquire().await?;
+        let schema: String = sqlx::query_scalar("SELECT current_schema()")
+            .fetch_one(&mut *conn)
+            .await?;
+        let (head_tx, head) = watch::channel(log::head_position(&mut conn).await?);
+        drop(conn);
+        let head_tx = Arc::new(head_tx);
+        let (sender, receiver) = mpsc::channel(QUEUE);
+        let writer = tokio::spawn(write_loop(pool.clone(), receiver, head_tx.clone()));
+        let listener = tokio::spawn(listen(pool.clone(), schema, head_tx));
+        Ok(Self {
+            pool,
+            sender: Some(sender),
+            head,
+            writer: Mutex::new(Some(writer)),
+            listener,
+        })
+    }
+
+    pub async fn execute(&self, command: Command, metadata: Metadata) -> Result<Outcome, LedgerError> {
+        let (reply, answer) = oneshot::channel();
+        let sender = self
+            .sender
+            .as_ref()
+            .ok_or_else(|| LedgerError::Storage("the writer has stopped".into()))?;
+        sender
+            .send(Job {
+                command,
+                metadata,
+                reply,
+            })
+            .await
+            .map_err(|_| LedgerError::Storage("the writer has stopped".into()))?;
+        answer
+            .await
+            .unwrap_or_else(|_| Err(LedgerError::Storage("the writer has stopped".into())))
+    }
+
+    pub async fn get_run(&self, id: Uuid) -> Result<Option<RunState>, LedgerError> {
+        Ok(runs::load(&mut *self.pool.acquire().await?, &id).await?)
+    }
+
+    pub async fn list_runs(&self, query: RunQuery) -> Result<(Vec<RunState>, i64), LedgerError> {
+        Ok(runs::list(&mut *self.pool.acquire().await?, &query).await?)
+    }
+
+    pub async fn tasks(&self, limit: i64, offset: i64) -> Result<(Vec<TaskSummary>, i64), LedgerError> {
+        Ok(runs::tasks(&mut *self.pool.acquire().await?, limit, offset).await?)
+    }
+
+    pub async fn run_events(&self, q: EventsQuery) -> Result<Option<Vec<EventEnvelope>>, LedgerError> {
+        // One REPEATABLE READ transaction, so the run and its events agree.
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            .execute(&mut *tx)
+            .await?;
+        if runs::load(&mut tx, &q.run_id).await?.is_none() {
+            return Ok(None);
+        }
+        let events = log::stream(&mut tx, &stream_of(q.run_id), q.after_version, q.limit, &q.types).await?;
+        tx.commit().await?;
+        Ok(Some(events))
+    }
+
+    pub async fn ready(&self) -> bool {
+        let Ok(mut conn) = self.pool.acquire().await else {
+            return false;
+        };
+        let applied: Result<i64, _> = sqlx::query_scalar("SELECT COUNT(*) FROM _sqlx_migrations WHERE success")
+            .fetch_one(&mut *conn)
+            .await;
+        applied.is_ok_and(|n| n as usize == MIGRATOR.iter().count())
+    }
+
+    /// The last position committed by any node, as far as this node knows.
+    pub fn head(&self) -> watch::Receiver<i64> {
+        self.head.clone()
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}
+
+impl Drop for PgLedger {
+    fn drop(&mut self) {
+        self.sender.take();
+        self.listener.abort();
+        if let Some(writer) = self.writer.lock().ok().and_then(|mut w| w.take()) {
+            // The writer finishes the batch in hand and stops once the queue is empty.
+            drop(writer);
+        }
+    }
+}
+
+async fn write_loop(pool: PgPool, mut receiver: mpsc::Receiver<Job>, head: Arc<watch::Sender<i64>>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while let Some(job) = receiver.recv().await {
+        batch.push(job);
+        while batch.len() < MAX_BATCH {
+            match receiver.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let jobs = std::mem::take(&mut batch);
+        match commit_batch(&pool, &jobs).await {
+            Ok((outcomes, position)) => {
+                head.send_if_modified(|h| {
+                    let moved = position > *h;
+                    *h = (*h).max(position);
+                    moved
+                });
+                for (job, outcome) in jobs.into_iter().zip(outcomes) {
+                    let _ = job.reply.send(outcome);
+                }
+            }
+            Err(err) => {
+                tracing::error!(error = %err, batch = jobs.len(), "group commit failed");
+                for job in jobs {
+                    let _ = job.reply.send(Err(LedgerError::Storage(err.clone())));
+                }
+            }
+        }
+    }
+}
+
+type Outcomes = Vec<Result<Outcome, LedgerError>>;
+
+async fn commit_batch(pool: &PgPool, jobs: &[Job]) -> Result<(Outcomes, i64), String> {
+    let fail = |e: sqlx::Error| e.to_string();
+    let mut tx = pool.begin().await.map_err(fail)?;
+    log::lock(&mut tx).await.map_err(fail)?;
+    let sealer = log::head(&mut tx).await.map_err(fail)?;
+    let mut ids = Vec::new();
+    let mut keys = Vec::new();
+    for job in jobs {
+        match &job.command {
+            Command::Create(create) => {
+                ids.extend(create.references().into_iter().map(|(_, id)| id));
+                if let Some(key) = &create.idempotency_key {
+                    keys.push((create.task_name.to_string(), key.clone()));
+                }
+            }
+            Command::Run(cmd) => ids.push(cmd.run_id),
+        }
+    }
+    let mut known: HashMap<Uuid, Option<RunState>> = ids.iter().map(|id| (*id, None)).collect();
+    for state in runs::load_many(&mut tx, &ids).await.map_err(fail)? {
+        known.insert(state.id, Some(state));
+    }
+    for state in runs::unfinished_by_idempotency_keys(&mut tx, &keys)
+        .await
+        .map_err(fail)?
+    {
+        known.insert(state.id, Some(state));
+    }
+    let mut store = BatchStore {
+        runs: known,
+        sealer,
+        sealed: Vec::new(),
+        changed: Vec::new(),
+    };
+    let mut outcomes = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        outcomes.push(match execute(&mut store, &job.command, &job.metadata) {
+            Ok(outcome) => Ok(outcome),
+            Err(ExecError::Command(e)) => Err(LedgerError::Command(e)),
+            // Nothing refuses after writing, so this batch is unusable.
+            Err(ExecError::Storage(e)) => return Err(e),
+        });
+    }
+    log::insert(&mut tx, &store.sealed).await.map_err(fail)?;
+    let rows: Vec<RunRow> = store
+        .changed
+        .iter()
+        .map(|(id, tags_changed)| RunRow {
+            state: store.runs[id].as_ref().expect("stored runs exist"),
+            tags_changed: *tags_changed,
+        })
+        .collect();
+    runs::store_many(&mut tx, &rows).await.map_err(fail)?;
+    let position = store.sealer.position;
+    if !store.sealed.is_empty() {
+        log::notify(&mut tx, position).await.map_err(fail)?;
+    }
+    tx.commit().await.map_err(fail)?;
+    Ok((outcomes, position))
+}
+
+/// A batch in memory: the runs it read and changed, and the events it sealed.
+struct BatchStore {
+    runs: HashMap<Uuid, Option<RunState>>,
+    sealer: Sealer,
+    sealed: Vec<Sealed>,
+    /// Changed runs in order, with whether their tags changed.
+    changed: Vec<(Uuid, bool)>,
+}
+
+impl RunStore for BatchStore {
+    fn load_run(&mut self, id: Uuid) -> Result<Option<RunState>, String> {
+        self.runs
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| format!("run {id} was not loaded for this batch"))
+    }
+
+    fn find_unfinished_by_idempotency_key(&mut self, task_name: &str, key: &str) -> Result<Option<RunState>, String> {
+        Ok(self
+            .runs
+            .values()
+            .flatten()
+            .filter(|s| {
+                s.task_name == task_name && s.idempotency_key.as_deref() == Some(key) && s.status != RunStatus::Ended
+            })
+            .max_by_key(|s| (s.created_at, s.id))
+            .cloned())
+    }
+
+    fn stream_version(&mut self, run_id: Uuid) -> Result<i64, String> {
+        // The runs row is written with every append, so its version is the stream's.
+        Ok(self.runs.get(&run_id).and_then(Option::as_ref).map_or(0, |s| s.version))
+    }
+
+    fn append(
+        &mut self,
+        run_id: Uuid,
+        _expected: ExpectedVersion,
+        events: &[NewEvent],
+        metadata: &Metadata,
+    ) -> Result<Vec<EventEnvelope>, String> {
+        let current = self.stream_version(run_id)?;
+        let sealed = self.sealer.seal(&stream_of(run_id), current, events, metadata);
+        let envelopes = sealed.iter().map(|s| s.envelope.clone()).collect();
+        self.sealed.extend(sealed);
+        Ok(envelopes)
+    }
+
+    fn store_run(&mut self, previous: Option<&RunState>, state: &RunState) -> Result<(), String> {
+        let tags_changed = previous.map(|p| &p.tags) != Some(&state.tags);
+        match self.changed.iter_mut().find(|(id, _)| *id == state.id) {
+            Some(entry) => entry.1 |= tags_changed,
+            None => self.changed.push((state.id, tags_changed)),
+        }
+        self.runs.insert(state.id, Some(state.clone()));
+        Ok(())
+    }
+}
+
+/// Follows every node's commits through NOTIFY. After each (re)connection it
+/// re-reads the head, so a notification lost while disconnected costs
+/// nothing: the notification only says "read the log".
+async fn listen(pool: PgPool, schema: String, head: Arc<watch::Sender<i64>>) {
+    let prefix = format!("{schema}:");
+    loop {
+        let mut listener = match PgListener::connect_with(&pool).await {
+            Ok(l) => l,
+            Err(err) => {
+                tracing::warn!(error = %err, "LISTEN connection failed; retrying");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        if let Err(err) = listener.listen(log::NOTIFY_CHANNEL).await {
+            tracing::warn!(error = %err, "LISTEN failed; retrying");
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            continue;
+        }
+        if let Ok(mut conn) = pool.acquire().await {
+            if let Ok(position) = log::head_position(&mut conn).await {
+                advance(&head, position);
+            }
+        }
+        loop {
+            match listener.recv().await {
+                Ok(note) => {
+                    if let Some(position) = note.payload().strip_prefix(&prefix).and_then(|p| p.parse().ok()) {
+                        advance(&head, position);
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "LISTEN connection lost; reconnecting");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+fn advance(head: &watch::Sender<i64>, position: i64) {
+    head.send_if_modified(|h| {
+        let moved = position > *h;
+        *h = (*h).max(position);
+        moved
+    });
+}
