@@ -2,30 +2,12 @@
 //! takes a write storm, is killed mid-flight, restarts on the same file, and
 //! every acknowledged event is there, with a gap-free, intact chain.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
-fn spawn_server(db: &std::path::Path) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_runledger"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--database-url"])
-        .arg(format!("sqlite://{}", db.display()))
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start runledger");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .expect("ready line");
-    let addr = line.trim().rsplit(' ').next().expect("address").to_owned();
-    assert!(addr.starts_with("http://127.0.0.1:"), "unexpected ready line {line:?}");
-    (child, addr)
-}
+mod common;
 
 /// What the server acknowledged: run id → the version of its last acked event.
 type Acked = Arc<Mutex<Vec<(String, i64)>>>;
@@ -66,7 +48,7 @@ async fn writer(client: reqwest::Client, base: String, acked: Acked) {
 async fn every_acknowledged_write_survives_sigkill() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("storm.db");
-    let (mut child, base) = spawn_server(&db);
+    let (mut child, base) = common::spawn_binary(&format!("sqlite://{}", db.display()));
     let acked: Acked = Arc::default();
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
@@ -92,7 +74,7 @@ async fn every_acknowledged_write_survives_sigkill() {
         acked.len()
     );
 
-    let (mut child, base) = spawn_server(&db);
+    let (mut child, base) = common::spawn_binary(&format!("sqlite://{}", db.display()));
     let mut latest = std::collections::HashMap::new();
     for (id, version) in &acked {
         let v = latest.entry(id.clone()).or_insert(0);

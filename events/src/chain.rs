@@ -97,6 +97,78 @@ impl HashInput<'_> {
     }
 }
 
+/// What a full pass over the log found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChainReport {
+    /// Events checked.
+    pub events: i64,
+    /// The last position checked.
+    pub head: i64,
+    /// The first position where the chain breaks, and why.
+    pub first_break: Option<(i64, String)>,
+}
+
+impl ChainReport {
+    pub fn is_intact(&self) -> bool {
+        self.first_break.is_none()
+    }
+}
+
+/// Checks stored events one at a time, in position order.
+#[derive(Debug)]
+pub struct ChainWalk {
+    expected_position: i64,
+    prev: String,
+    events: i64,
+    first_break: Option<(i64, String)>,
+}
+
+impl Default for ChainWalk {
+    fn default() -> Self {
+        Self {
+            expected_position: 1,
+            prev: GENESIS_HASH.to_owned(),
+            events: 0,
+            first_break: None,
+        }
+    }
+}
+
+impl ChainWalk {
+    /// Checks the next stored event; false once the chain is broken.
+    pub fn step(&mut self, stored: &HashInput<'_>, hash: &str) -> bool {
+        let fault = if stored.position != self.expected_position {
+            Some(format!(
+                "expected position {}, found {}: an event was removed",
+                self.expected_position, stored.position
+            ))
+        } else if stored.prev_hash != self.prev {
+            Some("prev_hash does not match the previous event's hash: events were removed or reordered".to_owned())
+        } else if stored.hash() != hash {
+            Some("the stored fields do not match the event's hash: the event was altered".to_owned())
+        } else {
+            None
+        };
+        if let Some(reason) = fault {
+            self.first_break = Some((self.expected_position.min(stored.position), reason));
+            return false;
+        }
+        self.events += 1;
+        self.expected_position += 1;
+        self.prev = hash.to_owned();
+        true
+    }
+
+    pub fn report(self) -> ChainReport {
+        let head = self.expected_position - 1;
+        ChainReport {
+            events: self.events,
+            head,
+            first_break: self.first_break,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

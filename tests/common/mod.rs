@@ -340,3 +340,43 @@ pub fn ids(body: &Value) -> Vec<String> {
         .map(|r| r["id"].as_str().unwrap().to_owned())
         .collect()
 }
+
+/// Starts the real `runledger` binary on port 0 against `database_url`;
+/// returns it and its base URL once it has printed that it listens.
+pub fn spawn_binary(database_url: &str) -> (std::process::Child, String) {
+    use std::io::{BufRead, BufReader};
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_runledger"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--database-url", database_url])
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("start runledger");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .expect("ready line");
+    let addr = line.trim().rsplit(' ').next().expect("address").to_owned();
+    assert!(addr.starts_with("http://127.0.0.1:"), "unexpected ready line {line:?}");
+    (child, addr)
+}
+
+/// A `runledger` process that is killed when dropped, even if the test panics.
+pub struct Node {
+    pub child: std::process::Child,
+    pub base: String,
+}
+
+impl Node {
+    pub fn start(database_url: &str) -> Self {
+        let (child, base) = spawn_binary(database_url);
+        Self { child, base }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

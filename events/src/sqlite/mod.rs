@@ -11,8 +11,9 @@ use std::time::Duration;
 
 use rusqlite::Connection;
 
+pub use crate::chain::ChainReport;
 pub use pool::ReadPool;
-pub use verify::{verify_chain, ChainReport};
+pub use verify::verify_chain;
 pub use writer::{AppendError, StorageError, WriteError, WriteTx, Writer, WriterStats, MAX_BATCH};
 
 /// Opens a connection with the settings every runledger connection shares:

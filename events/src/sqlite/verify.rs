@@ -2,24 +2,7 @@
 
 use rusqlite::Connection;
 
-use crate::chain::{HashInput, GENESIS_HASH};
-
-/// What a full pass over the log found.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ChainReport {
-    /// Events checked.
-    pub events: i64,
-    /// The last position checked.
-    pub head: i64,
-    /// The first position where the chain breaks, and why.
-    pub first_break: Option<(i64, String)>,
-}
-
-impl ChainReport {
-    pub fn is_intact(&self) -> bool {
-        self.first_break.is_none()
-    }
-}
+use crate::chain::{ChainReport, ChainWalk, HashInput};
 
 /// Walks the log in position order: positions must run 1, 2, 3…, each
 /// `prev_hash` must be the previous event's `hash`, and each `hash` must be
@@ -30,55 +13,26 @@ pub fn verify_chain(conn: &Connection) -> rusqlite::Result<ChainReport> {
         super::read::COLUMNS
     ))?;
     let mut rows = stmt.query([])?;
-    let mut expected_position = 1;
-    let mut prev = GENESIS_HASH.to_owned();
-    let mut events = 0;
+    let mut walk = ChainWalk::default();
     while let Some(row) = rows.next()? {
-        let position: i64 = row.get(0)?;
-        let event_id: String = row.get(1)?;
-        let stream_id: String = row.get(2)?;
-        let event_type: String = row.get(4)?;
-        let data: String = row.get(6)?;
-        let metadata: String = row.get(7)?;
-        let recorded_at: String = row.get(8)?;
-        let prev_hash: String = row.get(9)?;
-        let hash: String = row.get(10)?;
-        let fault = if position != expected_position {
-            Some(format!(
-                "expected position {expected_position}, found {position}: an event was removed"
-            ))
-        } else if prev_hash != prev {
-            Some("prev_hash does not match the previous event's hash: events were removed or reordered".into())
-        } else {
-            let computed = HashInput {
-                position,
-                event_id: &event_id,
-                stream_id: &stream_id,
-                stream_version: row.get(3)?,
-                event_type: &event_type,
-                schema_version: row.get(5)?,
-                data: &data,
-                metadata: &metadata,
-                recorded_at: &recorded_at,
-                prev_hash: &prev_hash,
-            }
-            .hash();
-            (computed != hash).then(|| "the stored fields do not match the event's hash: the event was altered".into())
+        let (event_id, stream_id, event_type): (String, String, String) = (row.get(1)?, row.get(2)?, row.get(4)?);
+        let (data, metadata, recorded_at): (String, String, String) = (row.get(6)?, row.get(7)?, row.get(8)?);
+        let (prev_hash, hash): (String, String) = (row.get(9)?, row.get(10)?);
+        let stored = HashInput {
+            position: row.get(0)?,
+            event_id: &event_id,
+            stream_id: &stream_id,
+            stream_version: row.get(3)?,
+            event_type: &event_type,
+            schema_version: row.get(5)?,
+            data: &data,
+            metadata: &metadata,
+            recorded_at: &recorded_at,
+            prev_hash: &prev_hash,
         };
-        if let Some(reason) = fault {
-            return Ok(ChainReport {
-                events,
-                head: position,
-                first_break: Some((expected_position.min(position), reason)),
-            });
+        if !walk.step(&stored, &hash) {
+            break;
         }
-        events += 1;
-        expected_position += 1;
-        prev = hash;
     }
-    Ok(ChainReport {
-        events,
-        head: expected_position - 1,
-        first_break: None,
-    })
+    Ok(walk.report())
 }
