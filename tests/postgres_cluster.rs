@@ -165,7 +165,12 @@ async fn a_reader_waits_for_a_writer_holding_its_transaction_and_never_skips_it(
         schema_version: 1,
         data: json!({}),
     };
-    let sealed = sealer.seal("run-held", 0, &[held.clone()], &Metadata::actor("slow-writer"));
+    let sealed = sealer.seal(
+        "run-held",
+        0,
+        std::slice::from_ref(&held),
+        &Metadata::actor("slow-writer"),
+    );
     log::insert(&mut tx, &sealed).await.unwrap();
 
     // Another writer, through the API, must wait behind it.
