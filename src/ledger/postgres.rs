@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use runledger_events::postgres as log;
 use runledger_events::{EventEnvelope, ExpectedVersion, Metadata, NewEvent, Sealed, Sealer};
-use runledger_projections::postgres::runs::{self, RunRow};
+use runledger_projections::postgres::runs::{self, RunRow, Tags};
 use runledger_projections::{RunQuery, RunState, RunStatus, TaskSummary};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -26,6 +26,10 @@ use crate::commands::{Command, Outcome};
 
 const MAX_BATCH: usize = 1024;
 const QUEUE: usize = 16 * 1024;
+/// The longest a small batch waits for the rest of a busy writer population.
+const GATHER_WAIT: std::time::Duration = std::time::Duration::from_micros(500);
+/// Below this many concurrent writers, a batch never waits.
+const GATHER_MIN_POPULATION: usize = 16;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -152,14 +156,27 @@ impl Drop for PgLedger {
 
 async fn write_loop(pool: PgPool, mut receiver: mpsc::Receiver<Job>, head: Arc<watch::Sender<i64>>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
+    // As on SQLite: with many writers the population splits into two
+    // cohorts; a batch well short of the last two together waits briefly for
+    // the rest, since every batch costs a fixed number of round trips.
+    let mut last_two = [0usize; 2];
     while let Some(job) = receiver.recv().await {
         batch.push(job);
-        while batch.len() < MAX_BATCH {
-            match receiver.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
+        drain(&mut receiver, &mut batch);
+        let population = last_two[0] + last_two[1];
+        if population >= GATHER_MIN_POPULATION && batch.len() * 4 < population * 3 {
+            let deadline = tokio::time::Instant::now() + GATHER_WAIT;
+            while batch.len() * 4 < population * 3 && batch.len() < MAX_BATCH {
+                match tokio::time::timeout_at(deadline, receiver.recv()).await {
+                    Ok(Some(job)) => {
+                        batch.push(job);
+                        drain(&mut receiver, &mut batch);
+                    }
+                    _ => break,
+                }
             }
         }
+        last_two = [last_two[1], batch.len()];
         let jobs = std::mem::take(&mut batch);
         match commit_batch(&pool, &jobs).await {
             Ok((outcomes, position)) => {
@@ -178,6 +195,15 @@ async fn write_loop(pool: PgPool, mut receiver: mpsc::Receiver<Job>, head: Arc<w
                     let _ = job.reply.send(Err(LedgerError::Storage(err.clone())));
                 }
             }
+        }
+    }
+}
+
+fn drain(receiver: &mut mpsc::Receiver<Job>, batch: &mut Vec<Job>) {
+    while batch.len() < MAX_BATCH {
+        match receiver.try_recv() {
+            Ok(job) => batch.push(job),
+            Err(_) => break,
         }
     }
 }
@@ -231,9 +257,9 @@ async fn commit_batch(pool: &PgPool, jobs: &[Job]) -> Result<(Outcomes, i64), St
     let rows: Vec<RunRow> = store
         .changed
         .iter()
-        .map(|(id, tags_changed)| RunRow {
+        .map(|(id, tags)| RunRow {
             state: store.runs[id].as_ref().expect("stored runs exist"),
-            tags_changed: *tags_changed,
+            tags: *tags,
         })
         .collect();
     runs::store_many(&mut tx, &rows).await.map_err(fail)?;
@@ -250,8 +276,8 @@ struct BatchStore {
     runs: HashMap<Uuid, Option<RunState>>,
     sealer: Sealer,
     sealed: Vec<Sealed>,
-    /// Changed runs in order, with whether their tags changed.
-    changed: Vec<(Uuid, bool)>,
+    /// Changed runs in order, with what happened to their tags.
+    changed: Vec<(Uuid, Tags)>,
 }
 
 impl RunStore for BatchStore {
@@ -294,10 +320,17 @@ impl RunStore for BatchStore {
     }
 
     fn store_run(&mut self, previous: Option<&RunState>, state: &RunState) -> Result<(), String> {
-        let tags_changed = previous.map(|p| &p.tags) != Some(&state.tags);
+        let tags = match previous {
+            None => Tags::New,
+            Some(p) if p.tags != state.tags => Tags::Replaced,
+            Some(_) => Tags::Unchanged,
+        };
         match self.changed.iter_mut().find(|(id, _)| *id == state.id) {
-            Some(entry) => entry.1 |= tags_changed,
-            None => self.changed.push((state.id, tags_changed)),
+            // A run created earlier in this batch keeps "New": it has no rows yet.
+            Some(entry) if entry.1 == Tags::New => {}
+            Some(entry) if tags != Tags::Unchanged => entry.1 = tags,
+            Some(_) => {}
+            None => self.changed.push((state.id, tags)),
         }
         self.runs.insert(state.id, Some(state.clone()));
         Ok(())

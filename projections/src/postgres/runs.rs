@@ -68,10 +68,20 @@ pub async fn unfinished_by_idempotency_keys(
     rows.iter().map(|s| decode(s)).collect()
 }
 
-/// One changed run: its new state and whether its tags changed.
+/// What happened to a changed run's tags.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tags {
+    Unchanged,
+    /// A new run: insert its tags.
+    New,
+    /// An existing run whose tags changed: replace them.
+    Replaced,
+}
+
+/// One changed run of a batch.
 pub struct RunRow<'a> {
     pub state: &'a RunState,
-    pub tags_changed: bool,
+    pub tags: Tags,
 }
 
 /// Upserts every changed run of a batch in one statement.
@@ -164,21 +174,26 @@ pub async fn store_many(conn: &mut PgConnection, rows: &[RunRow<'_>]) -> sqlx::R
     .bind(state)
     .execute(&mut *conn)
     .await?;
-    let retagged: Vec<&RunRow> = rows.iter().filter(|r| r.tags_changed).collect();
-    if !retagged.is_empty() {
-        let ids: Vec<String> = retagged.iter().map(|r| r.state.id.to_string()).collect();
+    let replaced: Vec<String> = rows
+        .iter()
+        .filter(|r| r.tags == Tags::Replaced)
+        .map(|r| r.state.id.to_string())
+        .collect();
+    if !replaced.is_empty() {
         sqlx::query("DELETE FROM run_tags WHERE run_id = ANY($1)")
-            .bind(&ids)
+            .bind(&replaced)
             .execute(&mut *conn)
             .await?;
-        let (mut run_id, mut tag_key, mut value) = (Vec::new(), Vec::new(), Vec::new());
-        for row in retagged {
-            for (k, v) in &row.state.tags {
-                run_id.push(row.state.id.to_string());
-                tag_key.push(k.as_str());
-                value.push(v.as_str());
-            }
+    }
+    let (mut run_id, mut tag_key, mut value) = (Vec::new(), Vec::new(), Vec::new());
+    for row in rows.iter().filter(|r| r.tags != Tags::Unchanged) {
+        for (k, v) in &row.state.tags {
+            run_id.push(row.state.id.to_string());
+            tag_key.push(k.as_str());
+            value.push(v.as_str());
         }
+    }
+    if !run_id.is_empty() {
         sqlx::query(
             "INSERT INTO run_tags (run_id, key, value) SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[])",
         )

@@ -94,8 +94,10 @@ pub fn store(conn: &Connection, previous: Option<&RunState>, state: &RunState) -
     ])?;
     if previous.map(|p| &p.tags) != Some(&state.tags) {
         let id = state.id.to_string();
-        conn.prepare_cached("DELETE FROM run_tags WHERE run_id = ?1")?
-            .execute([&id])?;
+        if previous.is_some() {
+            conn.prepare_cached("DELETE FROM run_tags WHERE run_id = ?1")?
+                .execute([&id])?;
+        }
         let mut insert = conn.prepare_cached("INSERT INTO run_tags (run_id, key, value) VALUES (?1, ?2, ?3)")?;
         for (key, value) in &state.tags {
             insert.execute(params![id, key, value])?;
