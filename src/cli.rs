@@ -65,15 +65,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     tracing::info!(%addr, database = ?args.database.database_url, "runledger is ready");
     // Scripts wait for this line; it is printed only once the port is bound.
     println!("runledger listening on http://{addr}");
-    http::serve(
-        ledger,
-        HttpConfig {
-            max_body_bytes: args.max_body_bytes,
-        },
-        listener,
-        shutdown_signal(),
-    )
-    .await?;
+    let config = HttpConfig {
+        max_body_bytes: args.max_body_bytes,
+        ..HttpConfig::default()
+    };
+    http::serve(ledger, config, listener, shutdown_signal()).await?;
     tracing::info!("runledger stopped");
     Ok(())
 }

@@ -4,5 +4,6 @@
 pub mod cli;
 pub mod commands;
 pub mod domain;
+pub mod follow;
 pub mod http;
 pub mod ledger;

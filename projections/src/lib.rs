@@ -2,10 +2,12 @@
 //! the tables that fold maintains and serves queries from.
 #![forbid(unsafe_code)]
 
+mod log;
 pub mod postgres;
 mod query;
 mod run_state;
 pub mod sqlite;
 
+pub use log::{LogEntry, LogFilter};
 pub use query::{Arg, RunFilter, RunQuery, SortDirection, SortField, SqlQuery, StatusValue, TaskSummary};
 pub use run_state::{ApplyError, EventContext, Refusal, RefusalKind, RunState, RunStatus};

@@ -1,6 +1,7 @@
 //! The HTTP API: one router per resource, merged here.
 
 mod error;
+mod events;
 mod extract;
 mod run_commands;
 mod runs;
@@ -9,17 +10,21 @@ mod tasks;
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::extract::{DefaultBodyLimit, Extension, MatchedPath, Request};
 use axum::{middleware, Router};
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_swagger_ui::SwaggerUi;
 
 pub use error::{ApiError, FieldError, Problem};
+pub use events::Streams;
 
+use crate::follow::LogTail;
 use crate::ledger::Ledger;
 
 #[derive(OpenApi)]
@@ -28,6 +33,7 @@ use crate::ledger::Ledger;
     tags(
         (name = "runs", description = "Create, report on, operate and read runs"),
         (name = "tasks", description = "Runs grouped by task"),
+        (name = "events", description = "The global log and live Server-Sent Event streams"),
         (name = "operations", description = "Health and readiness"),
     ),
     components(schemas(Problem, FieldError))
@@ -38,20 +44,27 @@ struct ApiDoc;
 #[derive(Clone, Debug)]
 pub struct HttpConfig {
     pub max_body_bytes: usize,
+    /// How often an idle stream sends a keep-alive comment.
+    pub keep_alive: Duration,
+    /// Recent events each node keeps in memory for its streams.
+    pub tail_capacity: usize,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             max_body_bytes: 8 * 1024 * 1024,
+            keep_alive: Duration::from_secs(15),
+            tail_capacity: 16_384,
         }
     }
 }
 
 /// The OpenAPI document and the router it describes.
-pub fn api(ledger: Arc<Ledger>, config: &HttpConfig) -> (Router, utoipa::openapi::OpenApi) {
+pub fn api(ledger: Arc<Ledger>, config: &HttpConfig, streams: Streams) -> (Router, utoipa::openapi::OpenApi) {
     let (router, openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(runs::router())
+        .merge(events::router())
         .merge(run_commands::router())
         .merge(tasks::router())
         .merge(system::router())
@@ -59,6 +72,7 @@ pub fn api(ledger: Arc<Ledger>, config: &HttpConfig) -> (Router, utoipa::openapi
     let router = router
         .with_state(ledger)
         .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi.clone()))
+        .layer(Extension(streams))
         .layer(middleware::from_fn(error::problems))
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
@@ -69,13 +83,25 @@ pub fn api(ledger: Arc<Ledger>, config: &HttpConfig) -> (Router, utoipa::openapi
 }
 
 /// Serves the API on an already bound listener until `shutdown` completes,
-/// then finishes in-flight requests.
+/// then ends every stream and finishes in-flight requests.
 pub async fn serve(
     ledger: Arc<Ledger>,
     config: HttpConfig,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let (router, _) = api(ledger, &config);
-    axum::serve(listener, router).with_graceful_shutdown(shutdown).await
+    let stop = CancellationToken::new();
+    let tail = LogTail::start(ledger.clone(), config.tail_capacity, stop.clone());
+    let streams = Streams {
+        tail,
+        shutdown: stop.clone(),
+        keep_alive: config.keep_alive,
+    };
+    let (router, _) = api(ledger, &config, streams);
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            stop.cancel();
+        })
+        .await
 }

@@ -10,7 +10,7 @@ mod sqlite;
 use std::path::PathBuf;
 
 use runledger_events::{EventEnvelope, Metadata};
-use runledger_projections::{RunQuery, RunState, TaskSummary};
+use runledger_projections::{LogEntry, RunQuery, RunState, TaskSummary};
 use uuid::Uuid;
 
 use crate::commands::{Command, CommandError, Outcome};
@@ -122,6 +122,23 @@ impl Ledger {
         match self {
             Self::Sqlite(l) => l.run_events(query).await,
             Self::Postgres(l) => l.run_events(query).await,
+        }
+    }
+
+    /// Up to `limit` events after `after`, with their runs' task and project.
+    pub async fn read_log(&self, after: i64, limit: i64) -> Result<Vec<LogEntry>, LedgerError> {
+        match self {
+            Self::Sqlite(l) => l.read_log(after, limit).await,
+            Self::Postgres(l) => l.read_log(after, limit).await,
+        }
+    }
+
+    /// The last committed position this node knows of; it changes after
+    /// every commit (on PostgreSQL, any node's). A wake-up for followers.
+    pub fn head(&self) -> tokio::sync::watch::Receiver<i64> {
+        match self {
+            Self::Sqlite(l) => l.head(),
+            Self::Postgres(l) => l.head(),
         }
     }
 

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use runledger_events::postgres as log;
 use runledger_events::{EventEnvelope, ExpectedVersion, Metadata, NewEvent, Sealed, Sealer};
 use runledger_projections::postgres::runs::{self, RunRow, Tags};
-use runledger_projections::{RunQuery, RunState, RunStatus, TaskSummary};
+use runledger_projections::{LogEntry, RunQuery, RunState, RunStatus, TaskSummary};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -121,6 +121,10 @@ impl PgLedger {
         let events = log::stream(&mut tx, &stream_of(q.run_id), q.after_version, q.limit, &q.types).await?;
         tx.commit().await?;
         Ok(Some(events))
+    }
+
+    pub async fn read_log(&self, after: i64, limit: i64) -> Result<Vec<LogEntry>, LedgerError> {
+        Ok(runs::log_page(&mut *self.pool.acquire().await?, after, limit).await?)
     }
 
     pub async fn ready(&self) -> bool {

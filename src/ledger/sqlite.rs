@@ -4,7 +4,7 @@ use std::sync::Arc;
 use runledger_events::sqlite::{read, ReadPool, WriteError, WriteTx, Writer};
 use runledger_events::{run_stream_id, EventEnvelope, ExpectedVersion, Metadata, NewEvent};
 use runledger_projections::sqlite::runs;
-use runledger_projections::{RunQuery, RunState, TaskSummary};
+use runledger_projections::{LogEntry, RunQuery, RunState, TaskSummary};
 use tracing::instrument;
 use uuid::Uuid;
 
@@ -82,6 +82,14 @@ impl SqliteLedger {
                 result
             })
             .await?)
+    }
+
+    pub async fn read_log(&self, after: i64, limit: i64) -> Result<Vec<LogEntry>, LedgerError> {
+        Ok(self.pool.read(move |c| runs::log_page(c, after, limit)).await?)
+    }
+
+    pub fn head(&self) -> tokio::sync::watch::Receiver<i64> {
+        self.writer.head()
     }
 
     pub async fn ready(&self) -> bool {

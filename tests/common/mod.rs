@@ -23,6 +23,8 @@ pub struct TestServer {
     pub base: String,
     pub client: reqwest::Client,
     pub backend: Backend,
+    /// The server's ledger, for tests that append faster than HTTP allows.
+    pub ledger: Arc<Ledger>,
     shutdown: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<std::io::Result<()>>>,
 }
@@ -144,45 +146,60 @@ impl Reply {
 
 impl TestServer {
     pub async fn sqlite() -> Self {
+        Self::sqlite_with(HttpConfig::default()).await
+    }
+
+    pub async fn sqlite_with(config: HttpConfig) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("runledger.db");
         let ledger = Ledger::open(&DatabaseUrl::Sqlite(path.clone()))
             .await
             .expect("open ledger");
-        Self::serve(ledger, Backend::Sqlite { path, _dir: dir }).await
+        Self::serve(ledger, Backend::Sqlite { path, _dir: dir }, config).await
     }
 
     /// `None` (after saying so) when no PostgreSQL is configured.
     pub async fn postgres(test: &str) -> Option<Self> {
+        Self::postgres_with(test, HttpConfig::default()).await
+    }
+
+    pub async fn postgres_with(test: &str, config: HttpConfig) -> Option<Self> {
         let url = postgres_url(test)?;
         let (schema, options) = postgres_schema(&url).await;
         let ledger = Ledger::open_postgres(options).await.expect("open PostgreSQL ledger");
-        Some(Self::serve(ledger, Backend::Postgres { url, schema }).await)
+        Some(Self::serve(ledger, Backend::Postgres { url, schema }, config).await)
     }
 
-    async fn serve(ledger: Ledger, backend: Backend) -> Self {
+    async fn serve(ledger: Ledger, backend: Backend, config: HttpConfig) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let base = format!("http://{}", listener.local_addr().unwrap());
         let (tx, rx) = oneshot::channel::<()>();
-        let handle = tokio::spawn(http::serve(Arc::new(ledger), HttpConfig::default(), listener, async {
+        let ledger = Arc::new(ledger);
+        let handle = tokio::spawn(http::serve(ledger.clone(), config, listener, async {
             let _ = rx.await;
         }));
         Self {
             base,
             client: reqwest::Client::new(),
             backend,
+            ledger,
             shutdown: Some(tx),
             handle: Some(handle),
         }
     }
 
-    pub async fn stop(mut self) {
+    /// Asks the server to stop and waits until it has (every stream ended).
+    pub async fn shutdown(&mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
         if let Some(h) = self.handle.take() {
             h.await.expect("server task").expect("server");
         }
+    }
+
+    pub async fn stop(mut self) {
+        self.shutdown().await;
         if let Backend::Postgres { url, schema } = &self.backend {
             let _ = self.postgres_exec(url, &format!("DROP SCHEMA {schema} CASCADE")).await;
         }

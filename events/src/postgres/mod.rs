@@ -118,7 +118,8 @@ fn decode_err(e: impl std::error::Error + Send + Sync + 'static) -> sqlx::Error 
     sqlx::Error::Decode(Box::new(e))
 }
 
-fn envelope(row: &PgRow) -> sqlx::Result<EventEnvelope> {
+/// Reads an envelope from a row with the log's columns.
+pub fn envelope(row: &PgRow) -> sqlx::Result<EventEnvelope> {
     Ok(EventEnvelope {
         position: row.try_get("position")?,
         event_id: row.try_get::<Uuid, _>("event_id")?,

@@ -249,3 +249,22 @@ pub async fn tasks(conn: &mut PgConnection, limit: i64, offset: i64) -> sqlx::Re
     let total: i64 = sqlx::query_scalar(TaskSummary::TASK_COUNT_SQL).fetch_one(conn).await?;
     Ok((out, total))
 }
+
+/// A page of the log after `after`, each event with its run's task and project.
+pub async fn log_page(conn: &mut PgConnection, after: i64, limit: i64) -> sqlx::Result<Vec<crate::LogEntry>> {
+    use sqlx::Row;
+    let rows = sqlx::query(crate::log::LOG_PAGE_SQL)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(conn)
+        .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(crate::LogEntry {
+                envelope: runledger_events::postgres::envelope(row)?,
+                task_name: row.try_get("task_name")?,
+                project: row.try_get("project")?,
+            })
+        })
+        .collect()
+}

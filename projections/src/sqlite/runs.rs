@@ -152,3 +152,16 @@ pub fn tasks(conn: &Connection, limit: i64, offset: i64) -> rusqlite::Result<(Ve
     let total = conn.query_row(TaskSummary::TASK_COUNT_SQL, [], |r| r.get(0))?;
     Ok((out, total))
 }
+
+/// A page of the log after `after`, each event with its run's task and project.
+pub fn log_page(conn: &Connection, after: i64, limit: i64) -> rusqlite::Result<Vec<crate::LogEntry>> {
+    let mut stmt = conn.prepare_cached(crate::log::LOG_PAGE_SQL)?;
+    let rows = stmt.query_map(params![after, limit], |row| {
+        Ok(crate::LogEntry {
+            envelope: runledger_events::sqlite::read::envelope_from_row(row)?,
+            task_name: row.get(11)?,
+            project: row.get(12)?,
+        })
+    })?;
+    rows.collect()
+}

@@ -1,0 +1,191 @@
+//! Following the log. Each node keeps one tail: a follower task, woken by
+//! the ledger's head (the writer's commits, or other nodes' NOTIFY), reads
+//! new events once and keeps the most recent ones in a bounded ring.
+//! Subscribers read by position from the ring, or from the log when their
+//! position is older than the ring, so a thousand subscribers cost one query
+//! per commit, a slow subscriber costs at most one page, and nothing a
+//! subscriber does can hold up a writer.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use runledger_projections::{LogEntry, LogFilter};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::ledger::{Ledger, LedgerError};
+
+const FOLLOW_PAGE: i64 = 1000;
+
+pub struct LogTail {
+    ledger: Arc<Ledger>,
+    ring: RwLock<VecDeque<Arc<LogEntry>>>,
+    capacity: usize,
+    cached: watch::Sender<i64>,
+}
+
+impl LogTail {
+    /// Starts following from the current head; stops on `shutdown`.
+    pub fn start(ledger: Arc<Ledger>, capacity: usize, shutdown: CancellationToken) -> Arc<Self> {
+        let head = *ledger.head().borrow();
+        let tail = Arc::new(Self {
+            ledger,
+            ring: RwLock::new(VecDeque::with_capacity(capacity.min(65_536))),
+            capacity: capacity.max(1),
+            cached: watch::channel(head).0,
+        });
+        tokio::spawn(follow(tail.clone(), shutdown));
+        tail
+    }
+
+    /// The position up to which the tail has read the log; it changes when
+    /// new events are available.
+    pub fn position(&self) -> watch::Receiver<i64> {
+        self.cached.subscribe()
+    }
+
+    /// Up to `limit` events after `after`, in position order, from the ring
+    /// when it holds them, else from the log.
+    pub async fn read(&self, after: i64, limit: usize) -> Result<Vec<Arc<LogEntry>>, LedgerError> {
+        {
+            let ring = self.ring.read().expect("ring lock");
+            if let Some(first) = ring.front() {
+                if after + 1 >= first.envelope.position {
+                    let skip = (after + 1 - first.envelope.position) as usize;
+                    return Ok(ring.iter().skip(skip).take(limit).cloned().collect());
+                }
+            }
+        }
+        let page = self.ledger.read_log(after, limit as i64).await?;
+        Ok(page.into_iter().map(Arc::new).collect())
+    }
+
+    fn push(&self, page: Vec<LogEntry>) {
+        let mut ring = self.ring.write().expect("ring lock");
+        for entry in page {
+            // Keep the ring contiguous: a gap would mean a missed read.
+            if let Some(last) = ring.back() {
+                if entry.envelope.position != last.envelope.position + 1 {
+                    ring.clear();
+                }
+            }
+            ring.push_back(Arc::new(entry));
+            if ring.len() > self.capacity {
+                ring.pop_front();
+            }
+        }
+    }
+}
+
+async fn follow(tail: Arc<LogTail>, shutdown: CancellationToken) {
+    let mut head = tail.ledger.head();
+    let mut last = *tail.cached.borrow();
+    loop {
+        loop {
+            match tail.ledger.read_log(last, FOLLOW_PAGE).await {
+                Ok(page) => {
+                    let n = page.len() as i64;
+                    if let Some(end) = page.last().map(|e| e.envelope.position) {
+                        tail.push(page);
+                        last = end;
+                        tail.cached.send_replace(last);
+                    }
+                    if n < FOLLOW_PAGE {
+                        break;
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "reading the log for followers failed; retrying");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            changed = head.wait_for(|h| *h > last) => if changed.is_err() { return },
+        }
+    }
+}
+
+/// When a subscription ends by itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Until {
+    Forever,
+    /// After delivering a `run.ended`.
+    RunEnded,
+}
+
+/// One subscriber: a cursor into the log and a filter. It only ever moves
+/// its cursor over events it has read, so resuming from any delivered
+/// position neither skips nor repeats.
+pub struct Subscription {
+    tail: Arc<LogTail>,
+    cursor: i64,
+    filter: LogFilter,
+    until: Until,
+    buffer: VecDeque<Arc<LogEntry>>,
+    position: watch::Receiver<i64>,
+    shutdown: CancellationToken,
+    done: bool,
+}
+
+const SUBSCRIBER_PAGE: usize = 500;
+
+impl Subscription {
+    pub fn new(tail: Arc<LogTail>, after: i64, filter: LogFilter, until: Until, shutdown: CancellationToken) -> Self {
+        let position = tail.position();
+        Self {
+            tail,
+            cursor: after,
+            filter,
+            until,
+            buffer: VecDeque::new(),
+            position,
+            shutdown,
+            done: false,
+        }
+    }
+
+    /// Ends the subscription: `next` returns `None` from now on.
+    pub fn close(&mut self) {
+        self.done = true;
+    }
+
+    /// The next matching event; `None` when the subscription ends (shutdown,
+    /// or `until` reached).
+    pub async fn next(&mut self) -> Option<Result<Arc<LogEntry>, LedgerError>> {
+        loop {
+            if self.done {
+                return None;
+            }
+            if let Some(entry) = self.buffer.pop_front() {
+                if self.until == Until::RunEnded && entry.envelope.event_type == "run.ended" {
+                    self.done = true;
+                }
+                return Some(Ok(entry));
+            }
+            let page = tokio::select! {
+                _ = self.shutdown.cancelled() => return None,
+                page = self.tail.read(self.cursor, SUBSCRIBER_PAGE) => page,
+            };
+            match page {
+                Err(err) => return Some(Err(err)),
+                Ok(page) if !page.is_empty() => {
+                    self.cursor = page.last().expect("non-empty").envelope.position;
+                    self.buffer.extend(page.into_iter().filter(|e| self.filter.matches(e)));
+                }
+                Ok(_) => {
+                    let cursor = self.cursor;
+                    tokio::select! {
+                        _ = self.shutdown.cancelled() => return None,
+                        changed = self.position.wait_for(|p| *p > cursor) => if changed.is_err() { return None },
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,266 @@
+//! The global log and live streams: `GET /api/events`, `GET
+//! /api/events/stream`, `GET /api/runs/{id}/stream`.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Extension, Path, State};
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::Json;
+use futures_util::Stream;
+use runledger_events::{EventEnvelope, RUN_EVENT_TYPES};
+use runledger_projections::LogFilter;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+use super::error::{ApiError, Problem};
+use super::extract::{parse_uuid, Faults, QueryParams};
+use crate::domain::{short_text, TaskName};
+use crate::follow::{LogTail, Subscription, Until};
+use crate::ledger::{EventsQuery, Ledger};
+
+pub fn router() -> OpenApiRouter<Arc<Ledger>> {
+    OpenApiRouter::new()
+        .routes(routes!(list_events))
+        .routes(routes!(stream_events))
+        .routes(routes!(stream_run))
+}
+
+/// What streams need from the server: the node's tail, the shutdown signal
+/// that ends every stream, and the keep-alive interval.
+#[derive(Clone)]
+pub struct Streams {
+    pub tail: Arc<LogTail>,
+    pub shutdown: CancellationToken,
+    pub keep_alive: Duration,
+}
+
+/// Events scanned at most per `GET /api/events` request; `next_after` says
+/// where the scan stopped, so sparse filters page through the log in bounded
+/// steps.
+const SCAN_LIMIT: usize = 10_000;
+
+fn log_filter(params: &mut QueryParams) -> LogFilter {
+    LogFilter {
+        types: params.list(
+            "type",
+            |t| RUN_EVENT_TYPES.contains(&t).then(|| t.to_owned()),
+            || RUN_EVENT_TYPES.join(", "),
+        ),
+        run_id: params.parsed("run_id", parse_uuid),
+        task_name: params.parsed("task_name", |raw| TaskName::parse(raw).map(|t| t.to_string())),
+        project: params.parsed("project", |raw| TaskName::parse(raw).map(|t| t.to_string())),
+        actor: params.parsed("actor", |raw| short_text(raw, 200)),
+    }
+}
+
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct ListEventsParams {
+    /// Only events after this position (default 0: from the start).
+    #[param(minimum = 0, default = 0)]
+    after: Option<i64>,
+    #[param(minimum = 1, maximum = 10000, default = 1000)]
+    limit: Option<i64>,
+    /// Comma-separated event types.
+    #[param(rename = "type")]
+    event_type: Option<String>,
+    task_name: Option<String>,
+    run_id: Option<String>,
+    /// The token name (or `anonymous`) that caused the events.
+    actor: Option<String>,
+    project: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct EventPage {
+    #[schema(value_type = Vec<Object>)]
+    pub events: Vec<EventEnvelope>,
+    /// Pass as `after` to continue: the last position examined, which may be
+    /// past the last event returned when filters skip events.
+    pub next_after: i64,
+}
+
+/// The global log from a position, in position order: the audit trail.
+#[utoipa::path(get, path = "/api/events", tag = "events", params(ListEventsParams),
+    responses(
+        (status = 200, body = EventPage),
+        (status = 422, body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn list_events(
+    Extension(streams): Extension<Streams>,
+    mut params: QueryParams,
+) -> Result<Json<EventPage>, ApiError> {
+    let after = params.int_in("after", 0, i64::MAX).unwrap_or(0);
+    let limit = params.int_in("limit", 1, 10_000).unwrap_or(1000) as usize;
+    let filter = log_filter(&mut params);
+    params.finish()?;
+    let (mut cursor, mut scanned, mut events) = (after, 0, Vec::new());
+    'scan: while events.len() < limit && scanned < SCAN_LIMIT {
+        let page = streams.tail.read(cursor, 1000.min(SCAN_LIMIT - scanned)).await?;
+        if page.is_empty() {
+            break;
+        }
+        for entry in page {
+            cursor = entry.envelope.position;
+            scanned += 1;
+            if filter.matches(&entry) {
+                events.push(entry.envelope.clone());
+                if events.len() == limit {
+                    break 'scan;
+                }
+            }
+        }
+    }
+    Ok(Json(EventPage {
+        events,
+        next_after: cursor,
+    }))
+}
+
+fn last_event_id(headers: &HeaderMap, faults: &mut Faults) -> Option<i64> {
+    let raw = headers.get("last-event-id")?;
+    let text = raw.to_str().unwrap_or_default().trim().to_owned();
+    faults.check("header.Last-Event-ID", &text, |t| match t.parse::<i64>() {
+        Ok(p) if p >= 0 => Ok(p),
+        _ => Err("must be the position of an event (an integer >= 0)"),
+    })
+}
+
+fn sse(streams: &Streams, subscription: Subscription) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let stream = futures_util::stream::unfold(subscription, |mut sub| async move {
+        match sub.next().await? {
+            Ok(entry) => {
+                let e = &entry.envelope;
+                let event = Event::default()
+                    .id(e.position.to_string())
+                    .event(e.event_type.clone())
+                    .json_data(e)
+                    .unwrap_or_else(|_| Event::default().comment("unencodable event"));
+                Some((Ok(event), sub))
+            }
+            Err(err) => {
+                // The client resumes from its last id; nothing is lost.
+                tracing::warn!(error = %err, "stream ended by a read failure");
+                None
+            }
+        }
+    });
+    Sse::new(stream).keep_alive(KeepAlive::new().interval(streams.keep_alive).text("keep-alive"))
+}
+
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct StreamParams {
+    /// Start after this position; `0` replays everything. Without it (and
+    /// without `Last-Event-ID`, which wins) the stream starts at the head.
+    #[param(minimum = 0)]
+    after: Option<i64>,
+    /// Comma-separated event types.
+    #[param(rename = "type")]
+    event_type: Option<String>,
+    task_name: Option<String>,
+    run_id: Option<String>,
+    project: Option<String>,
+    actor: Option<String>,
+}
+
+/// The whole log as Server-Sent Events: `id` is the position, `event` the
+/// type, `data` the envelope. Catch-up from the log, then live, with no gap
+/// and no duplicate; resume with `Last-Event-ID` or `?after=`. A keep-alive
+/// comment is sent when idle.
+#[utoipa::path(get, path = "/api/events/stream", tag = "events", params(StreamParams),
+    responses(
+        (status = 200, description = "text/event-stream", content_type = "text/event-stream", body = String),
+        (status = 422, body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn stream_events(
+    Extension(streams): Extension<Streams>,
+    headers: HeaderMap,
+    mut params: QueryParams,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let after = params.int_in("after", 0, i64::MAX);
+    let filter = log_filter(&mut params);
+    let resume = last_event_id(&headers, &mut params.faults);
+    params.finish()?;
+    let start = resume.or(after).unwrap_or_else(|| *streams.tail.position().borrow());
+    let sub = Subscription::new(
+        streams.tail.clone(),
+        start,
+        filter,
+        Until::Forever,
+        streams.shutdown.clone(),
+    );
+    Ok(sse(&streams, sub))
+}
+
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct RunStreamParams {
+    /// Start after this position (default 0: the run's whole story).
+    #[param(minimum = 0, default = 0)]
+    after: Option<i64>,
+    /// Keep streaming after `run.ended` (default false: close after it).
+    follow: Option<bool>,
+    /// Comma-separated event types.
+    #[param(rename = "type")]
+    event_type: Option<String>,
+}
+
+/// One run's events as Server-Sent Events: its story so far, then live. The
+/// stream closes after `run.ended` unless `follow=true`.
+#[utoipa::path(get, path = "/api/runs/{id}/stream", tag = "events",
+    params(("id" = String, Path, description = "Run id"), RunStreamParams),
+    responses(
+        (status = 200, description = "text/event-stream", content_type = "text/event-stream", body = String),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 422, body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn stream_run(
+    State(ledger): State<Arc<Ledger>>,
+    Extension(streams): Extension<Streams>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    mut params: QueryParams,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let run_id = params.faults.path_id(&id);
+    let after = params.int_in("after", 0, i64::MAX);
+    let follow = params.flag("follow").unwrap_or(false);
+    let types = params.list(
+        "type",
+        |t| RUN_EVENT_TYPES.contains(&t).then(|| t.to_owned()),
+        || RUN_EVENT_TYPES.join(", "),
+    );
+    let resume = last_event_id(&headers, &mut params.faults);
+    params.finish()?;
+    let run_id = run_id.expect("checked");
+    let start = resume.or(after).unwrap_or(0);
+    let ended = ledger
+        .run_events(EventsQuery {
+            run_id,
+            after_version: 0,
+            limit: 1,
+            types: vec!["run.ended".into()],
+        })
+        .await?
+        .ok_or_else(|| ApiError::run_not_found(run_id))?;
+    let until = if follow { Until::Forever } else { Until::RunEnded };
+    let filter = LogFilter {
+        types,
+        run_id: Some(run_id),
+        ..LogFilter::default()
+    };
+    let mut sub = Subscription::new(streams.tail.clone(), start, filter, until, streams.shutdown.clone());
+    // Resuming past the end of a finished run: there is nothing more to say.
+    if !follow && ended.first().is_some_and(|e| e.position <= start) {
+        sub.close();
+    }
+    Ok(sse(&streams, sub))
+}
