@@ -11,6 +11,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use runledger_projections::{LogEntry, LogFilter};
+
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -18,9 +19,28 @@ use crate::ledger::{Ledger, LedgerError};
 
 const FOLLOW_PAGE: i64 = 1000;
 
+/// A log entry ready to send: its envelope is serialized once, however many
+/// subscribers receive it.
+#[derive(Debug)]
+pub struct Frame {
+    pub entry: LogEntry,
+    pub json: String,
+}
+
+impl Frame {
+    fn new(entry: LogEntry) -> Arc<Self> {
+        let json = serde_json::to_string(&entry.envelope).expect("envelopes serialize");
+        Arc::new(Self { entry, json })
+    }
+
+    pub fn position(&self) -> i64 {
+        self.entry.envelope.position
+    }
+}
+
 pub struct LogTail {
     ledger: Arc<Ledger>,
-    ring: RwLock<VecDeque<Arc<LogEntry>>>,
+    ring: RwLock<VecDeque<Arc<Frame>>>,
     capacity: usize,
     cached: watch::Sender<i64>,
 }
@@ -47,18 +67,18 @@ impl LogTail {
 
     /// Up to `limit` events after `after`, in position order, from the ring
     /// when it holds them, else from the log.
-    pub async fn read(&self, after: i64, limit: usize) -> Result<Vec<Arc<LogEntry>>, LedgerError> {
+    pub async fn read(&self, after: i64, limit: usize) -> Result<Vec<Arc<Frame>>, LedgerError> {
         {
             let ring = self.ring.read().expect("ring lock");
             if let Some(first) = ring.front() {
-                if after + 1 >= first.envelope.position {
-                    let skip = (after + 1 - first.envelope.position) as usize;
+                if after + 1 >= first.position() {
+                    let skip = (after + 1 - first.position()) as usize;
                     return Ok(ring.iter().skip(skip).take(limit).cloned().collect());
                 }
             }
         }
         let page = self.ledger.read_log(after, limit as i64).await?;
-        Ok(page.into_iter().map(Arc::new).collect())
+        Ok(page.into_iter().map(Frame::new).collect())
     }
 
     fn push(&self, page: Vec<LogEntry>) {
@@ -66,11 +86,11 @@ impl LogTail {
         for entry in page {
             // Keep the ring contiguous: a gap would mean a missed read.
             if let Some(last) = ring.back() {
-                if entry.envelope.position != last.envelope.position + 1 {
+                if entry.envelope.position != last.position() + 1 {
                     ring.clear();
                 }
             }
-            ring.push_back(Arc::new(entry));
+            ring.push_back(Frame::new(entry));
             if ring.len() > self.capacity {
                 ring.pop_front();
             }
@@ -127,7 +147,7 @@ pub struct Subscription {
     cursor: i64,
     filter: LogFilter,
     until: Until,
-    buffer: VecDeque<Arc<LogEntry>>,
+    buffer: VecDeque<Arc<Frame>>,
     position: watch::Receiver<i64>,
     shutdown: CancellationToken,
     done: bool,
@@ -157,13 +177,13 @@ impl Subscription {
 
     /// The next matching event; `None` when the subscription ends (shutdown,
     /// or `until` reached).
-    pub async fn next(&mut self) -> Option<Result<Arc<LogEntry>, LedgerError>> {
+    pub async fn next(&mut self) -> Option<Result<Arc<Frame>, LedgerError>> {
         loop {
             if self.done {
                 return None;
             }
             if let Some(entry) = self.buffer.pop_front() {
-                if self.until == Until::RunEnded && entry.envelope.event_type == "run.ended" {
+                if self.until == Until::RunEnded && entry.entry.envelope.event_type == "run.ended" {
                     self.done = true;
                 }
                 return Some(Ok(entry));
@@ -175,8 +195,9 @@ impl Subscription {
             match page {
                 Err(err) => return Some(Err(err)),
                 Ok(page) if !page.is_empty() => {
-                    self.cursor = page.last().expect("non-empty").envelope.position;
-                    self.buffer.extend(page.into_iter().filter(|e| self.filter.matches(e)));
+                    self.cursor = page.last().expect("non-empty").position();
+                    self.buffer
+                        .extend(page.into_iter().filter(|f| self.filter.matches(&f.entry)));
                 }
                 Ok(_) => {
                     let cursor = self.cursor;

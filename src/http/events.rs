@@ -106,11 +106,11 @@ async fn list_events(
         if page.is_empty() {
             break;
         }
-        for entry in page {
-            cursor = entry.envelope.position;
+        for frame in page {
+            cursor = frame.position();
             scanned += 1;
-            if filter.matches(&entry) {
-                events.push(entry.envelope.clone());
+            if filter.matches(&frame.entry) {
+                events.push(frame.entry.envelope.clone());
                 if events.len() == limit {
                     break 'scan;
                 }
@@ -135,13 +135,12 @@ fn last_event_id(headers: &HeaderMap, faults: &mut Faults) -> Option<i64> {
 fn sse(streams: &Streams, subscription: Subscription) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let stream = futures_util::stream::unfold(subscription, |mut sub| async move {
         match sub.next().await? {
-            Ok(entry) => {
-                let e = &entry.envelope;
+            Ok(frame) => {
+                let e = &frame.entry.envelope;
                 let event = Event::default()
                     .id(e.position.to_string())
-                    .event(e.event_type.clone())
-                    .json_data(e)
-                    .unwrap_or_else(|_| Event::default().comment("unencodable event"));
+                    .event(e.event_type.as_str())
+                    .data(frame.json.as_str());
                 Some((Ok(event), sub))
             }
             Err(err) => {
