@@ -1,5 +1,6 @@
-//! The command line: `serve` and `migrate`, configured by flags with
-//! `RUNLEDGER_` environment-variable fallbacks.
+//! The command line: `serve`, `migrate`, `verify`, `rebuild`, `export` and
+//! `import`, configured by flags with `RUNLEDGER_` environment-variable
+//! fallbacks.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,6 +24,35 @@ pub enum Cmd {
     Serve(ServeArgs),
     /// Create or upgrade the database schema, then exit.
     Migrate(DatabaseArgs),
+    /// Re-compute the hash chain; exit 1 naming the first position that was
+    /// altered, removed or reordered.
+    Verify(DatabaseArgs),
+    /// Drop every projection and replay the log into it.
+    Rebuild(DatabaseArgs),
+    /// Write the log's events after a position as NDJSON, as stored.
+    Export(ExportArgs),
+    /// Load an NDJSON export into an empty ledger (the chain is checked first).
+    Import(ImportArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ExportArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// Export the events after this position.
+    #[arg(long, default_value_t = 0)]
+    pub after: i64,
+    /// Write here instead of standard output.
+    #[arg(long)]
+    pub output: Option<std::path::PathBuf>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ImportArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// An NDJSON file written by `runledger export`.
+    pub file: std::path::PathBuf,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -52,7 +82,81 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("migrated {:?}", args.database_url);
             Ok(())
         }
+        Cmd::Verify(args) => verify(args).await,
+        Cmd::Rebuild(args) => {
+            let ledger = Ledger::open(&args.database_url).await?;
+            let started = std::time::Instant::now();
+            let (events, runs) = ledger.rebuild().await?;
+            let secs = started.elapsed().as_secs_f64();
+            println!(
+                "rebuilt {runs} runs from {events} events in {secs:.2} s ({:.0} events/s)",
+                events as f64 / secs.max(1e-9)
+            );
+            Ok(())
+        }
+        Cmd::Export(args) => export(args).await,
+        Cmd::Import(args) => import(args).await,
     }
+}
+
+async fn verify(args: DatabaseArgs) -> anyhow::Result<()> {
+    let ledger = Ledger::open(&args.database_url).await?;
+    let report = ledger.verify().await?;
+    match report.first_break {
+        None => {
+            println!("ok: {} events, head {}, hash chain intact", report.events, report.head);
+            Ok(())
+        }
+        Some((position, why)) => {
+            println!(
+                "broken at position {position}: {why} ({} events before it verified)",
+                report.events
+            );
+            std::process::exit(1);
+        }
+    }
+}
+
+async fn export(args: ExportArgs) -> anyhow::Result<()> {
+    use std::io::Write;
+    let ledger = Ledger::open(&args.database.database_url).await?;
+    let mut out: Box<dyn Write> = match &args.output {
+        Some(path) => Box::new(std::io::BufWriter::new(std::fs::File::create(path)?)),
+        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+    };
+    let (mut after, mut count) = (args.after, 0u64);
+    loop {
+        let page = ledger.export_page(after, 10_000).await?;
+        let Some(last) = page.last() else { break };
+        after = last.position;
+        for envelope in &page {
+            serde_json::to_writer(&mut out, envelope)?;
+            out.write_all(b"\n")?;
+            count += 1;
+        }
+    }
+    out.flush()?;
+    eprintln!("exported {count} events");
+    Ok(())
+}
+
+async fn import(args: ImportArgs) -> anyhow::Result<()> {
+    use std::io::BufRead;
+    let file = std::io::BufReader::new(std::fs::File::open(&args.file)?);
+    let mut envelopes = Vec::new();
+    for (i, line) in file.lines().enumerate() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let envelope = serde_json::from_str(&line)
+            .map_err(|e| anyhow::anyhow!("{}:{}: not an exported event: {e}", args.file.display(), i + 1))?;
+        envelopes.push(envelope);
+    }
+    let ledger = Ledger::open(&args.database.database_url).await?;
+    let (events, runs) = ledger.import(envelopes).await?;
+    println!("imported {events} events ({runs} runs)");
+    Ok(())
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {

@@ -2,7 +2,7 @@
 //! place in the hash chain. Both backends' appenders seal with this, inside
 //! the transaction that holds the log's write lock.
 
-use crate::chain::{canonical_json, HashInput};
+use crate::chain::{canonical_json, ChainWalk, HashInput};
 use crate::{EventEnvelope, Metadata, NewEvent, Timestamp};
 
 /// The log's head as the appender sees it.
@@ -20,6 +20,41 @@ pub struct Sealed {
     pub data: String,
     pub metadata: String,
     pub recorded_at: String,
+}
+
+impl Sealed {
+    /// The stored form of an envelope read back (from an export, say): the
+    /// canonical text its hash was computed over.
+    pub fn from_envelope(envelope: EventEnvelope) -> Self {
+        let data = canonical_json(&envelope.data);
+        let metadata = canonical_json(&serde_json::to_value(&envelope.metadata).expect("metadata serializes"));
+        let recorded_at = envelope.recorded_at.to_rfc3339();
+        Self {
+            envelope,
+            data,
+            metadata,
+            recorded_at,
+        }
+    }
+
+    /// Checks this event as the next link of `walk` (see `ChainWalk::step`).
+    pub fn check(&self, walk: &mut ChainWalk) -> bool {
+        let e = &self.envelope;
+        let event_id = e.event_id.to_string();
+        let stored = HashInput {
+            position: e.position,
+            event_id: &event_id,
+            stream_id: &e.stream_id,
+            stream_version: e.stream_version,
+            event_type: &e.event_type,
+            schema_version: e.schema_version,
+            data: &self.data,
+            metadata: &self.metadata,
+            recorded_at: &self.recorded_at,
+            prev_hash: &e.prev_hash,
+        };
+        walk.step(&stored, &e.hash)
+    }
 }
 
 impl Sealer {

@@ -5,9 +5,11 @@
 mod log;
 pub mod postgres;
 mod query;
+mod replay;
 mod run_state;
 pub mod sqlite;
 
 pub use log::{LogEntry, LogFilter};
 pub use query::{Arg, RunFilter, RunQuery, SortDirection, SortField, SqlQuery, StatusValue, TaskSummary};
+pub use replay::{Replay, ReplayError};
 pub use run_state::{ApplyError, EventContext, Refusal, RefusalKind, RunState, RunStatus};

@@ -9,6 +9,7 @@ mod sqlite;
 
 use std::path::PathBuf;
 
+use runledger_events::chain::ChainReport;
 use runledger_events::{EventEnvelope, Metadata};
 use runledger_projections::{LogEntry, RunQuery, RunState, TaskSummary};
 use uuid::Uuid;
@@ -139,6 +140,52 @@ impl Ledger {
         match self {
             Self::Sqlite(l) => l.head(),
             Self::Postgres(l) => l.head(),
+        }
+    }
+
+    /// Re-computes the hash chain over the whole log.
+    pub async fn verify(&self) -> Result<ChainReport, LedgerError> {
+        match self {
+            Self::Sqlite(l) => l.verify().await,
+            Self::Postgres(l) => l.verify().await,
+        }
+    }
+
+    /// Stored events after `after`, in position order, as they were sealed.
+    pub async fn export_page(&self, after: i64, limit: i64) -> Result<Vec<EventEnvelope>, LedgerError> {
+        match self {
+            Self::Sqlite(l) => l.export_page(after, limit).await,
+            Self::Postgres(l) => l.export_page(after, limit).await,
+        }
+    }
+
+    /// Drops every projection and replays the log. Returns (events, runs).
+    pub async fn rebuild(&self) -> Result<(u64, usize), LedgerError> {
+        match self {
+            Self::Sqlite(l) => l.rebuild().await,
+            Self::Postgres(l) => l.rebuild().await,
+        }
+    }
+
+    /// Loads exported events into an empty ledger after checking that they
+    /// form an intact chain from position 1, then rebuilds the projections.
+    pub async fn import(&self, envelopes: Vec<EventEnvelope>) -> Result<(u64, usize), LedgerError> {
+        let mut walk = runledger_events::chain::ChainWalk::default();
+        let mut sealed = Vec::with_capacity(envelopes.len());
+        for envelope in envelopes {
+            let s = runledger_events::Sealed::from_envelope(envelope);
+            if !s.check(&mut walk) {
+                let report = walk.report();
+                let (position, why) = report.first_break.unwrap_or_default();
+                return Err(LedgerError::Storage(format!(
+                    "the import breaks the hash chain at position {position}: {why}"
+                )));
+            }
+            sealed.push(s);
+        }
+        match self {
+            Self::Sqlite(l) => l.import(sealed).await,
+            Self::Postgres(l) => l.import(sealed).await,
         }
     }
 

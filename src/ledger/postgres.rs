@@ -11,6 +11,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use runledger_events::chain::ChainReport;
 use runledger_events::postgres as log;
 use runledger_events::{EventEnvelope, ExpectedVersion, Metadata, NewEvent, Sealed, Sealer};
 use runledger_projections::postgres::runs::{self, RunRow, Tags};
@@ -387,4 +388,45 @@ fn advance(head: &watch::Sender<i64>, position: i64) {
         *h = (*h).max(position);
         moved
     });
+}
+
+impl PgLedger {
+    pub async fn verify(&self) -> Result<ChainReport, LedgerError> {
+        Ok(log::verify_chain(&mut *self.pool.acquire().await?).await?)
+    }
+
+    pub async fn export_page(&self, after: i64, limit: i64) -> Result<Vec<EventEnvelope>, LedgerError> {
+        Ok(log::after(&mut *self.pool.acquire().await?, after, limit).await?)
+    }
+
+    /// Replays the log into fresh projections, holding the append lock so no
+    /// node appends meanwhile. Returns (events, runs).
+    pub async fn rebuild(&self) -> Result<(u64, usize), LedgerError> {
+        let mut tx = self.pool.begin().await?;
+        log::lock(&mut tx).await?;
+        let counts = runs::rebuild(&mut tx).await.map_err(LedgerError::Storage)?;
+        tx.commit().await?;
+        Ok(counts)
+    }
+
+    /// Stores already-sealed events into an empty log, then rebuilds the
+    /// projections, in one transaction holding the append lock.
+    pub async fn import(&self, events: Vec<Sealed>) -> Result<(u64, usize), LedgerError> {
+        let mut tx = self.pool.begin().await?;
+        log::lock(&mut tx).await?;
+        if log::head_position(&mut tx).await? != 0 {
+            return Err(LedgerError::Storage(
+                "the ledger is not empty; import needs an empty ledger".into(),
+            ));
+        }
+        for chunk in events.chunks(1000) {
+            log::insert(&mut tx, chunk).await?;
+        }
+        let counts = runs::rebuild(&mut tx).await.map_err(LedgerError::Storage)?;
+        if let Some(last) = events.last() {
+            log::notify(&mut tx, last.envelope.position).await?;
+        }
+        tx.commit().await?;
+        Ok(counts)
+    }
 }

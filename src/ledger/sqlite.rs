@@ -1,8 +1,8 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use runledger_events::sqlite::{read, ReadPool, WriteError, WriteTx, Writer};
-use runledger_events::{run_stream_id, EventEnvelope, ExpectedVersion, Metadata, NewEvent};
+use runledger_events::sqlite::{insert_sealed, read, verify_chain, ChainReport, ReadPool, WriteError, WriteTx, Writer};
+use runledger_events::{run_stream_id, EventEnvelope, ExpectedVersion, Metadata, NewEvent, Sealed};
 use runledger_projections::sqlite::runs;
 use runledger_projections::{LogEntry, RunQuery, RunState, TaskSummary};
 use tracing::instrument;
@@ -127,5 +127,50 @@ impl RunStore for SqliteStore<'_, '_> {
 
     fn store_run(&mut self, previous: Option<&RunState>, state: &RunState) -> Result<(), String> {
         runs::store(self.0.writer(), previous, state).map_err(|e| e.to_string())
+    }
+}
+
+impl SqliteLedger {
+    pub async fn verify(&self) -> Result<ChainReport, LedgerError> {
+        Ok(self.pool.read(|c| verify_chain(c)).await?)
+    }
+
+    pub async fn export_page(&self, after: i64, limit: i64) -> Result<Vec<EventEnvelope>, LedgerError> {
+        Ok(self.pool.read(move |c| read::after(c, after, limit)).await?)
+    }
+
+    /// Replays the log into fresh projections, in the writer's transaction
+    /// (so no append interleaves). Returns (events, runs).
+    pub async fn rebuild(&self) -> Result<(u64, usize), LedgerError> {
+        self.writer
+            .submit(|tx| runs::rebuild(tx.writer()).map_err(|e| e.to_string()))
+            .await
+            .map_err(write_error)
+    }
+
+    /// Stores already-sealed events into an empty log, then rebuilds the
+    /// projections, in one transaction.
+    pub async fn import(&self, events: Vec<Sealed>) -> Result<(u64, usize), LedgerError> {
+        self.writer
+            .submit(move |tx| {
+                if read::head(tx.conn()).map_err(|e| e.to_string())?.0 != 0 {
+                    return Err("the ledger is not empty; import needs an empty ledger".to_owned());
+                }
+                let conn = tx.writer();
+                for sealed in &events {
+                    insert_sealed(conn, sealed).map_err(|e| e.to_string())?;
+                }
+                runs::rebuild(conn).map_err(|e| e.to_string())
+            })
+            .await
+            .map_err(write_error)
+    }
+}
+
+fn write_error(e: WriteError<String>) -> LedgerError {
+    match e {
+        WriteError::Refused(e) => LedgerError::Storage(e),
+        WriteError::Storage(e) => LedgerError::Storage(e.to_string()),
+        WriteError::Closed => LedgerError::Storage("the writer has stopped".into()),
     }
 }

@@ -250,6 +250,46 @@ impl TestServer {
         }
     }
 
+    /// The `--database-url` that points a `runledger` process at this test's database.
+    pub fn database_url(&self) -> String {
+        match &self.backend {
+            Backend::Sqlite { path, .. } => format!("sqlite://{}", path.display()),
+            Backend::Postgres { url, schema } => url_with_schema(url, schema),
+        }
+    }
+
+    /// One text column of every row of `sql`, run against the test's database.
+    pub async fn query_strings(&self, sql: &str) -> Vec<String> {
+        match &self.backend {
+            Backend::Sqlite { path, .. } => {
+                let conn = rusqlite::Connection::open(path).expect("open db");
+                let mut stmt = conn.prepare(sql).expect("prepare");
+                let rows = stmt.query_map([], |r| r.get::<_, String>(0)).expect("query");
+                rows.map(|r| r.expect("row")).collect()
+            }
+            Backend::Postgres { url, schema } => {
+                use sqlx::ConnectOptions;
+                let options: sqlx::postgres::PgConnectOptions = url.parse().expect("url");
+                let mut conn = options
+                    .options([("search_path", schema.as_str())])
+                    .connect()
+                    .await
+                    .expect("connect");
+                sqlx::query_scalar(sql).fetch_all(&mut conn).await.expect("query")
+            }
+        }
+    }
+
+    /// Runs the `runledger` binary against this test's database.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_runledger"));
+        cmd.args(args)
+            .arg("--database-url")
+            .arg(self.database_url())
+            .env("RUST_LOG", "warn");
+        cmd.output().expect("run runledger")
+    }
+
     /// The number of events in the log, read straight from the database.
     pub async fn event_count(&self) -> i64 {
         self.query_i64("SELECT COUNT(*) FROM events").await

@@ -50,3 +50,26 @@ pub fn is_unique_violation(err: &rusqlite::Error) -> bool {
                 || e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
     )
 }
+
+/// Inserts one sealed event as stored.
+pub fn insert_sealed(conn: &Connection, sealed: &crate::Sealed) -> rusqlite::Result<usize> {
+    let e = &sealed.envelope;
+    conn.prepare_cached(
+        "INSERT INTO events (position, event_id, stream_id, stream_version, event_type, \
+         schema_version, data, metadata, recorded_at, prev_hash, hash) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+    )?
+    .execute(rusqlite::params![
+        e.position,
+        e.event_id.to_string(),
+        e.stream_id,
+        e.stream_version,
+        e.event_type,
+        e.schema_version,
+        sealed.data,
+        sealed.metadata,
+        sealed.recorded_at,
+        e.prev_hash,
+        e.hash,
+    ])
+}

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use rusqlite::{params, Connection, TransactionBehavior};
+use rusqlite::{Connection, TransactionBehavior};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::{EventEnvelope, ExpectedVersion, Metadata, NewEvent, Sealer};
@@ -145,28 +145,10 @@ impl WriteTx<'_> {
         }
         let before = self.head.clone();
         let sealed = self.head.seal(stream_id, current, events, metadata);
-        let mut stmt = self.conn.prepare_cached(
-            "INSERT INTO events (position, event_id, stream_id, stream_version, event_type, \
-             schema_version, data, metadata, recorded_at, prev_hash, hash) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-        )?;
         let mut out = Vec::with_capacity(sealed.len());
         for (i, s) in sealed.into_iter().enumerate() {
-            let e = &s.envelope;
-            let event_id = e.event_id.to_string();
-            let inserted = stmt.execute(params![
-                e.position,
-                event_id,
-                e.stream_id,
-                e.stream_version,
-                e.event_type,
-                e.schema_version,
-                s.data,
-                s.metadata,
-                s.recorded_at,
-                e.prev_hash,
-                e.hash,
-            ]);
+            let event_id = s.envelope.event_id.to_string();
+            let inserted = super::insert_sealed(self.conn, &s);
             if let Err(err) = inserted {
                 if !super::is_unique_violation(&err) || !err.to_string().contains("events.event_id") {
                     return Err(err.into());

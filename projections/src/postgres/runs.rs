@@ -268,3 +268,31 @@ pub async fn log_page(conn: &mut PgConnection, after: i64, limit: i64) -> sqlx::
         })
         .collect()
 }
+
+/// Drops the projection tables' rows and replays the whole log into them.
+/// Run inside a transaction that holds the append lock. Returns (events, runs).
+pub async fn rebuild(conn: &mut PgConnection) -> Result<(u64, usize), String> {
+    sqlx::raw_sql("DELETE FROM runs; DELETE FROM run_tags;")
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut replay = crate::Replay::default();
+    let mut after = 0;
+    loop {
+        let page = runledger_events::postgres::after(&mut *conn, after, 10_000)
+            .await
+            .map_err(|e| e.to_string())?;
+        let Some(last) = page.last() else { break };
+        after = last.position;
+        for envelope in &page {
+            replay.apply(envelope).map_err(|e| e.to_string())?;
+        }
+    }
+    let events = replay.events;
+    let states = replay.into_states();
+    for chunk in states.chunks(1000) {
+        let rows: Vec<RunRow> = chunk.iter().map(|state| RunRow { state, tags: Tags::New }).collect();
+        store_many(&mut *conn, &rows).await.map_err(|e| e.to_string())?;
+    }
+    Ok((events, states.len()))
+}

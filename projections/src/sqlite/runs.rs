@@ -165,3 +165,27 @@ pub fn log_page(conn: &Connection, after: i64, limit: i64) -> rusqlite::Result<V
     })?;
     rows.collect()
 }
+
+/// Drops the projection tables' rows and replays the whole log into them.
+/// Run inside the write transaction. Returns (events, runs).
+pub fn rebuild(conn: &Connection) -> Result<(u64, usize), crate::ReplayError> {
+    let storage = |e: rusqlite::Error| crate::ReplayError::Storage(e.to_string());
+    conn.execute_batch("DELETE FROM runs; DELETE FROM run_tags;")
+        .map_err(storage)?;
+    let mut replay = crate::Replay::default();
+    let mut after = 0;
+    loop {
+        let page = runledger_events::sqlite::read::after(conn, after, 10_000).map_err(storage)?;
+        let Some(last) = page.last() else { break };
+        after = last.position;
+        for envelope in &page {
+            replay.apply(envelope)?;
+        }
+    }
+    let events = replay.events;
+    let states = replay.into_states();
+    for state in &states {
+        store(conn, None, state).map_err(storage)?;
+    }
+    Ok((events, states.len()))
+}

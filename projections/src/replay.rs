@@ -1,0 +1,53 @@
+//! Replaying the log into run states: what `rebuild` and `import` do, with
+//! the same fold as everything else.
+
+use std::collections::HashMap;
+
+use runledger_events::EventEnvelope;
+use uuid::Uuid;
+
+use crate::{ApplyError, RunState};
+
+/// Run states folded from events given in position order.
+#[derive(Default)]
+pub struct Replay {
+    pub runs: HashMap<Uuid, RunState>,
+    pub events: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error("event at position {position} is not on a run stream ({stream_id})")]
+    NotARun { position: i64, stream_id: String },
+    #[error("event at position {position} does not apply: {source}")]
+    Apply { position: i64, source: ApplyError },
+    #[error("storage: {0}")]
+    Storage(String),
+}
+
+impl Replay {
+    pub fn apply(&mut self, envelope: &EventEnvelope) -> Result<(), ReplayError> {
+        let run_id = envelope
+            .stream_id
+            .strip_prefix("run-")
+            .and_then(|id| id.parse::<Uuid>().ok())
+            .ok_or_else(|| ReplayError::NotARun {
+                position: envelope.position,
+                stream_id: envelope.stream_id.clone(),
+            })?;
+        let state = self.runs.entry(run_id).or_insert_with(|| RunState::empty(run_id));
+        state.apply_envelope(envelope).map_err(|source| ReplayError::Apply {
+            position: envelope.position,
+            source,
+        })?;
+        self.events += 1;
+        Ok(())
+    }
+
+    /// The states, in run id order (so writes are deterministic).
+    pub fn into_states(self) -> Vec<RunState> {
+        let mut states: Vec<RunState> = self.runs.into_values().collect();
+        states.sort_by_key(|s| s.id);
+        states
+    }
+}
