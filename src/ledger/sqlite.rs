@@ -132,7 +132,7 @@ impl RunStore for SqliteStore<'_, '_> {
 
 impl SqliteLedger {
     pub async fn verify(&self) -> Result<ChainReport, LedgerError> {
-        Ok(self.pool.read(|c| verify_chain(c)).await?)
+        Ok(self.pool.read(verify_chain).await?)
     }
 
     pub async fn export_page(&self, after: i64, limit: i64) -> Result<Vec<EventEnvelope>, LedgerError> {
