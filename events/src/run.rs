@@ -352,11 +352,61 @@ impl RunEvent {
 
     /// Reads a stored event, upcasting older schema versions first.
     pub fn decode(event_type: &str, schema_version: i32, data: &Value) -> Result<Self, DecodeError> {
+        if schema_version == upcast::current_version(event_type) {
+            return Self::from_current(event_type, data);
+        }
         let data = upcast::upcast(event_type, schema_version, data.clone())?;
-        let tagged = serde_json::json!({ "type": event_type, "data": data });
-        serde_json::from_value(tagged).map_err(|source| DecodeError::Shape {
+        Self::from_current(event_type, &data)
+    }
+
+    /// Reads a stored event from its stored data text; events at the
+    /// current schema version are decoded without an intermediate `Value`.
+    pub fn decode_text(event_type: &str, schema_version: i32, data: &str) -> Result<Self, DecodeError> {
+        if schema_version == upcast::current_version(event_type) {
+            let mut de = serde_json::Deserializer::from_str(data);
+            return Self::from_current(event_type, &mut de);
+        }
+        let value: Value = serde_json::from_str(data).map_err(|source| DecodeError::Shape {
             event_type: event_type.to_owned(),
             source,
+        })?;
+        Self::decode(event_type, schema_version, &value)
+    }
+
+    /// Deserializes the variant named by `event_type` from `data`.
+    fn from_current<'de, D>(event_type: &str, data: D) -> Result<Self, DecodeError>
+    where
+        D: serde::Deserializer<'de, Error = serde_json::Error>,
+    {
+        fn de<'de, T: Deserialize<'de>, D: serde::Deserializer<'de, Error = serde_json::Error>>(
+            data: D,
+        ) -> Result<T, serde_json::Error> {
+            T::deserialize(data)
+        }
+        let shape = |source| DecodeError::Shape {
+            event_type: event_type.to_owned(),
+            source,
+        };
+        Ok(match event_type {
+            "run.created" => Self::Created(de(data).map_err(shape)?),
+            "run.started" => Self::Started(de(data).map_err(shape)?),
+            "run.heartbeat" => Self::Heartbeat(de(data).map_err(shape)?),
+            "run.paused" => Self::Paused(de(data).map_err(shape)?),
+            "run.resumed" => Self::Resumed(de(data).map_err(shape)?),
+            "run.rescheduled" => Self::Rescheduled(de(data).map_err(shape)?),
+            "run.checkpointed" => Self::Checkpointed(de(data).map_err(shape)?),
+            "run.logged" => Self::Logged(de(data).map_err(shape)?),
+            "run.usage_recorded" => Self::UsageRecorded(de(data).map_err(shape)?),
+            "run.tool_called" => Self::ToolCalled(de(data).map_err(shape)?),
+            "run.output_recorded" => Self::OutputRecorded(de(data).map_err(shape)?),
+            "run.ended" => Self::Ended(de(data).map_err(shape)?),
+            "run.dead_lettered" => Self::DeadLettered(de(data).map_err(shape)?),
+            "run.deleted" => Self::Deleted(de(data).map_err(shape)?),
+            "run.restored" => Self::Restored(de(data).map_err(shape)?),
+            "run.retried" => Self::Retried(de(data).map_err(shape)?),
+            "run.debug_mode_set" => Self::DebugModeSet(de(data).map_err(shape)?),
+            "run.idempotency_key_reset" => Self::IdempotencyKeyReset(de(data).map_err(shape)?),
+            other => return Err(upcast::UpcastError::UnknownType(other.to_owned()).into()),
         })
     }
 

@@ -3,10 +3,10 @@
 
 use std::collections::HashMap;
 
-use runledger_events::EventEnvelope;
+use runledger_events::{EventEnvelope, RunEvent};
 use uuid::Uuid;
 
-use crate::{ApplyError, RunState};
+use crate::{ApplyError, EventContext, RunState};
 
 /// Run states folded from events given in position order.
 #[derive(Default)]
@@ -27,18 +27,26 @@ pub enum ReplayError {
 
 impl Replay {
     pub fn apply(&mut self, envelope: &EventEnvelope) -> Result<(), ReplayError> {
-        let run_id = envelope
-            .stream_id
+        let event = RunEvent::from_envelope(envelope).map_err(|e| ReplayError::Apply {
+            position: envelope.position,
+            source: ApplyError::Decode(e),
+        })?;
+        self.apply_event(&envelope.stream_id, &event, &EventContext::of(envelope))
+    }
+
+    /// Folds one decoded event of `stream_id` at `at`.
+    pub fn apply_event(&mut self, stream_id: &str, event: &RunEvent, at: &EventContext) -> Result<(), ReplayError> {
+        let run_id = stream_id
             .strip_prefix("run-")
             .and_then(|id| id.parse::<Uuid>().ok())
             .ok_or_else(|| ReplayError::NotARun {
-                position: envelope.position,
-                stream_id: envelope.stream_id.clone(),
+                position: at.position,
+                stream_id: stream_id.to_owned(),
             })?;
         let state = self.runs.entry(run_id).or_insert_with(|| RunState::empty(run_id));
-        state.apply_envelope(envelope).map_err(|source| ReplayError::Apply {
-            position: envelope.position,
-            source,
+        state.apply(event, at).map_err(|r| ReplayError::Apply {
+            position: at.position,
+            source: ApplyError::Refused(r),
         })?;
         self.events += 1;
         Ok(())

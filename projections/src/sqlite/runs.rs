@@ -4,6 +4,8 @@
 use rusqlite::{params, types::Value as SqlValue, Connection, OptionalExtension};
 use uuid::Uuid;
 
+use runledger_events::{RunEvent, Timestamp};
+
 use crate::{Arg, RunQuery, RunState, SqlQuery, TaskSummary};
 
 fn json_err(e: serde_json::Error) -> rusqlite::Error {
@@ -173,13 +175,52 @@ pub fn rebuild(conn: &Connection) -> Result<(u64, usize), crate::ReplayError> {
     conn.execute_batch("DELETE FROM runs; DELETE FROM run_tags;")
         .map_err(storage)?;
     let mut replay = crate::Replay::default();
+    // Only what the fold needs, decoded straight from the stored text.
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT position, stream_id, stream_version, event_type, schema_version, data, recorded_at \
+             FROM events WHERE position > ?1 ORDER BY position LIMIT 10000",
+        )
+        .map_err(storage)?;
     let mut after = 0;
     loop {
-        let page = runledger_events::sqlite::read::after(conn, after, 10_000).map_err(storage)?;
-        let Some(last) = page.last() else { break };
-        after = last.position;
-        for envelope in &page {
-            replay.apply(envelope)?;
+        let mut rows = stmt.query([after]).map_err(storage)?;
+        let mut seen = false;
+        while let Some(row) = rows.next().map_err(storage)? {
+            seen = true;
+            let position: i64 = row.get(0).map_err(storage)?;
+            let stream_id = row
+                .get_ref(1)
+                .and_then(|v| v.as_str().map_err(Into::into))
+                .map_err(storage)?;
+            let event_type = row
+                .get_ref(3)
+                .and_then(|v| v.as_str().map_err(Into::into))
+                .map_err(storage)?;
+            let data = row
+                .get_ref(5)
+                .and_then(|v| v.as_str().map_err(Into::into))
+                .map_err(storage)?;
+            let recorded_at = row
+                .get_ref(6)
+                .and_then(|v| v.as_str().map_err(Into::into))
+                .map_err(storage)?;
+            let event = RunEvent::decode_text(event_type, row.get(4).map_err(storage)?, data).map_err(|e| {
+                crate::ReplayError::Apply {
+                    position,
+                    source: crate::ApplyError::Decode(e),
+                }
+            })?;
+            let at = crate::EventContext {
+                position,
+                stream_version: row.get(2).map_err(storage)?,
+                recorded_at: Timestamp::parse(recorded_at).map_err(|e| crate::ReplayError::Storage(e.to_string()))?,
+            };
+            replay.apply_event(stream_id, &event, &at)?;
+            after = position;
+        }
+        if !seen {
+            break;
         }
     }
     let events = replay.events;
