@@ -255,6 +255,11 @@ async fn openapi_and_offline_docs_are_served(s: TestServer) {
         "/api/tasks",
         "/api/tasks/{taskName}/runs",
         "/api/runs/{id}/restore",
+        "/api/runs/{id}/history",
+        "/api/runs/diff",
+        "/api/events",
+        "/api/events/stream",
+        "/api/runs/{id}/stream",
     ] {
         assert!(doc["paths"][path].is_object(), "{path} missing from /openapi.json");
     }

@@ -240,6 +240,12 @@ impl QueryParams {
         out
     }
 
+    /// Whether a fault was already recorded for parameter `name`.
+    pub fn faults_at(&self, name: &str) -> bool {
+        let location = Self::location(name);
+        self.faults.0.iter().any(|f| f.location == location)
+    }
+
     /// Reports unknown parameters and every fault seen.
     pub fn finish(mut self) -> Result<(), ApiError> {
         for (name, value) in std::mem::take(&mut self.pairs) {

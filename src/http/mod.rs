@@ -34,6 +34,7 @@ use crate::ledger::Ledger;
         (name = "runs", description = "Create, report on, operate and read runs"),
         (name = "tasks", description = "Runs grouped by task"),
         (name = "events", description = "The global log and live Server-Sent Event streams"),
+        (name = "time travel", description = "Runs as they were at any past position or time"),
         (name = "operations", description = "Health and readiness"),
     ),
     components(schemas(Problem, FieldError))

@@ -21,6 +21,36 @@ pub fn router() -> OpenApiRouter<Arc<Ledger>> {
         .routes(routes!(get_run))
         .routes(routes!(run_events))
         .routes(routes!(list_task_runs))
+        .routes(routes!(run_history))
+        .routes(routes!(runs_diff))
+}
+
+/// A point in the log: a position, or an RFC 3339 time (the last event at
+/// or before it).
+#[derive(Clone, Copy, Debug)]
+pub enum AsOf {
+    Position(i64),
+    Time(runledger_events::Timestamp),
+}
+
+pub fn parse_as_of(raw: &str) -> Result<AsOf, String> {
+    if let Ok(position) = raw.parse::<i64>() {
+        return if position >= 0 {
+            Ok(AsOf::Position(position))
+        } else {
+            Err("a position must be >= 0".into())
+        };
+    }
+    runledger_events::Timestamp::parse(raw)
+        .map(AsOf::Time)
+        .map_err(|_| "must be a position (an integer) or an RFC 3339 date-time".into())
+}
+
+async fn resolve(ledger: &Ledger, at: AsOf) -> Result<i64, ApiError> {
+    match at {
+        AsOf::Position(p) => Ok(p),
+        AsOf::Time(t) => Ok(ledger.position_at(t).await?),
+    }
 }
 
 #[derive(Serialize, ToSchema)]
@@ -202,26 +232,168 @@ async fn list_task_runs(
     Ok(Json(RunList { runs, total }))
 }
 
-/// One run, including soft-deleted ones.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct AsOfParams {
+    /// The run as it was at this position, or at this RFC 3339 time.
+    as_of: Option<String>,
+}
+
+/// One run, including soft-deleted ones; with `as_of`, as it was then
+/// (folded from its events up to that point).
 #[utoipa::path(get, path = "/api/runs/{id}", tag = "runs",
-    params(("id" = String, Path, description = "Run id")),
+    params(("id" = String, Path, description = "Run id"), AsOfParams),
     responses(
         (status = 200, body = RunState),
-        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such run (at that point)", body = Problem, content_type = "application/problem+json"),
         (status = 422, body = Problem, content_type = "application/problem+json"),
     ))]
 async fn get_run(
     State(ledger): State<Arc<Ledger>>,
     Path(id): Path<String>,
-    params: QueryParams,
+    mut params: QueryParams,
 ) -> Result<Json<RunState>, ApiError> {
-    let id = run_id(&id)?;
+    let id_ok = params.faults.path_id(&id);
+    let as_of = params.parsed("as_of", parse_as_of);
     params.finish()?;
-    ledger
-        .get_run(id)
+    let id = id_ok.expect("checked");
+    let run = match as_of {
+        None => ledger.get_run(id).await?,
+        Some(at) => {
+            let position = resolve(&ledger, at).await?;
+            ledger.run_as_of(id, position).await?
+        }
+    };
+    run.map(Json).ok_or_else(|| ApiError::run_not_found(id))
+}
+
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct HistoryParams {
+    /// Only entries after this stream version (for paging).
+    #[param(minimum = 0, default = 0)]
+    after_version: Option<i64>,
+    #[param(minimum = 1, maximum = 10000, default = 1000)]
+    limit: Option<i64>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct HistoryItem {
+    #[schema(value_type = Object)]
+    pub event: EventEnvelope,
+    /// The run right after this event.
+    pub state: RunState,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct RunHistory {
+    pub history: Vec<HistoryItem>,
+}
+
+/// The run's story: each event with the run's state right after it.
+#[utoipa::path(get, path = "/api/runs/{id}/history", tag = "time travel",
+    params(("id" = String, Path, description = "Run id"), HistoryParams),
+    responses(
+        (status = 200, body = RunHistory),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 422, body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn run_history(
+    State(ledger): State<Arc<Ledger>>,
+    Path(id): Path<String>,
+    mut params: QueryParams,
+) -> Result<Json<RunHistory>, ApiError> {
+    let id_ok = params.faults.path_id(&id);
+    let after_version = params.int_in("after_version", 0, i64::MAX).unwrap_or(0);
+    let limit = params.int_in("limit", 1, 10_000).unwrap_or(1000) as usize;
+    params.finish()?;
+    let id = id_ok.expect("checked");
+    let entries = ledger
+        .run_history(id, after_version, limit)
         .await?
-        .map(Json)
-        .ok_or_else(|| ApiError::run_not_found(id))
+        .ok_or_else(|| ApiError::run_not_found(id))?;
+    let history = entries
+        .into_iter()
+        .map(|e| HistoryItem {
+            event: e.event,
+            state: e.state,
+        })
+        .collect();
+    Ok(Json(RunHistory { history }))
+}
+
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct DiffParams {
+    /// A position or an RFC 3339 time.
+    from: String,
+    /// A position or an RFC 3339 time, not before `from`.
+    to: String,
+    /// Runs per page, by run id.
+    #[param(minimum = 1, maximum = 1000, default = 100)]
+    limit: Option<i64>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct RunChange {
+    #[schema(value_type = String)]
+    pub id: uuid::Uuid,
+    /// The run at `from`; null if it did not exist yet.
+    pub before: Option<RunState>,
+    /// The run at `to`.
+    pub after: RunState,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct RunsDiff {
+    /// The positions `from` and `to` resolved to.
+    pub from: i64,
+    pub to: i64,
+    pub runs: Vec<RunChange>,
+    /// Runs that changed in all (the page holds at most `limit`).
+    pub total: i64,
+}
+
+/// Runs whose state changed after `from` up to `to`, with before and after.
+#[utoipa::path(get, path = "/api/runs/diff", tag = "time travel", params(DiffParams),
+    responses(
+        (status = 200, body = RunsDiff),
+        (status = 422, body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn runs_diff(State(ledger): State<Arc<Ledger>>, mut params: QueryParams) -> Result<Json<RunsDiff>, ApiError> {
+    let from = params.parsed("from", parse_as_of);
+    let to = params.parsed("to", parse_as_of);
+    let limit = params.int_in("limit", 1, 1000).unwrap_or(100);
+    for (name, value) in [("from", &from), ("to", &to)] {
+        if value.is_none() && !params.faults_at(name) {
+            params.faults.add(format!("query.{name}"), "is required", None);
+        }
+    }
+    params.finish()?;
+    let (from, to) = (
+        resolve(&ledger, from.expect("checked")).await?,
+        resolve(&ledger, to.expect("checked")).await?,
+    );
+    if from > to {
+        return Err(ApiError::invalid_one(
+            "query.from",
+            format!("resolves to position {from}, after `to` ({to})"),
+            None,
+        ));
+    }
+    let (changes, total) = ledger.diff(from, to, limit).await?;
+    let runs = changes
+        .into_iter()
+        .map(|c| RunChange {
+            id: c.run_id,
+            before: c.before,
+            after: c.after,
+        })
+        .collect();
+    Ok(Json(RunsDiff { from, to, runs, total }))
 }
 
 #[derive(IntoParams)]

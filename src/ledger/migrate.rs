@@ -6,6 +6,11 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
 const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "events", include_str!("../../migrations/sqlite/0001_events.sql")),
     (2, "runs", include_str!("../../migrations/sqlite/0002_runs.sql")),
+    (
+        3,
+        "events_recorded_at",
+        include_str!("../../migrations/sqlite/0003_events_recorded_at.sql"),
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -6,6 +6,7 @@ mod execute;
 pub mod migrate;
 mod postgres;
 mod sqlite;
+mod time_travel;
 
 use std::path::PathBuf;
 
@@ -18,6 +19,7 @@ use crate::commands::{Command, CommandError, Outcome};
 
 pub use postgres::PgLedger;
 pub use sqlite::SqliteLedger;
+pub use time_travel::{Change, HistoryEntry};
 
 /// Where the ledger lives, parsed from `--database-url`.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -430,3 +430,29 @@ impl PgLedger {
         Ok(counts)
     }
 }
+
+impl PgLedger {
+    pub async fn position_at(&self, time: runledger_events::Timestamp) -> Result<i64, LedgerError> {
+        Ok(sqlx::query_scalar(super::time_travel::POSITION_AT_SQL)
+            .bind(time.to_rfc3339())
+            .fetch_one(&mut *self.pool.acquire().await?)
+            .await?)
+    }
+
+    pub async fn runs_changed(&self, from: i64, to: i64, limit: i64) -> Result<(Vec<Uuid>, i64), LedgerError> {
+        let mut tx = self.pool.begin().await?;
+        let ids: Vec<String> = sqlx::query_scalar(super::time_travel::RUNS_CHANGED_SQL)
+            .bind(from)
+            .bind(to)
+            .bind(limit)
+            .fetch_all(&mut *tx)
+            .await?;
+        let total: i64 = sqlx::query_scalar(super::time_travel::RUNS_CHANGED_COUNT_SQL)
+            .bind(from)
+            .bind(to)
+            .fetch_one(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok((ids.iter().filter_map(|id| id.parse().ok()).collect(), total))
+    }
+}

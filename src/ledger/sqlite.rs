@@ -174,3 +174,38 @@ fn write_error(e: WriteError<String>) -> LedgerError {
         WriteError::Closed => LedgerError::Storage("the writer has stopped".into()),
     }
 }
+
+impl SqliteLedger {
+    pub async fn position_at(&self, time: runledger_events::Timestamp) -> Result<i64, LedgerError> {
+        let text = time.to_rfc3339();
+        Ok(self
+            .pool
+            .read(move |c| c.query_row(super::time_travel::POSITION_AT_SQL, [text], |r| r.get(0)))
+            .await?)
+    }
+
+    pub async fn runs_changed(&self, from: i64, to: i64, limit: i64) -> Result<(Vec<Uuid>, i64), LedgerError> {
+        let rows = self
+            .pool
+            .read(move |c| {
+                c.execute_batch("BEGIN")?;
+                let result = (|| {
+                    let mut stmt = c.prepare_cached(super::time_travel::RUNS_CHANGED_SQL)?;
+                    let ids = stmt
+                        .query_map(rusqlite::params![from, to, limit], |r| r.get::<_, String>(0))?
+                        .collect::<rusqlite::Result<Vec<String>>>()?;
+                    let total: i64 = c.query_row(
+                        super::time_travel::RUNS_CHANGED_COUNT_SQL,
+                        rusqlite::params![from, to],
+                        |r| r.get(0),
+                    )?;
+                    Ok((ids, total))
+                })();
+                c.execute_batch("COMMIT")?;
+                result
+            })
+            .await?;
+        let ids = rows.0.iter().filter_map(|id| id.parse().ok()).collect();
+        Ok((ids, rows.1))
+    }
+}

@@ -1,0 +1,183 @@
+//! Time travel through the real server: a run at any past position or time,
+//! its history event by event, and what changed between two points.
+
+mod common;
+
+use common::TestServer;
+use serde_json::{json, Value};
+
+fn id(run: &Value) -> String {
+    run["id"].as_str().unwrap().to_owned()
+}
+
+async fn events(s: &TestServer, run: &str) -> Vec<Value> {
+    s.get(&format!("/api/runs/{run}/events")).await.ok(200)["events"]
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+async fn a_run_as_of_any_position_or_time(s: TestServer) {
+    let run = s.run_through("etl", json!({}), &["start", "end:failed:3"]).await;
+    let run = id(&run);
+    let evs = events(&s, &run).await;
+    assert_eq!(evs.len(), 3);
+    for (position, status) in [(1, "pending"), (2, "running"), (3, "ended"), (99, "ended")] {
+        let r = s.get(&format!("/api/runs/{run}?as_of={position}")).await;
+        assert_eq!(r.ok(200)["status"], status, "as_of={position}");
+        assert_eq!(r.body["version"], position.min(3));
+    }
+    assert_eq!(s.get(&format!("/api/runs/{run}?as_of=3")).await.body["exit_code"], 3);
+    s.get(&format!("/api/runs/{run}?as_of=0"))
+        .await
+        .problem(404, "run_not_found");
+
+    // By time: the state after the last event recorded at or before it.
+    let started_at = evs[1]["recorded_at"].as_str().unwrap();
+    let r = s.get(&format!("/api/runs/{run}?as_of={started_at}")).await;
+    assert_eq!(r.ok(200)["status"], "running");
+    s.get(&format!("/api/runs/{run}?as_of=2000-01-01T00:00:00Z"))
+        .await
+        .problem(404, "run_not_found");
+    let now = s.get(&format!("/api/runs/{run}?as_of=2999-01-01T00:00:00Z")).await;
+    assert_eq!(
+        now.ok(200),
+        s.get(&format!("/api/runs/{run}")).await.ok(200),
+        "the future is the present"
+    );
+    s.stop().await;
+}
+
+async fn history_shows_each_event_with_the_state_after_it(s: TestServer) {
+    let run = id(&s
+        .run_through("etl", json!({}), &["start", "pause", "resume", "end:success:0"])
+        .await);
+    let h = s.get(&format!("/api/runs/{run}/history")).await;
+    let items = h.ok(200)["history"].as_array().unwrap().clone();
+    let pairs: Vec<(String, String)> = items
+        .iter()
+        .map(|i| {
+            (
+                i["event"]["type"].as_str().unwrap().to_owned(),
+                i["state"]["status"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let expected = [
+        ("run.created", "pending"),
+        ("run.started", "running"),
+        ("run.paused", "paused"),
+        ("run.resumed", "running"),
+        ("run.ended", "ended"),
+    ];
+    assert_eq!(pairs, expected.map(|(a, b)| (a.to_owned(), b.to_owned())));
+    for (i, item) in items.iter().enumerate() {
+        assert_eq!(item["state"]["version"], i as i64 + 1);
+        assert_eq!(item["state"]["position"], item["event"]["position"]);
+    }
+    let page = s.get(&format!("/api/runs/{run}/history?after_version=2&limit=2")).await;
+    let page: Vec<&str> = page.ok(200)["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["event"]["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(page, ["run.paused", "run.resumed"]);
+    s.stop().await;
+}
+
+async fn diff_lists_the_runs_that_changed_with_before_and_after(s: TestServer) {
+    let a = id(&s.create(json!({"task_name": "a"})).await); // position 1
+    let b = id(&s.create(json!({"task_name": "b"})).await); // position 2
+    s.post(&format!("/api/runs/{a}/start"), json!({})).await.ok(200); // 3
+    s.post(&format!("/api/runs/{a}/end"), json!({"end_reason": "success"}))
+        .await
+        .ok(200); // 4
+    let c = id(&s.create(json!({"task_name": "c"})).await); // 5
+
+    let d = s.get("/api/runs/diff?from=2&to=4").await;
+    let d = d.ok(200);
+    assert_eq!(
+        (d["from"].as_i64(), d["to"].as_i64(), d["total"].as_i64()),
+        (Some(2), Some(4), Some(1))
+    );
+    let runs = d["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 1, "b did not change after position 2");
+    assert_eq!(runs[0]["id"], a.as_str());
+    assert_eq!(runs[0]["before"]["status"], "pending");
+    assert_eq!(runs[0]["after"]["status"], "ended");
+
+    let d = s.get("/api/runs/diff?from=0&to=5").await;
+    let d = d.ok(200);
+    assert_eq!(d["total"], 3);
+    let mut ids: Vec<&str> = d["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    ids.sort();
+    let mut expected = vec![a.as_str(), b.as_str(), c.as_str()];
+    expected.sort();
+    assert_eq!(ids, expected);
+    assert!(
+        d["runs"].as_array().unwrap().iter().all(|r| r["before"].is_null()),
+        "none existed at 0"
+    );
+
+    let paged = s.get("/api/runs/diff?from=0&to=5&limit=2").await;
+    assert_eq!(paged.ok(200)["runs"].as_array().unwrap().len(), 2);
+    assert_eq!(paged.body["total"], 3);
+
+    // By time: from the creation of b to now.
+    let b_created = events(&s, &b).await[0]["recorded_at"].as_str().unwrap().to_owned();
+    let d = s
+        .get(&format!("/api/runs/diff?from={b_created}&to=2999-01-01T00:00:00Z"))
+        .await;
+    assert_eq!(d.ok(200)["from"], 2);
+    assert_eq!(d.body["to"], 5);
+    s.stop().await;
+}
+
+async fn bad_time_travel_inputs_are_problems_and_append_nothing(s: TestServer) {
+    let run = id(&s.run_through("etl", json!({}), &["start"]).await);
+    let before = s.event_count().await;
+    s.get(&format!("/api/runs/{run}?as_of=-1"))
+        .await
+        .invalid_at("query.as_of");
+    s.get(&format!("/api/runs/{run}?as_of=yesterday"))
+        .await
+        .invalid_at("query.as_of");
+    s.get(&format!("/api/runs/{run}?as_of=1&as_of=2"))
+        .await
+        .invalid_at("query.as_of");
+    s.get("/api/runs/not-a-run?as_of=1").await.invalid_at("path.id");
+    s.get(&format!("/api/runs/{run}/history?limit=0"))
+        .await
+        .invalid_at("query.limit");
+    s.get(&format!("/api/runs/{run}/history?after_version=-1"))
+        .await
+        .invalid_at("query.after_version");
+    s.get("/api/runs/01a20900-0000-7000-8000-000000000000/history")
+        .await
+        .problem(404, "run_not_found");
+    s.get("/api/runs/diff?to=2").await.invalid_at("query.from");
+    s.get("/api/runs/diff?from=1").await.invalid_at("query.to");
+    s.get("/api/runs/diff?from=x&to=2").await.invalid_at("query.from");
+    s.get("/api/runs/diff?from=2&to=1").await.invalid_at("query.from");
+    s.get("/api/runs/diff?from=1&to=2&limit=1001")
+        .await
+        .invalid_at("query.limit");
+    s.get("/api/runs/diff?from=1&to=2&bogus=1")
+        .await
+        .invalid_at("query.bogus");
+    assert_eq!(s.event_count().await, before);
+    s.stop().await;
+}
+
+backend_tests!(
+    a_run_as_of_any_position_or_time,
+    history_shows_each_event_with_the_state_after_it,
+    diff_lists_the_runs_that_changed_with_before_and_after,
+    bad_time_travel_inputs_are_problems_and_append_nothing,
+);
