@@ -275,7 +275,48 @@ async fn openapi_and_offline_docs_are_served(s: TestServer) {
     s.stop().await;
 }
 
+async fn every_response_echoes_the_request_id_recorded_on_its_events(s: TestServer) {
+    let given = s
+        .client
+        .post(s.url("/api/runs"))
+        .header("x-request-id", "req-42")
+        .json(&json!({"task_name": "t"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(given.headers()["x-request-id"], "req-42");
+    let run: serde_json::Value = given.json().await.unwrap();
+    let made = s
+        .client
+        .post(s.url(&format!("/api/runs/{}/start", run["id"].as_str().unwrap())))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    let made_id = made.headers()["x-request-id"].to_str().unwrap().to_owned();
+    assert!(
+        uuid::Uuid::parse_str(&made_id).is_ok(),
+        "the server makes one when none is given: {made_id}"
+    );
+    let events = s
+        .get(&format!("/api/runs/{}/events", run["id"].as_str().unwrap()))
+        .await;
+    let events = events.ok(200)["events"].as_array().unwrap().clone();
+    assert_eq!(events[0]["metadata"]["request_id"], "req-42");
+    assert_eq!(events[1]["metadata"]["request_id"], made_id.as_str());
+    let problem = s
+        .client
+        .get(s.url("/api/runs/nope"))
+        .header("x-request-id", "req-43")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(problem.headers()["x-request-id"], "req-43", "errors echo it too");
+    s.stop().await;
+}
+
 backend_tests!(
+    every_response_echoes_the_request_id_recorded_on_its_events,
     a_run_from_creation_to_retry_through_the_api,
     every_event_carries_position_hash_chain_and_metadata,
     the_events_table_refuses_updates_and_deletes,

@@ -16,6 +16,7 @@ use axum::extract::{DefaultBodyLimit, Extension, MatchedPath, Request};
 use axum::{middleware, Router};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
@@ -40,6 +41,8 @@ use crate::ledger::Ledger;
     components(schemas(Problem, FieldError))
 )]
 struct ApiDoc;
+
+const REQUEST_ID: axum::http::HeaderName = axum::http::HeaderName::from_static("x-request-id");
 
 /// HTTP settings.
 #[derive(Clone, Debug)]
@@ -78,8 +81,14 @@ pub fn api(ledger: Arc<Ledger>, config: &HttpConfig, streams: Streams) -> (Route
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
             let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned());
-            tracing::info_span!("request", method = %req.method(), route = route.as_deref().unwrap_or("unmatched"))
-        }));
+            let id = req.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+            tracing::info_span!("request", method = %req.method(), route = route.as_deref().unwrap_or("unmatched"), request_id = %id)
+        }))
+        // Outermost: every request has an X-Request-Id (the client's, or a
+        // new UUID) before anything else sees it, and every response echoes
+        // it; it is also the request_id of every event the request appends.
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid));
     (router, openapi)
 }
 
