@@ -155,6 +155,12 @@ pub struct Subscription {
 
 const SUBSCRIBER_PAGE: usize = 500;
 
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        ::metrics::gauge!("runledger_sse_clients").decrement(1.0);
+    }
+}
+
 impl Subscription {
     pub fn new(tail: Arc<LogTail>, after: i64, filter: LogFilter, until: Until, shutdown: CancellationToken) -> Self {
         let position = tail.position();

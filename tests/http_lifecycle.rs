@@ -260,6 +260,7 @@ async fn openapi_and_offline_docs_are_served(s: TestServer) {
         "/api/events",
         "/api/events/stream",
         "/api/runs/{id}/stream",
+        "/metrics",
     ] {
         assert!(doc["paths"][path].is_object(), "{path} missing from /openapi.json");
     }
@@ -315,7 +316,53 @@ async fn every_response_echoes_the_request_id_recorded_on_its_events(s: TestServ
     s.stop().await;
 }
 
+fn counter(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
+        .unwrap_or(0.0)
+}
+
+async fn metrics_count_requests_by_route_template_and_appends(s: TestServer) {
+    let created = r#"http_requests_total{method="POST",route="/api/runs",status="201"}"#;
+    let started = r#"http_requests_total{method="POST",route="/api/runs/{id}/start",status="200"}"#;
+    let before = s.get("/metrics").await;
+    let before_text = before.ok(200).as_str().unwrap().to_owned();
+    assert!(before.content_type.starts_with("text/plain"));
+    let run = s.create(json!({"task_name": "m"})).await;
+    s.post(&format!("/api/runs/{}/start", run["id"].as_str().unwrap()), json!({}))
+        .await
+        .ok(200);
+    let after = s.get("/metrics").await;
+    let text = after.ok(200).as_str().unwrap();
+    // Other tests in this process share the recorder: compare deltas.
+    assert!(counter(text, created) >= counter(&before_text, created) + 1.0, "{text}");
+    assert!(
+        counter(text, started) >= counter(&before_text, started) + 1.0,
+        "the route template, not the id"
+    );
+    assert!(
+        !text.contains(run["id"].as_str().unwrap()),
+        "run ids never become labels"
+    );
+    let appended = "runledger_appended_events_total";
+    assert!(
+        counter(text, appended) >= counter(&before_text, appended) + 2.0,
+        "{text}"
+    );
+    for series in [
+        "runledger_commit_batch_size_bucket",
+        "runledger_commit_seconds_bucket",
+        "http_request_duration_seconds_bucket",
+        "runledger_log_head_position",
+        "runledger_stream_tail_lag_events",
+    ] {
+        assert!(text.contains(series), "{series} missing");
+    }
+    s.stop().await;
+}
+
 backend_tests!(
+    metrics_count_requests_by_route_template_and_appends,
     every_response_echoes_the_request_id_recorded_on_its_events,
     a_run_from_creation_to_retry_through_the_api,
     every_event_carries_position_hash_chain_and_metadata,

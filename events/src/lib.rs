@@ -20,3 +20,15 @@ pub use timestamp::Timestamp;
 pub fn run_stream_id(run_id: &uuid::Uuid) -> String {
     format!("run-{run_id}")
 }
+
+/// Records one committed batch (group commit) in the process's metrics:
+/// batch size, commit latency.
+pub fn record_commit(units: usize, took: std::time::Duration) {
+    metrics::histogram!("runledger_commit_batch_size").record(units as f64);
+    metrics::histogram!("runledger_commit_seconds").record(took.as_secs_f64());
+}
+
+/// Records events appended by a committed batch.
+pub fn record_appended(events: u64) {
+    metrics::counter!("runledger_appended_events_total").increment(events);
+}

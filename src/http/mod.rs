@@ -3,6 +3,7 @@
 mod error;
 mod events;
 mod extract;
+mod metrics;
 mod run_commands;
 mod runs;
 mod system;
@@ -72,10 +73,12 @@ pub fn api(ledger: Arc<Ledger>, config: &HttpConfig, streams: Streams) -> (Route
         .merge(run_commands::router())
         .merge(tasks::router())
         .merge(system::router())
+        .merge(metrics::router())
         .split_for_parts();
     let router = router
         .with_state(ledger)
         .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi.clone()))
+        .layer(middleware::from_fn(metrics::track))
         .layer(Extension(streams))
         .layer(middleware::from_fn(error::problems))
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
@@ -100,6 +103,7 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    metrics::handle();
     let stop = CancellationToken::new();
     let tail = LogTail::start(ledger.clone(), config.tail_capacity, stop.clone());
     let streams = Streams {

@@ -272,7 +272,10 @@ async fn commit_batch(pool: &PgPool, jobs: &[Job]) -> Result<(Outcomes, i64), St
     if !store.sealed.is_empty() {
         log::notify(&mut tx, position).await.map_err(fail)?;
     }
+    let started = std::time::Instant::now();
     tx.commit().await.map_err(fail)?;
+    runledger_events::record_commit(jobs.len(), started.elapsed());
+    runledger_events::record_appended(store.sealed.len() as u64);
     Ok((outcomes, position))
 }
 

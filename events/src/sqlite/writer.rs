@@ -416,6 +416,7 @@ fn commit(
         None => {
             let started = std::time::Instant::now();
             let committed = tx.commit().map_err(StorageError::from);
+            crate::record_commit(units as usize, started.elapsed());
             stats
                 .commit_micros
                 .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
@@ -424,15 +425,14 @@ fn commit(
     };
     match &outcome {
         Ok(()) => {
-            let before = versions.head.max(0);
             versions.head = head;
+            let appended = (head - position).max(0) as u64;
             stats.batches.fetch_add(1, Ordering::Relaxed);
             stats.units.fetch_add(units, Ordering::Relaxed);
+            stats.events.fetch_add(appended, Ordering::Relaxed);
+            crate::record_appended(appended);
             published.send_if_modified(|h| {
                 let moved = *h != head;
-                stats
-                    .events
-                    .fetch_add((head - (*h).max(before)).max(0) as u64, Ordering::Relaxed);
                 *h = head;
                 moved
             });
