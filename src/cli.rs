@@ -72,6 +72,14 @@ pub struct ServeArgs {
     /// Largest request body accepted, in bytes.
     #[arg(long, env = "RUNLEDGER_MAX_BODY_BYTES", default_value_t = 8 * 1024 * 1024)]
     pub max_body_bytes: usize,
+    /// Longest a request may take to produce its response, in seconds
+    /// (streams answer at once and are not cut).
+    #[arg(long, env = "RUNLEDGER_REQUEST_TIMEOUT_SECS", default_value_t = 30)]
+    pub request_timeout_secs: u64,
+    /// Browser origins allowed to call the API (CORS), comma-separated; `*`
+    /// for any. Unset: no CORS headers.
+    #[arg(long, env = "RUNLEDGER_CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -160,12 +168,18 @@ async fn import(args: ImportArgs) -> anyhow::Result<()> {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    // No tokens exist yet, so the API is open: it may only listen where
+    // nobody but this machine can reach it.
+    if !args.listen.ip().is_loopback() {
+        anyhow::bail!(
+            "refusing to serve an unauthenticated API on {}: listen on a loopback address (127.0.0.1, ::1)",
+            args.listen
+        );
+    }
     let ledger = Arc::new(Ledger::open(&args.database.database_url).await?);
     let listener = TcpListener::bind(args.listen).await?;
     let addr = listener.local_addr()?;
-    if !addr.ip().is_loopback() {
-        tracing::warn!(%addr, "listening on a non-loopback address with no authentication");
-    }
+    tracing::warn!(%addr, "no tokens are configured: the API is open to anyone who can reach this loopback address");
     tracing::info!(%addr, database = ?args.database.database_url, "runledger is ready");
     // Scripts wait for this line; it is printed only once the port is bound.
     println!("runledger listening on http://{addr}");

@@ -192,6 +192,13 @@ pub async fn problems(request: Request, next: Next) -> Response {
     let status = response.status();
     let problem = match response.extensions().get::<Problem>() {
         Some(problem) => problem.clone(),
+        // A 503 with no body is the request timeout's.
+        None if status == StatusCode::SERVICE_UNAVAILABLE && !response.headers().contains_key(header::CONTENT_TYPE) => {
+            let mut p = rejection_problem(status, "the request took longer than the server allows".to_owned());
+            p.code = "timeout".to_owned();
+            p.problem_type = "/problems/timeout".to_owned();
+            p
+        }
         None if !status.is_client_error() => return response,
         None => match status {
             StatusCode::NOT_FOUND => ApiError::NotFound {

@@ -53,6 +53,10 @@ pub struct HttpConfig {
     pub keep_alive: Duration,
     /// Recent events each node keeps in memory for its streams.
     pub tail_capacity: usize,
+    /// Longest a request may take to produce its response.
+    pub request_timeout: Duration,
+    /// Browser origins allowed by CORS (`*` for any); empty: no CORS.
+    pub cors_origins: Vec<String>,
 }
 
 impl Default for HttpConfig {
@@ -61,6 +65,8 @@ impl Default for HttpConfig {
             max_body_bytes: 8 * 1024 * 1024,
             keep_alive: Duration::from_secs(15),
             tail_capacity: 16_384,
+            request_timeout: Duration::from_secs(30),
+            cors_origins: Vec::new(),
         }
     }
 }
@@ -79,6 +85,10 @@ pub fn api(ledger: Arc<Ledger>, config: &HttpConfig, streams: Streams) -> (Route
         .with_state(ledger)
         .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi.clone()))
         .layer(middleware::from_fn(metrics::track))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            config.request_timeout,
+        ))
         .layer(Extension(streams))
         .layer(middleware::from_fn(error::problems))
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
@@ -90,9 +100,32 @@ pub fn api(ledger: Arc<Ledger>, config: &HttpConfig, streams: Streams) -> (Route
         // Outermost: every request has an X-Request-Id (the client's, or a
         // new UUID) before anything else sees it, and every response echoes
         // it; it is also the request_id of every event the request appends.
+        .layer(cors(&config.cors_origins))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid));
     (router, openapi)
+}
+
+/// CORS for a browser console on another origin; none when unconfigured.
+fn cors(origins: &[String]) -> tower_http::cors::CorsLayer {
+    use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+    if origins.is_empty() {
+        return CorsLayer::new();
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.iter().filter_map(|o| o.parse().ok()))
+    };
+    CorsLayer::new()
+        .allow_origin(allow)
+        .allow_methods(Any)
+        .allow_headers(Any)
+        .expose_headers([
+            REQUEST_ID,
+            axum::http::header::RETRY_AFTER,
+            axum::http::header::LOCATION,
+        ])
 }
 
 /// Serves the API on an already bound listener until `shutdown` completes,
