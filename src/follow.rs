@@ -65,20 +65,34 @@ impl LogTail {
         self.cached.subscribe()
     }
 
-    /// Up to `limit` events after `after`, in position order, from the ring
-    /// when it holds them, else from the log.
-    pub async fn read(&self, after: i64, limit: usize) -> Result<Vec<Arc<Frame>>, LedgerError> {
-        {
+    /// The last position committed, as far as this node knows (at least
+    /// every write it has acknowledged).
+    pub fn head(&self) -> i64 {
+        *self.ledger.head().borrow()
+    }
+
+    /// Up to `limit` events after `after`, in position order: from the ring
+    /// while it holds them, then from the log. With `fresh`, the log is asked
+    /// whenever the ring cannot fill the page, so a query sees every commit
+    /// (of any node); otherwise only when this node knows of commits the ring
+    /// has not read yet (followers wait for the tail instead of polling).
+    pub async fn read(&self, after: i64, limit: usize, fresh: bool) -> Result<Vec<Arc<Frame>>, LedgerError> {
+        let mut page: Vec<Arc<Frame>> = {
             let ring = self.ring.read().expect("ring lock");
-            if let Some(first) = ring.front() {
-                if after + 1 >= first.position() {
-                    let skip = (after + 1 - first.position()) as usize;
-                    return Ok(ring.iter().skip(skip).take(limit).cloned().collect());
+            match ring.front() {
+                Some(first) if after.saturating_add(1) >= first.position() => {
+                    let skip = usize::try_from(after.saturating_add(1) - first.position()).unwrap_or(usize::MAX);
+                    ring.iter().skip(skip).take(limit).cloned().collect()
                 }
+                _ => Vec::new(),
             }
+        };
+        let served = page.last().map_or(after, |f| f.position());
+        if page.len() < limit && (fresh || self.head() > served) {
+            let more = self.ledger.read_log(served, (limit - page.len()) as i64).await?;
+            page.extend(more.into_iter().map(Frame::new));
         }
-        let page = self.ledger.read_log(after, limit as i64).await?;
-        Ok(page.into_iter().map(Frame::new).collect())
+        Ok(page)
     }
 
     fn push(&self, page: Vec<LogEntry>) {
@@ -135,8 +149,8 @@ async fn follow(tail: Arc<LogTail>, shutdown: CancellationToken) {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Until {
     Forever,
-    /// After delivering a `run.ended`.
-    RunEnded,
+    /// After this run's `run.ended`.
+    RunEnded(uuid::Uuid),
 }
 
 /// One subscriber: a cursor into the log and a filter. It only ever moves
@@ -150,6 +164,8 @@ pub struct Subscription {
     buffer: VecDeque<Arc<Frame>>,
     position: watch::Receiver<i64>,
     shutdown: CancellationToken,
+    /// The run ended: deliver what is buffered, then stop.
+    ending: bool,
     done: bool,
 }
 
@@ -164,6 +180,7 @@ impl Drop for Subscription {
 impl Subscription {
     pub fn new(tail: Arc<LogTail>, after: i64, filter: LogFilter, until: Until, shutdown: CancellationToken) -> Self {
         let position = tail.position();
+        ::metrics::gauge!("runledger_sse_clients").increment(1.0);
         Self {
             tail,
             cursor: after,
@@ -172,6 +189,7 @@ impl Subscription {
             buffer: VecDeque::new(),
             position,
             shutdown,
+            ending: false,
             done: false,
         }
     }
@@ -189,21 +207,34 @@ impl Subscription {
                 return None;
             }
             if let Some(entry) = self.buffer.pop_front() {
-                if self.until == Until::RunEnded && entry.entry.envelope.event_type == "run.ended" {
-                    self.done = true;
-                }
                 return Some(Ok(entry));
+            }
+            if self.ending {
+                self.done = true;
+                return None;
             }
             let page = tokio::select! {
                 _ = self.shutdown.cancelled() => return None,
-                page = self.tail.read(self.cursor, SUBSCRIBER_PAGE) => page,
+                page = self.tail.read(self.cursor, SUBSCRIBER_PAGE, false) => page,
             };
             match page {
                 Err(err) => return Some(Err(err)),
                 Ok(page) if !page.is_empty() => {
-                    self.cursor = page.last().expect("non-empty").position();
-                    self.buffer
-                        .extend(page.into_iter().filter(|f| self.filter.matches(&f.entry)));
+                    for frame in page {
+                        self.cursor = frame.position();
+                        // The end of a run ends its stream even when a filter
+                        // keeps run.ended itself out.
+                        let e = &frame.entry.envelope;
+                        let ends = matches!(self.until, Until::RunEnded(run)
+                            if e.event_type == "run.ended" && e.stream_id == runledger_events::run_stream_id(&run));
+                        if self.filter.matches(&frame.entry) {
+                            self.buffer.push_back(frame);
+                        }
+                        if ends {
+                            self.ending = true;
+                            break;
+                        }
+                    }
                 }
                 Ok(_) => {
                     let cursor = self.cursor;

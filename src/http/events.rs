@@ -102,7 +102,7 @@ async fn list_events(
     params.finish()?;
     let (mut cursor, mut scanned, mut events) = (after, 0, Vec::new());
     'scan: while events.len() < limit && scanned < SCAN_LIMIT {
-        let page = streams.tail.read(cursor, 1000.min(SCAN_LIMIT - scanned)).await?;
+        let page = streams.tail.read(cursor, 1000.min(SCAN_LIMIT - scanned), true).await?;
         if page.is_empty() {
             break;
         }
@@ -188,7 +188,8 @@ async fn stream_events(
     let filter = log_filter(&mut params);
     let resume = last_event_id(&headers, &mut params.faults);
     params.finish()?;
-    let start = resume.or(after).unwrap_or_else(|| *streams.tail.position().borrow());
+    // The head, not the tail's position: every acknowledged write is before it.
+    let start = resume.or(after).unwrap_or_else(|| streams.tail.head());
     let sub = Subscription::new(
         streams.tail.clone(),
         start,
@@ -250,7 +251,11 @@ async fn stream_run(
         })
         .await?
         .ok_or_else(|| ApiError::run_not_found(run_id))?;
-    let until = if follow { Until::Forever } else { Until::RunEnded };
+    let until = if follow {
+        Until::Forever
+    } else {
+        Until::RunEnded(run_id)
+    };
     let filter = LogFilter {
         types,
         run_id: Some(run_id),

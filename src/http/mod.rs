@@ -57,6 +57,10 @@ pub struct HttpConfig {
     pub request_timeout: Duration,
     /// Browser origins allowed by CORS (`*` for any); empty: no CORS.
     pub cors_origins: Vec<String>,
+    /// After shutdown is asked for, how long connections may take to finish
+    /// before they are dropped (a client that stopped reading a stream would
+    /// otherwise hold the server up forever).
+    pub shutdown_grace: Duration,
 }
 
 impl Default for HttpConfig {
@@ -67,6 +71,7 @@ impl Default for HttpConfig {
             tail_capacity: 16_384,
             request_timeout: Duration::from_secs(30),
             cors_origins: Vec::new(),
+            shutdown_grace: Duration::from_secs(5),
         }
     }
 }
@@ -145,10 +150,20 @@ pub async fn serve(
         keep_alive: config.keep_alive,
     };
     let (router, _) = api(ledger, &config, streams);
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move {
+    tokio::spawn({
+        let stop = stop.clone();
+        async move {
             shutdown.await;
             stop.cancel();
-        })
-        .await
+        }
+    });
+    let graceful = axum::serve(listener, router).with_graceful_shutdown(stop.clone().cancelled_owned());
+    let grace = config.shutdown_grace;
+    tokio::select! {
+        served = graceful => served,
+        () = async move { stop.cancelled().await; tokio::time::sleep(grace).await } => {
+            tracing::warn!(?grace, "connections still open after the shutdown grace period; dropping them");
+            Ok(())
+        }
+    }
 }
