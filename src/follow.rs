@@ -164,8 +164,11 @@ pub struct Subscription {
     buffer: VecDeque<Arc<Frame>>,
     position: watch::Receiver<i64>,
     shutdown: CancellationToken,
-    /// The run ended: deliver what is buffered, then stop.
-    ending: bool,
+    /// The run ended at this time: what was appended with its run.ended
+    /// (a run.dead_lettered, say) is still delivered, then the stream stops.
+    ending: Option<runledger_events::Timestamp>,
+    /// Nothing more will be delivered once the buffer is empty.
+    closing: bool,
     done: bool,
 }
 
@@ -189,14 +192,16 @@ impl Subscription {
             buffer: VecDeque::new(),
             position,
             shutdown,
-            ending: false,
+            ending: None,
+            closing: false,
             done: false,
         }
     }
 
-    /// Ends the subscription: `next` returns `None` from now on.
-    pub fn close(&mut self) {
-        self.done = true;
+    /// The subscribed run already ended at `at` (before the subscription's
+    /// start): deliver only what remains of that append, then stop.
+    pub fn ended_at(&mut self, at: runledger_events::Timestamp) {
+        self.ending = Some(at);
     }
 
     /// The next matching event; `None` when the subscription ends (shutdown,
@@ -209,7 +214,7 @@ impl Subscription {
             if let Some(entry) = self.buffer.pop_front() {
                 return Some(Ok(entry));
             }
-            if self.ending {
+            if self.closing {
                 self.done = true;
                 return None;
             }
@@ -221,21 +226,27 @@ impl Subscription {
                 Err(err) => return Some(Err(err)),
                 Ok(page) if !page.is_empty() => {
                     for frame in page {
-                        self.cursor = frame.position();
-                        // The end of a run ends its stream even when a filter
-                        // keeps run.ended itself out.
                         let e = &frame.entry.envelope;
-                        let ends = matches!(self.until, Until::RunEnded(run)
-                            if e.event_type == "run.ended" && e.stream_id == runledger_events::run_stream_id(&run));
+                        let own = matches!(self.until, Until::RunEnded(run) if e.stream_id == runledger_events::run_stream_id(&run));
+                        // The end of the subscribed run ends the stream, filtered
+                        // or not, after the rest of the append that ended it: an
+                        // append's events have consecutive positions, so the first
+                        // event that is not this run's at the same time closes it.
+                        if self.ending.is_some_and(|at| !(own && at == e.recorded_at)) {
+                            self.closing = true;
+                            break;
+                        }
+                        if own && e.event_type == "run.ended" {
+                            self.ending = Some(e.recorded_at);
+                        }
+                        self.cursor = frame.position();
                         if self.filter.matches(&frame.entry) {
                             self.buffer.push_back(frame);
                         }
-                        if ends {
-                            self.ending = true;
-                            break;
-                        }
                     }
                 }
+                // Caught up after run.ended: its append is complete.
+                Ok(_) if self.ending.is_some() => self.closing = true,
                 Ok(_) => {
                     let cursor = self.cursor;
                     tokio::select! {

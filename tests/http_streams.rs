@@ -1432,6 +1432,33 @@ async fn a_followed_run_stream_stays_open_after_run_ended(s: TestServer) {
     s.stop().await;
 }
 
+async fn a_run_stream_delivers_the_dead_letter_appended_with_its_end(s: TestServer) {
+    let run = id_of(&s.run_through("t", json!({"max_attempts": 1}), &["start"]).await);
+    let mut stream = Sse::open(&s, &format!("/api/runs/{run}/stream"), None).await;
+    assert_eq!(
+        stream
+            .take(2)
+            .await
+            .iter()
+            .map(|f| f.event.as_str())
+            .collect::<Vec<_>>(),
+        ["run.created", "run.started"]
+    );
+    end(&s, &run, "failed", 1).await;
+    let last = stream.take(2).await;
+    assert_eq!(
+        last.iter().map(|f| f.event.as_str()).collect::<Vec<_>>(),
+        ["run.ended", "run.dead_lettered"]
+    );
+    stream.expect_end().await;
+    // Resuming right after run.ended still gets the dead-letter, then the end.
+    let resume = last[0].id.to_string();
+    let mut resumed = Sse::open(&s, &format!("/api/runs/{run}/stream"), Some(resume.as_str())).await;
+    assert_eq!(resumed.expect_event().await.event, "run.dead_lettered");
+    resumed.expect_end().await;
+    s.stop().await;
+}
+
 async fn a_run_stream_filters_by_type(s: TestServer) {
     let run = s
         .run_through("t", json!({}), &["start", "heartbeat", "heartbeat", "pause", "resume"])
@@ -1738,6 +1765,7 @@ backend_tests!(
     resuming_a_run_stream_at_or_after_its_end_closes_at_once,
     a_followed_run_stream_stays_open_after_run_ended,
     a_run_stream_filters_by_type,
+    a_run_stream_delivers_the_dead_letter_appended_with_its_end,
     a_filtered_run_stream_still_closes_when_the_run_ends,
     run_stream_refusals,
     shutdown_ends_every_open_stream,

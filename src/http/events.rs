@@ -262,9 +262,10 @@ async fn stream_run(
         ..LogFilter::default()
     };
     let mut sub = Subscription::new(streams.tail.clone(), start, filter, until, streams.shutdown.clone());
-    // Resuming past the end of a finished run: there is nothing more to say.
-    if !follow && ended.first().is_some_and(|e| e.position <= start) {
-        sub.close();
+    // Resuming past the end of a finished run: only the rest of the append
+    // that ended it (a dead-letter, say) is left to say.
+    if let Some(end) = ended.first().filter(|e| !follow && e.position <= start) {
+        sub.ended_at(end.recorded_at);
     }
     Ok(sse(&streams, sub))
 }
