@@ -72,23 +72,25 @@ impl LogTail {
     }
 
     /// Up to `limit` events after `after`, in position order: from the ring
-    /// while it holds them, then from the log. With `fresh`, the log is asked
-    /// whenever the ring cannot fill the page, so a query sees every commit
-    /// (of any node); otherwise only when this node knows of commits the ring
-    /// has not read yet (followers wait for the tail instead of polling).
+    /// while it holds them, then from the log. With `fresh` (queries), the log
+    /// is asked whenever the ring cannot fill the page, so a query sees every
+    /// commit of any node. Without it (subscribers), the log is asked only
+    /// for positions older than the ring; newer ones wait for the tail, so N
+    /// subscribers cost one query per commit, not N.
     pub async fn read(&self, after: i64, limit: usize, fresh: bool) -> Result<Vec<Arc<Frame>>, LedgerError> {
-        let mut page: Vec<Arc<Frame>> = {
+        let (mut page, covered) = {
             let ring = self.ring.read().expect("ring lock");
             match ring.front() {
                 Some(first) if after.saturating_add(1) >= first.position() => {
                     let skip = usize::try_from(after.saturating_add(1) - first.position()).unwrap_or(usize::MAX);
-                    ring.iter().skip(skip).take(limit).cloned().collect()
+                    (ring.iter().skip(skip).take(limit).cloned().collect::<Vec<_>>(), true)
                 }
-                _ => Vec::new(),
+                Some(_) => (Vec::new(), false),
+                None => (Vec::new(), after >= *self.cached.borrow()),
             }
         };
-        let served = page.last().map_or(after, |f| f.position());
-        if page.len() < limit && (fresh || self.head() > served) {
+        if page.len() < limit && (fresh || !covered) {
+            let served = page.last().map_or(after, |f| f.position());
             let more = self.ledger.read_log(served, (limit - page.len()) as i64).await?;
             page.extend(more.into_iter().map(Frame::new));
         }
