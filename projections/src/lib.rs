@@ -2,6 +2,7 @@
 //! the tables that fold maintains and serves queries from.
 #![forbid(unsafe_code)]
 
+mod columns;
 mod log;
 pub mod postgres;
 mod query;
@@ -9,6 +10,7 @@ mod replay;
 mod run_state;
 pub mod sqlite;
 
+pub use columns::{RunRowValues, RUN_COLUMNS, RUN_UPSERT_SET};
 pub use log::{LogEntry, LogFilter};
 pub use query::{Arg, RunFilter, RunQuery, SortDirection, SortField, SqlQuery, StatusValue, TaskSummary};
 pub use replay::{Replay, ReplayError};

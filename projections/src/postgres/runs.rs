@@ -6,7 +6,7 @@ use sqlx::query::QueryScalar;
 use sqlx::{PgConnection, Postgres};
 use uuid::Uuid;
 
-use crate::{Arg, RunQuery, RunState, SqlQuery, TaskSummary};
+use crate::{Arg, RunQuery, RunRowValues, RunState, SqlQuery, TaskSummary, RUN_COLUMNS, RUN_UPSERT_SET};
 
 fn decode(text: &str) -> sqlx::Result<RunState> {
     serde_json::from_str(text).map_err(|e| sqlx::Error::Decode(Box::new(e)))
@@ -89,91 +89,44 @@ pub async fn store_many(conn: &mut PgConnection, rows: &[RunRow<'_>]) -> sqlx::R
     if rows.is_empty() {
         return Ok(());
     }
-    let n = rows.len();
-    let (mut id, mut project, mut task_name, mut status) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
-    let (mut end_reason, mut exit_code, mut triggered_by, mut retry_attempt) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
-    let (mut parent, mut key, mut dead, mut deleted) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
-    let (mut created, mut start, mut end, mut duration) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
-    let (mut version, mut position, mut state) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
-    for row in rows {
-        let s = row.state;
-        id.push(s.id.to_string());
-        project.push(s.project.clone());
-        task_name.push(s.task_name.clone());
-        status.push(s.status.as_str());
-        end_reason.push(s.end_reason.map(|r| r.as_str()));
-        exit_code.push(s.exit_code);
-        triggered_by.push(s.triggered_by.as_str());
-        retry_attempt.push(s.retry_attempt);
-        parent.push(s.parent_run_id.map(|p| p.to_string()));
-        key.push(s.idempotency_key.clone());
-        dead.push(s.dead_lettered);
-        deleted.push(s.deleted);
-        created.push(s.created_at.as_micros());
-        start.push(s.start_at.map(|t| t.as_micros()));
-        end.push(s.end_at.map(|t| t.as_micros()));
-        duration.push(s.duration_ms);
-        version.push(s.version);
-        position.push(s.position);
-        state.push(serde_json::to_string(s).map_err(|e| sqlx::Error::Encode(Box::new(e)))?);
-    }
-    sqlx::query(
-        "INSERT INTO runs (id, project, task_name, status, end_reason, exit_code, triggered_by, \
-         retry_attempt, parent_run_id, idempotency_key, dead_lettered, deleted, created_at, start_at, \
-         end_at, duration_ms, version, position, state) \
-         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], \
-         $7::text[], $8::bigint[], $9::text[], $10::text[], $11::bool[], $12::bool[], $13::bigint[], \
-         $14::bigint[], $15::bigint[], $16::bigint[], $17::bigint[], $18::bigint[], $19::text[]) \
-         ON CONFLICT (id) DO UPDATE SET project = EXCLUDED.project, task_name = EXCLUDED.task_name, \
-         status = EXCLUDED.status, end_reason = EXCLUDED.end_reason, exit_code = EXCLUDED.exit_code, \
-         triggered_by = EXCLUDED.triggered_by, retry_attempt = EXCLUDED.retry_attempt, \
-         parent_run_id = EXCLUDED.parent_run_id, idempotency_key = EXCLUDED.idempotency_key, \
-         dead_lettered = EXCLUDED.dead_lettered, deleted = EXCLUDED.deleted, \
-         created_at = EXCLUDED.created_at, start_at = EXCLUDED.start_at, end_at = EXCLUDED.end_at, \
-         duration_ms = EXCLUDED.duration_ms, version = EXCLUDED.version, \
-         position = EXCLUDED.position, state = EXCLUDED.state",
-    )
-    .bind(&id)
-    .bind(project)
-    .bind(task_name)
-    .bind(status)
-    .bind(end_reason)
-    .bind(exit_code)
-    .bind(triggered_by)
-    .bind(retry_attempt)
-    .bind(parent)
-    .bind(key)
-    .bind(dead)
-    .bind(deleted)
-    .bind(created)
-    .bind(start)
-    .bind(end)
-    .bind(duration)
-    .bind(version)
-    .bind(position)
-    .bind(state)
-    .execute(&mut *conn)
-    .await?;
+    let values = rows
+        .iter()
+        .map(|r| RunRowValues::of(r.state))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    let column = |f: fn(&RunRowValues) -> Option<String>| values.iter().map(f).collect::<Vec<_>>();
+    let int = |f: fn(&RunRowValues) -> Option<i64>| values.iter().map(f).collect::<Vec<_>>();
+    let flag = |f: fn(&RunRowValues) -> bool| values.iter().map(f).collect::<Vec<_>>();
+    static UPSERT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
+            "INSERT INTO runs ({RUN_COLUMNS}) SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], \
+             $4::text[], $5::text[], $6::bigint[], $7::text[], $8::bigint[], $9::text[], $10::text[], \
+             $11::bool[], $12::bool[], $13::bigint[], $14::bigint[], $15::bigint[], $16::bigint[], \
+             $17::bigint[], $18::bigint[], $19::text[]) ON CONFLICT (id) DO UPDATE SET {RUN_UPSERT_SET}"
+        )
+    });
+    sqlx::query(&UPSERT)
+        .bind(column(|v| Some(v.id.clone())))
+        .bind(column(|v| Some(v.project.to_owned())))
+        .bind(column(|v| Some(v.task_name.to_owned())))
+        .bind(column(|v| Some(v.status.to_owned())))
+        .bind(column(|v| v.end_reason.map(str::to_owned)))
+        .bind(int(|v| v.exit_code))
+        .bind(column(|v| Some(v.triggered_by.to_owned())))
+        .bind(int(|v| Some(v.retry_attempt)))
+        .bind(column(|v| v.parent_run_id.clone()))
+        .bind(column(|v| v.idempotency_key.map(str::to_owned)))
+        .bind(flag(|v| v.dead_lettered))
+        .bind(flag(|v| v.deleted))
+        .bind(int(|v| Some(v.created_at)))
+        .bind(int(|v| v.start_at))
+        .bind(int(|v| v.end_at))
+        .bind(int(|v| v.duration_ms))
+        .bind(int(|v| Some(v.version)))
+        .bind(int(|v| Some(v.position)))
+        .bind(column(|v| Some(v.state.clone())))
+        .execute(&mut *conn)
+        .await?;
     let replaced: Vec<String> = rows
         .iter()
         .filter(|r| r.tags == Tags::Replaced)

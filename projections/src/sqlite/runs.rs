@@ -6,7 +6,7 @@ use uuid::Uuid;
 
 use runledger_events::{RunEvent, Timestamp};
 
-use crate::{Arg, RunQuery, RunState, SqlQuery, TaskSummary};
+use crate::{Arg, RunQuery, RunRowValues, RunState, SqlQuery, TaskSummary, RUN_COLUMNS, RUN_UPSERT_SET};
 
 fn json_err(e: serde_json::Error) -> rusqlite::Error {
     rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
@@ -58,41 +58,34 @@ pub fn find_unfinished_by_idempotency_key(
 /// Writes `state` as the run's row. `previous` is the row as it was before
 /// (None for a new run); tags are rewritten only when they changed.
 pub fn store(conn: &Connection, previous: Option<&RunState>, state: &RunState) -> rusqlite::Result<()> {
-    let json = serde_json::to_string(state).map_err(json_err)?;
-    conn.prepare_cached(
-        "INSERT INTO runs (id, project, task_name, status, end_reason, exit_code, triggered_by, \
-         retry_attempt, parent_run_id, idempotency_key, dead_lettered, deleted, created_at, start_at, \
-         end_at, duration_ms, version, position, state) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19) \
-         ON CONFLICT (id) DO UPDATE SET project = excluded.project, task_name = excluded.task_name, \
-         status = excluded.status, end_reason = excluded.end_reason, exit_code = excluded.exit_code, \
-         triggered_by = excluded.triggered_by, retry_attempt = excluded.retry_attempt, \
-         parent_run_id = excluded.parent_run_id, idempotency_key = excluded.idempotency_key, \
-         dead_lettered = excluded.dead_lettered, deleted = excluded.deleted, \
-         created_at = excluded.created_at, start_at = excluded.start_at, end_at = excluded.end_at, \
-         duration_ms = excluded.duration_ms, version = excluded.version, \
-         position = excluded.position, state = excluded.state",
-    )?
-    .execute(params![
-        state.id.to_string(),
-        state.project,
-        state.task_name,
-        state.status.as_str(),
-        state.end_reason.map(|r| r.as_str()),
-        state.exit_code,
-        state.triggered_by.as_str(),
-        state.retry_attempt,
-        state.parent_run_id.map(|p| p.to_string()),
-        state.idempotency_key,
-        state.dead_lettered,
-        state.deleted,
-        state.created_at.as_micros(),
-        state.start_at.map(|t| t.as_micros()),
-        state.end_at.map(|t| t.as_micros()),
-        state.duration_ms,
-        state.version,
-        state.position,
-        json,
+    static UPSERT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        let marks: Vec<String> = (1..=19).map(|i| format!("?{i}")).collect();
+        format!(
+            "INSERT INTO runs ({RUN_COLUMNS}) VALUES ({}) ON CONFLICT (id) DO UPDATE SET {RUN_UPSERT_SET}",
+            marks.join(", ")
+        )
+    });
+    let v = RunRowValues::of(state).map_err(json_err)?;
+    conn.prepare_cached(&UPSERT)?.execute(params![
+        v.id,
+        v.project,
+        v.task_name,
+        v.status,
+        v.end_reason,
+        v.exit_code,
+        v.triggered_by,
+        v.retry_attempt,
+        v.parent_run_id,
+        v.idempotency_key,
+        v.dead_lettered,
+        v.deleted,
+        v.created_at,
+        v.start_at,
+        v.end_at,
+        v.duration_ms,
+        v.version,
+        v.position,
+        v.state,
     ])?;
     if previous.map(|p| &p.tags) != Some(&state.tags) {
         let id = state.id.to_string();

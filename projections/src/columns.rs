@@ -1,0 +1,68 @@
+//! The runs table's row for a run state, written once for both backends:
+//! which field goes to which column, the column list and the upsert.
+
+use crate::RunState;
+
+/// The columns of `runs`, in the order of `RunRowValues`.
+pub const RUN_COLUMNS: &str = "id, project, task_name, status, end_reason, exit_code, triggered_by, \
+     retry_attempt, parent_run_id, idempotency_key, dead_lettered, deleted, created_at, start_at, end_at, \
+     duration_ms, version, position, state";
+
+/// What an upsert of `runs` sets when the run exists (both dialects).
+pub const RUN_UPSERT_SET: &str = "project = excluded.project, task_name = excluded.task_name, \
+     status = excluded.status, end_reason = excluded.end_reason, exit_code = excluded.exit_code, \
+     triggered_by = excluded.triggered_by, retry_attempt = excluded.retry_attempt, \
+     parent_run_id = excluded.parent_run_id, idempotency_key = excluded.idempotency_key, \
+     dead_lettered = excluded.dead_lettered, deleted = excluded.deleted, created_at = excluded.created_at, \
+     start_at = excluded.start_at, end_at = excluded.end_at, duration_ms = excluded.duration_ms, \
+     version = excluded.version, position = excluded.position, state = excluded.state";
+
+/// One row of `runs`: the columns that filter and sort, and the state as JSON.
+pub struct RunRowValues<'a> {
+    pub id: String,
+    pub project: &'a str,
+    pub task_name: &'a str,
+    pub status: &'static str,
+    pub end_reason: Option<&'static str>,
+    pub exit_code: Option<i64>,
+    pub triggered_by: &'static str,
+    pub retry_attempt: i64,
+    pub parent_run_id: Option<String>,
+    pub idempotency_key: Option<&'a str>,
+    pub dead_lettered: bool,
+    pub deleted: bool,
+    /// Times are microseconds since the Unix epoch.
+    pub created_at: i64,
+    pub start_at: Option<i64>,
+    pub end_at: Option<i64>,
+    pub duration_ms: Option<i64>,
+    pub version: i64,
+    pub position: i64,
+    pub state: String,
+}
+
+impl<'a> RunRowValues<'a> {
+    pub fn of(s: &'a RunState) -> Result<Self, serde_json::Error> {
+        Ok(Self {
+            id: s.id.to_string(),
+            project: &s.project,
+            task_name: &s.task_name,
+            status: s.status.as_str(),
+            end_reason: s.end_reason.map(|r| r.as_str()),
+            exit_code: s.exit_code,
+            triggered_by: s.triggered_by.as_str(),
+            retry_attempt: s.retry_attempt,
+            parent_run_id: s.parent_run_id.map(|p| p.to_string()),
+            idempotency_key: s.idempotency_key.as_deref(),
+            dead_lettered: s.dead_lettered,
+            deleted: s.deleted,
+            created_at: s.created_at.as_micros(),
+            start_at: s.start_at.map(|t| t.as_micros()),
+            end_at: s.end_at.map(|t| t.as_micros()),
+            duration_ms: s.duration_ms,
+            version: s.version,
+            position: s.position,
+            state: serde_json::to_string(s)?,
+        })
+    }
+}
