@@ -120,21 +120,7 @@ async fn get_raw(client: &reqwest::Client, url: &str, last_event_id: Option<&str
 
 /// A response as the harness's `Reply`.
 async fn reply_of(resp: reqwest::Response) -> Reply {
-    let status = resp.status();
-    let headers = resp.headers().clone();
-    let content_type = headers
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
-    let text = resp.text().await.expect("body");
-    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
-    Reply {
-        status,
-        content_type,
-        headers,
-        body,
-    }
+    TestServer::reply(resp).await
 }
 
 /// A GET with a `Last-Event-ID` header, read to the end (for refusals).

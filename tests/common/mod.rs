@@ -89,6 +89,17 @@ pub async fn postgres_schema(url: &str) -> (String, sqlx::postgres::PgConnectOpt
     (schema, options)
 }
 
+/// A connection to the test's PostgreSQL schema.
+pub async fn pg_connect(url: &str, schema: &str) -> sqlx::PgConnection {
+    use sqlx::ConnectOptions;
+    let options: sqlx::postgres::PgConnectOptions = url.parse().expect("RUNLEDGER_TEST_POSTGRES_URL");
+    options
+        .options([("search_path", schema)])
+        .connect()
+        .await
+        .expect("connect to PostgreSQL")
+}
+
 /// The URL that makes a `runledger` process use `schema`.
 pub fn url_with_schema(url: &str, schema: &str) -> String {
     let sep = if url.contains('?') { '&' } else { '?' };
@@ -238,13 +249,7 @@ impl TestServer {
                 conn.query_row(sql, [], |r| r.get(0)).expect("query")
             }
             Backend::Postgres { url, schema } => {
-                use sqlx::ConnectOptions;
-                let options: sqlx::postgres::PgConnectOptions = url.parse().expect("url");
-                let mut conn = options
-                    .options([("search_path", schema.as_str())])
-                    .connect()
-                    .await
-                    .expect("connect");
+                let mut conn = pg_connect(url, schema).await;
                 sqlx::query_scalar(sql).fetch_one(&mut conn).await.expect("query")
             }
         }
@@ -268,13 +273,7 @@ impl TestServer {
                 rows.map(|r| r.expect("row")).collect()
             }
             Backend::Postgres { url, schema } => {
-                use sqlx::ConnectOptions;
-                let options: sqlx::postgres::PgConnectOptions = url.parse().expect("url");
-                let mut conn = options
-                    .options([("search_path", schema.as_str())])
-                    .connect()
-                    .await
-                    .expect("connect");
+                let mut conn = pg_connect(url, schema).await;
                 sqlx::query_scalar(sql).fetch_all(&mut conn).await.expect("query")
             }
         }
@@ -317,7 +316,8 @@ impl TestServer {
         Self::reply(req.send().await.expect("request")).await
     }
 
-    async fn reply(resp: reqwest::Response) -> Reply {
+    /// A response read into a `Reply`.
+    pub async fn reply(resp: reqwest::Response) -> Reply {
         let status = resp.status();
         let headers = resp.headers().clone();
         let content_type = headers
