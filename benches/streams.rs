@@ -84,7 +84,14 @@ fn main() {
 
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let mut server = Command::new(env!("CARGO_BIN_EXE_runledger"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--database-url"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--rate-limit-per-second",
+            "0",
+            "--database-url",
+        ])
         .arg(format!("sqlite://{}", dir.path().join("streams.db").display()))
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())

@@ -1,5 +1,5 @@
-//! The command line: `serve`, `migrate`, `verify`, `rebuild`, `export` and
-//! `import`, configured by flags with `RUNLEDGER_` environment-variable
+//! The command line: `serve`, `migrate`, `verify`, `rebuild`, `export`,
+//! `import` and `token`, configured by flags with `RUNLEDGER_` environment-variable
 //! fallbacks.
 
 use std::net::SocketAddr;
@@ -8,6 +8,7 @@ use std::sync::Arc;
 use clap::{Args, Parser, Subcommand};
 use tokio::net::TcpListener;
 
+use crate::auth::Scope;
 use crate::http::{self, HttpConfig};
 use crate::ledger::{DatabaseUrl, Ledger};
 
@@ -33,6 +34,44 @@ pub enum Cmd {
     Export(ExportArgs),
     /// Load an NDJSON export into an empty ledger (the chain is checked first).
     Import(ImportArgs),
+    /// Create, list and revoke API tokens.
+    Token(TokenArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct TokenArgs {
+    #[command(subcommand)]
+    pub command: TokenCmd,
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum TokenCmd {
+    /// Create a token and print its secret, once: only its hash is stored.
+    Create {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        /// The token's name: the actor of every event it appends.
+        #[arg(long)]
+        name: String,
+        /// Comma-separated: runs:read, runs:write, runs:admin, ledger:read.
+        #[arg(long, value_parser = crate::auth::parse_scopes)]
+        scopes: std::vec::Vec<Scope>,
+    },
+    /// List every token (never its secret), revoked ones included.
+    List {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        /// Print JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a token; servers refuse it within a second.
+    Revoke {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        /// The token's name.
+        name: String,
+    },
 }
 
 #[derive(Args, Debug, Clone)]
@@ -80,6 +119,13 @@ pub struct ServeArgs {
     /// for any. Unset: no CORS headers.
     #[arg(long, env = "RUNLEDGER_CORS_ORIGINS", value_delimiter = ',')]
     pub cors_origins: Vec<String>,
+    /// Requests a second allowed per token (per client address when the API
+    /// runs open); 0 turns rate limiting off.
+    #[arg(long, env = "RUNLEDGER_RATE_LIMIT_PER_SECOND", default_value_t = 1_000)]
+    pub rate_limit_per_second: u32,
+    /// Requests allowed at once above the steady rate.
+    #[arg(long, env = "RUNLEDGER_RATE_LIMIT_BURST", default_value_t = 5_000)]
+    pub rate_limit_burst: u32,
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -104,7 +150,51 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Export(args) => export(args).await,
         Cmd::Import(args) => import(args).await,
+        Cmd::Token(args) => token(args).await,
     }
+}
+
+async fn token(args: TokenArgs) -> anyhow::Result<()> {
+    let database = match &args.command {
+        TokenCmd::Create { database, .. } | TokenCmd::List { database, .. } | TokenCmd::Revoke { database, .. } => {
+            database
+        }
+    };
+    let ledger = Ledger::open(&database.database_url).await?;
+    match args.command {
+        TokenCmd::Create { name, scopes, .. } => {
+            let secret = ledger.create_token(&name, &scopes).await?;
+            eprintln!(
+                "created token {name} with scopes {}; its secret is below and is not shown again",
+                crate::auth::scopes_text(&scopes)
+            );
+            println!("{secret}");
+        }
+        TokenCmd::List { json, .. } => {
+            let tokens = ledger.tokens().await?;
+            if json {
+                for token in &tokens {
+                    println!("{}", serde_json::to_string(token)?);
+                }
+            } else {
+                println!("{:<32} {:<44} {:<27} REVOKED", "NAME", "SCOPES", "CREATED");
+                for t in &tokens {
+                    println!(
+                        "{:<32} {:<44} {:<27} {}",
+                        t.name,
+                        crate::auth::scopes_text(&t.scopes),
+                        t.created_at.to_rfc3339(),
+                        t.revoked_at.as_ref().map_or_else(|| "-".to_owned(), |r| r.to_rfc3339())
+                    );
+                }
+            }
+        }
+        TokenCmd::Revoke { name, .. } => {
+            ledger.revoke_token(&name).await?;
+            println!("revoked token {name}");
+        }
+    }
+    Ok(())
 }
 
 async fn verify(args: DatabaseArgs) -> anyhow::Result<()> {
@@ -168,23 +258,39 @@ async fn import(args: ImportArgs) -> anyhow::Result<()> {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    // No tokens exist yet, so the API is open: it may only listen where
-    // nobody but this machine can reach it.
-    if !args.listen.ip().is_loopback() {
+    let ledger = Arc::new(Ledger::open(&args.database.database_url).await?);
+    let active = ledger.tokens().await?.iter().filter(|t| t.revoked_at.is_none()).count();
+    // Without tokens the API is open: it may only listen where nobody but
+    // this machine can reach it.
+    if active == 0 && !args.listen.ip().is_loopback() {
         anyhow::bail!(
-            "refusing to serve an unauthenticated API on {}: listen on a loopback address (127.0.0.1, ::1)",
+            "refusing to serve an unauthenticated API on {}: create a token first (runledger token create --name NAME --scopes …) or listen on a loopback address (127.0.0.1, ::1)",
             args.listen
         );
     }
-    let ledger = Arc::new(Ledger::open(&args.database.database_url).await?);
     let listener = TcpListener::bind(args.listen).await?;
     let addr = listener.local_addr()?;
-    tracing::warn!(%addr, "no tokens are configured: the API is open to anyone who can reach this loopback address");
+    if active == 0 {
+        tracing::warn!(%addr, "no tokens are configured: the API is open to anyone who can reach this loopback address");
+    } else {
+        tracing::info!(%addr, tokens = active, "the API needs a bearer token");
+    }
     tracing::info!(%addr, database = ?args.database.database_url, "runledger is ready");
     // Scripts wait for this line; it is printed only once the port is bound.
     println!("runledger listening on http://{addr}");
+    let rate_limit = match std::num::NonZeroU32::new(args.rate_limit_per_second) {
+        None => None,
+        Some(per_second) => Some(http::RateLimit {
+            per_second,
+            burst: std::num::NonZeroU32::new(args.rate_limit_burst)
+                .ok_or_else(|| anyhow::anyhow!("--rate-limit-burst must be at least 1"))?,
+        }),
+    };
     let config = HttpConfig {
         max_body_bytes: args.max_body_bytes,
+        request_timeout: std::time::Duration::from_secs(args.request_timeout_secs),
+        cors_origins: args.cors_origins,
+        rate_limit,
         ..HttpConfig::default()
     };
     http::serve(ledger, config, listener, shutdown_signal()).await?;

@@ -18,6 +18,13 @@ async fn dump(s: &TestServer) -> Vec<String> {
         s.query_strings("SELECT run_id || '|' || key || '|' || value FROM run_tags ORDER BY run_id, key")
             .await,
     );
+    rows.extend(
+        s.query_strings(
+            "SELECT id || '|' || version || '|' || status || '|' || position || '|' || valid_to || '|' || \
+             valid_from_at || '|' || COALESCE(valid_to_at, -1) || '|' || state FROM run_history ORDER BY id, version",
+        )
+        .await,
+    );
     rows
 }
 
@@ -95,16 +102,47 @@ async fn verify_reports_an_intact_chain_and_the_first_altered_position(mut s: Te
 
 async fn rebuild_replays_the_log_into_identical_projections(mut s: TestServer) {
     history(&s).await;
+    // Concurrent writes to the same runs, so that one group commit holds
+    // several appends of one run (each closing the version the one before
+    // it opened).
+    let ids: Vec<String> = s
+        .query_strings("SELECT id FROM runs WHERE status = 'ended' ORDER BY id")
+        .await;
+    let live = s.create(json!({"task_name": "busy"})).await;
+    let live = live["id"].as_str().unwrap().to_owned();
+    s.post(&format!("/api/runs/{live}/start"), json!({})).await.ok(200);
+    let beat = format!("/api/runs/{live}/heartbeat");
+    let beats = (0..40).map(|_| s.post(&beat, json!({})));
+    for reply in futures_util::future::join_all(beats).await {
+        reply.ok(200);
+    }
+    assert!(!ids.is_empty());
     s.shutdown().await;
     let before = dump(&s).await;
     assert!(before.len() > 6);
+    let current = s
+        .query_i64("SELECT COUNT(*) FROM run_history WHERE valid_to = 9223372036854775807")
+        .await;
+    assert_eq!(
+        current,
+        s.query_i64("SELECT COUNT(*) FROM runs").await,
+        "one current version per run"
+    );
+    let broken = s
+        .query_i64(
+            "SELECT COUNT(*) FROM run_history h JOIN run_history n ON n.id = h.id AND n.version = h.version + 1 \
+             WHERE h.valid_to <> n.position OR h.valid_to_at <> n.valid_from_at",
+        )
+        .await;
+    assert_eq!(broken, 0, "each version ends where the next begins");
     s.exec_sql("DELETE FROM run_tags").await.unwrap();
+    s.exec_sql("DELETE FROM run_history WHERE version > 1").await.unwrap();
     s.exec_sql("UPDATE runs SET status = 'pending', state = '{}'")
         .await
         .unwrap();
     let out = s.cli(&["rebuild"]);
     assert!(out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("rebuilt 6 runs from"), "{}", text(&out));
+    assert!(text(&out).contains("rebuilt 7 runs from"), "{}", text(&out));
     assert_eq!(
         dump(&s).await,
         before,
@@ -161,7 +199,169 @@ async fn export_then_import_round_trips_the_log_and_projections(mut s: TestServe
     s.stop().await;
 }
 
+/// `token create|list|revoke` from the command line; a server on a
+/// non-loopback address starts only once a token exists, and then needs it.
+async fn tokens_from_the_cli_guard_a_server_on_any_address(s: TestServer) {
+    let refused = s.cli(&["serve", "--listen", "0.0.0.0:0"]);
+    assert!(!refused.status.success());
+    assert!(
+        text(&refused).contains("refusing to serve an unauthenticated API"),
+        "{}",
+        text(&refused)
+    );
+
+    let created = s.cli(&["token", "create", "--name", "ci-reader", "--scopes", "runs:read"]);
+    assert!(created.status.success(), "{}", text(&created));
+    let secret = String::from_utf8(created.stdout.clone()).unwrap().trim().to_owned();
+    assert!(secret.starts_with("rl_") && secret.len() == 67, "{secret:?}");
+    // Only the hash is stored.
+    let stored = s.query_strings("SELECT secret_sha256 FROM api_tokens").await;
+    assert_eq!(stored.len(), 1);
+    assert!(!stored[0].contains(&secret[3..]));
+
+    let bad = s.cli(&["token", "create", "--name", "x", "--scopes", "runs:everything"]);
+    assert!(!bad.status.success());
+    assert!(text(&bad).contains("unknown scope"), "{}", text(&bad));
+    let again = s.cli(&["token", "create", "--name", "ci-reader", "--scopes", "runs:read"]);
+    assert!(!again.status.success());
+    assert!(text(&again).contains("exists already"), "{}", text(&again));
+
+    let listed = s.cli(&["token", "list", "--json"]);
+    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).expect("one JSON line");
+    assert_eq!(listed["name"], "ci-reader");
+    assert_eq!(listed["scopes"], json!(["runs:read"]));
+    assert!(listed["revoked_at"].is_null());
+    assert!(!listed.to_string().contains(&secret));
+
+    let (mut child, base) = common::spawn_binary_on(&s.database_url(), "0.0.0.0:0");
+    let client = reqwest::Client::new();
+    let status = |token: Option<String>| {
+        let mut req = client.get(format!("{base}/api/runs"));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        async move { req.send().await.expect("request").status().as_u16() }
+    };
+    assert_eq!(status(None).await, 401);
+    assert_eq!(status(Some(secret.clone())).await, 200);
+
+    let revoked = s.cli(&["token", "revoke", "ci-reader"]);
+    assert!(revoked.status.success(), "{}", text(&revoked));
+    // Another process revoked it: the server reads its tokens again within a second.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while status(Some(secret.clone())).await != 401 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the revoked token is still accepted"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let gone = s.cli(&["token", "revoke", "ci-reader"]);
+    assert!(!gone.status.success());
+    s.stop().await;
+}
+
+/// A `run.usage_recorded` stored at schema version 1 (cost as a float, no
+/// total) reads back in the current shape everywhere the API shows events;
+/// the fold, rebuild and verify accept it; export keeps the stored form.
+async fn an_event_stored_at_an_old_schema_version_reads_back_upcast(s: TestServer) {
+    use runledger_events::{EventEnvelope, Metadata, NewEvent, Sealer};
+    // A run made by the API, exported, and one v1 event sealed after it.
+    let run = s.run_through("agent", json!({}), &["start"]).await;
+    let id = run["id"].as_str().unwrap().to_owned();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("old.ndjson");
+    let out = s.cli(&["export", "--output", file.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let mut envelopes: Vec<EventEnvelope> = std::fs::read_to_string(&file)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let last = envelopes.last().unwrap().clone();
+    let v1 = json!({"provider": "openai", "model": "gpt-4o", "prompt_tokens": 1200, "completion_tokens": 300, "cost_usd": 0.0105});
+    let old = NewEvent {
+        event_id: uuid::Uuid::now_v7(),
+        event_type: "run.usage_recorded".into(),
+        schema_version: 1,
+        data: v1.clone(),
+    };
+    let mut sealer = Sealer::new(last.position, last.hash.clone(), Some(last.recorded_at));
+    let sealed = sealer.seal(
+        &last.stream_id,
+        last.stream_version,
+        &[old],
+        &Metadata::actor("importer"),
+    );
+    envelopes.push(sealed[0].envelope.clone());
+    let ndjson: String = envelopes
+        .iter()
+        .map(|e| serde_json::to_string(e).unwrap() + "\n")
+        .collect();
+    std::fs::write(&file, ndjson).unwrap();
+
+    let copy = match &s.backend {
+        common::Backend::Sqlite { .. } => TestServer::sqlite().await,
+        common::Backend::Postgres { .. } => TestServer::postgres("upcast_copy").await.expect("postgres"),
+    };
+    let out = copy.cli(&["import", file.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let stored = copy
+        .query_strings("SELECT schema_version || '|' || data FROM events WHERE event_type = 'run.usage_recorded'")
+        .await;
+    assert_eq!(stored.len(), 1);
+    assert!(
+        stored[0].starts_with("1|") && stored[0].contains("cost_usd"),
+        "stored as written: {}",
+        stored[0]
+    );
+
+    let current = json!({"provider": "openai", "model": "gpt-4o", "prompt_tokens": 1200, "completion_tokens": 300,
+        "total_tokens": 1500, "cost_microusd": 10500});
+    let events = copy.get(&format!("/api/runs/{id}/events")).await.ok(200).clone();
+    let usage = &events["events"][2];
+    assert_eq!(usage["type"], "run.usage_recorded");
+    assert_eq!(usage["schema_version"], 2);
+    assert_eq!(usage["data"], current);
+    let log = copy.get("/api/events?type=run.usage_recorded").await.ok(200).clone();
+    assert_eq!(log["events"][0]["data"], current);
+    // Time travel folds it: the run's version 3 is the one after it.
+    let history = copy.get(&format!("/api/runs/{id}/history")).await.ok(200).clone();
+    assert_eq!(history["history"][2]["event"]["data"], current);
+    assert_eq!(history["history"][2]["state"]["version"], 3);
+    let position = usage["position"].as_i64().unwrap();
+    let then = copy
+        .get(&format!("/api/runs/{id}?as_of={position}"))
+        .await
+        .ok(200)
+        .clone();
+    assert_eq!(then["version"], 3);
+    assert_eq!(then, copy.get(&format!("/api/runs/{id}")).await.ok(200).clone());
+
+    // Rebuild folds the stored form again; verify checks it as stored.
+    let before = dump(&copy).await;
+    assert!(copy.cli(&["rebuild"]).status.success());
+    assert_eq!(dump(&copy).await, before);
+    assert!(copy.cli(&["verify"]).status.success());
+    // Export gives the stored form back, byte for byte the same chain.
+    let again = dir.path().join("again.ndjson");
+    assert!(copy
+        .cli(&["export", "--output", again.to_str().unwrap()])
+        .status
+        .success());
+    assert_eq!(
+        std::fs::read_to_string(&again).unwrap(),
+        std::fs::read_to_string(&file).unwrap()
+    );
+    copy.stop().await;
+    s.stop().await;
+}
+
 backend_tests!(
+    an_event_stored_at_an_old_schema_version_reads_back_upcast,
+    tokens_from_the_cli_guard_a_server_on_any_address,
     verify_reports_an_intact_chain_and_the_first_altered_position,
     rebuild_replays_the_log_into_identical_projections,
     export_then_import_round_trips_the_log_and_projections,

@@ -175,7 +175,183 @@ async fn bad_time_travel_inputs_are_problems_and_append_nothing(s: TestServer) {
     s.stop().await;
 }
 
+/// Each run's state at every position, folded from its own history (the
+/// event-by-event fold, independent of the history projection).
+async fn folded_states(s: &TestServer, runs: &[String]) -> Vec<Vec<(i64, Value)>> {
+    let mut out = Vec::new();
+    for run in runs {
+        let h = s.get(&format!("/api/runs/{run}/history")).await.ok(200).clone();
+        let versions = h["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| (i["event"]["position"].as_i64().unwrap(), i["state"].clone()))
+            .collect();
+        out.push(versions);
+    }
+    out
+}
+
+/// The state of each run at `position`, from the fold.
+fn at(folded: &[Vec<(i64, Value)>], position: i64) -> Vec<Value> {
+    folded
+        .iter()
+        .filter_map(|versions| {
+            versions
+                .iter()
+                .rev()
+                .find(|(p, _)| *p <= position)
+                .map(|(_, s)| s.clone())
+        })
+        .collect()
+}
+
+fn by_id(mut runs: Vec<Value>) -> Vec<Value> {
+    runs.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
+    runs
+}
+
+/// The runs list at every position of a history with retries, dead letters,
+/// deletes and restores equals the fold of every run up to there; filters,
+/// sorts, totals and the per-task list apply to the runs as they were.
+async fn the_runs_list_as_of_every_position_matches_the_fold(s: TestServer) {
+    let a = s
+        .run_through(
+            "etl",
+            json!({"tags": {"env": "prod"}, "max_attempts": 2}),
+            &["start", "end:failed:1"],
+        )
+        .await;
+    let retry = s.post(&format!("/api/runs/{}/retry", id(&a)), json!({})).await;
+    let b = retry.ok(202)["new_run_id"].as_str().unwrap().to_owned();
+    s.post(&format!("/api/runs/{b}/start"), json!({})).await.ok(200);
+    // The last attempt fails: ended and dead-lettered in one append.
+    s.post(
+        &format!("/api/runs/{b}/end"),
+        json!({"end_reason": "failed", "exit_code": 2}),
+    )
+    .await
+    .ok(200);
+    let c = s
+        .run_through("report", json!({"tags": {"env": "dev"}}), &["start"])
+        .await;
+    s.delete(&format!("/api/runs/{}", id(&c)), json!({"reason": "noise"}))
+        .await
+        .ok(200);
+    s.post(&format!("/api/runs/{}/restore", id(&c)), json!({}))
+        .await
+        .ok(200);
+    let d = s.run_through("etl", json!({}), &["start", "end:success:0"]).await;
+    let runs = vec![id(&a), b.clone(), id(&c), id(&d)];
+    let folded = folded_states(&s, &runs).await;
+    let head = s.event_count().await;
+    assert!(head >= 14, "head {head}");
+
+    for position in 0..=head + 1 {
+        let expected = at(&folded, position);
+        let all = s
+            .get(&format!("/api/runs?as_of={position}&include_deleted=true&limit=1000"))
+            .await;
+        let all = all.ok(200).clone();
+        assert_eq!(all["total"], expected.len(), "as_of={position}");
+        assert_eq!(
+            by_id(all["runs"].as_array().unwrap().clone()),
+            by_id(expected.clone()),
+            "as_of={position}"
+        );
+
+        // Default: deleted runs hidden, as they were then.
+        let visible: Vec<Value> = expected.iter().filter(|r| r["deleted"] == false).cloned().collect();
+        let listed = s.get(&format!("/api/runs?as_of={position}&limit=1000")).await;
+        assert_eq!(
+            by_id(listed.ok(200)["runs"].as_array().unwrap().clone()),
+            by_id(visible.clone())
+        );
+
+        // A filter and a sort, on the values then.
+        let running: Vec<Value> = visible.iter().filter(|r| r["status"] == "running").cloned().collect();
+        let mut running_ids: Vec<&str> = running.iter().map(|r| r["id"].as_str().unwrap()).collect();
+        running_ids.sort_by(|x, y| y.cmp(x));
+        let listed = s
+            .get(&format!(
+                "/api/runs?as_of={position}&status=running&sort_field=task_name&sort_direction=desc"
+            ))
+            .await;
+        let listed = listed.ok(200);
+        let mut got: Vec<(&str, &str)> = listed["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| (r["task_name"].as_str().unwrap(), r["id"].as_str().unwrap()))
+            .collect();
+        let mut want: Vec<(&str, &str)> = running
+            .iter()
+            .map(|r| (r["task_name"].as_str().unwrap(), r["id"].as_str().unwrap()))
+            .collect();
+        want.sort_by(|x, y| y.cmp(x));
+        assert_eq!(got, want, "running at {position}, by task name desc");
+        got.clear();
+
+        // Tags (set at creation) and the task's own list.
+        let prod = s.get(&format!("/api/runs?as_of={position}&tag=env:prod")).await;
+        let prod_expected = visible.iter().filter(|r| r["tags"]["env"] == "prod").count();
+        assert_eq!(prod.ok(200)["total"], prod_expected, "env:prod at {position}");
+        let etl = s
+            .get(&format!(
+                "/api/tasks/etl/runs?as_of={position}&status=ended,dead_letter"
+            ))
+            .await;
+        let etl_expected = visible
+            .iter()
+            .filter(|r| r["task_name"] == "etl" && (r["status"] == "ended" || r["dead_lettered"] == true))
+            .count();
+        assert_eq!(etl.ok(200)["total"], etl_expected, "etl ended at {position}");
+
+        // One run, from the same projection.
+        for (run, versions) in runs.iter().zip(&folded) {
+            let one = s.get(&format!("/api/runs/{run}?as_of={position}")).await;
+            match versions.iter().rev().find(|(p, _)| *p <= position) {
+                Some((_, state)) => assert_eq!(one.ok(200), state, "{run} as_of={position}"),
+                None => {
+                    one.problem(404, "run_not_found");
+                }
+            }
+        }
+    }
+
+    // By time: the list as it was when b's retry was created.
+    let b_created = events(&s, &b).await[0]["recorded_at"].as_str().unwrap().to_owned();
+    let b_position = events(&s, &b).await[0]["position"].as_i64().unwrap();
+    let by_time = s
+        .get(&format!("/api/runs?as_of={b_created}&include_deleted=true&limit=1000"))
+        .await;
+    let by_position = s
+        .get(&format!("/api/runs?as_of={b_position}&include_deleted=true&limit=1000"))
+        .await;
+    assert_eq!(by_time.ok(200), by_position.ok(200));
+
+    // The present is the runs table.
+    let now = s.get("/api/runs?include_deleted=true&limit=1000").await;
+    let future = s
+        .get("/api/runs?include_deleted=true&limit=1000&as_of=2999-01-01T00:00:00Z")
+        .await;
+    assert_eq!(
+        by_id(now.ok(200)["runs"].as_array().unwrap().clone()),
+        by_id(future.ok(200)["runs"].as_array().unwrap().clone())
+    );
+
+    let before = s.event_count().await;
+    s.get("/api/runs?as_of=-3").await.invalid_at("query.as_of");
+    s.get("/api/runs?as_of=soon").await.invalid_at("query.as_of");
+    s.get("/api/tasks/etl/runs?as_of=1&as_of=2")
+        .await
+        .invalid_at("query.as_of");
+    assert_eq!(s.event_count().await, before);
+    s.stop().await;
+}
+
 backend_tests!(
+    the_runs_list_as_of_every_position_matches_the_fold,
     a_run_as_of_any_position_or_time,
     history_shows_each_event_with_the_state_after_it,
     diff_lists_the_runs_that_changed_with_before_and_after,

@@ -74,3 +74,16 @@ impl ExpectedVersion {
         }
     }
 }
+
+impl EventEnvelope {
+    /// The envelope with its data in the current shape of its type (the
+    /// stored form, which the hash covers, is what `export` writes).
+    pub fn upcast(mut self) -> Result<Self, crate::upcast::UpcastError> {
+        let current = crate::upcast::current_version(&self.event_type);
+        if current != 0 && self.schema_version < current {
+            self.data = crate::upcast::upcast(&self.event_type, self.schema_version, self.data)?;
+            self.schema_version = current;
+        }
+        Ok(self)
+    }
+}

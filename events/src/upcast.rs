@@ -21,6 +21,9 @@ pub enum UpcastError {
 /// The schema version new events of this type are written at.
 pub fn current_version(event_type: &str) -> i32 {
     match event_type {
+        // v2: cost in integer micro-dollars (sums are exact) and the total
+        // stated, not derived by every reader.
+        "run.usage_recorded" => 2,
         t if crate::RUN_EVENT_TYPES.contains(&t) => 1,
         _ => 0,
     }
@@ -28,11 +31,33 @@ pub fn current_version(event_type: &str) -> i32 {
 
 /// One step from `version` to `version + 1` of `event_type`. Each schema
 /// change of a type adds an arm here and bumps `current_version`.
-fn step(event_type: &str, version: i32, _data: Value) -> Result<Value, UpcastError> {
-    Err(UpcastError::NoStep {
+fn step(event_type: &str, version: i32, data: Value) -> Result<Value, UpcastError> {
+    let no_step = || UpcastError::NoStep {
         event_type: event_type.to_owned(),
         version,
-    })
+    };
+    match (event_type, version) {
+        // v1: {provider, model, prompt_tokens, completion_tokens, cost_usd (a
+        // float, optional)}; v2 adds total_tokens and replaces cost_usd with
+        // cost_microusd.
+        ("run.usage_recorded", 1) => {
+            let Value::Object(mut fields) = data else {
+                return Err(no_step());
+            };
+            let tokens = |fields: &serde_json::Map<String, Value>, name: &str| {
+                fields.get(name).and_then(Value::as_i64).unwrap_or(0)
+            };
+            if !fields.contains_key("total_tokens") {
+                let total = tokens(&fields, "prompt_tokens") + tokens(&fields, "completion_tokens");
+                fields.insert("total_tokens".into(), total.into());
+            }
+            let cost_usd = fields.remove("cost_usd").and_then(|c| c.as_f64()).unwrap_or(0.0);
+            let micro = (cost_usd * 1_000_000.0).round() as i64;
+            fields.entry("cost_microusd").or_insert(micro.into());
+            Ok(Value::Object(fields))
+        }
+        _ => Err(no_step()),
+    }
 }
 
 pub fn upcast(event_type: &str, mut version: i32, mut data: Value) -> Result<Value, UpcastError> {
@@ -67,5 +92,21 @@ mod tests {
             Err(UpcastError::FromTheFuture { .. })
         ));
         assert!(matches!(upcast("nope", 1, data), Err(UpcastError::UnknownType(_))));
+    }
+
+    #[test]
+    fn usage_v1_gains_its_total_and_an_exact_cost() {
+        let v1 = serde_json::json!({
+            "provider": "openai", "model": "gpt", "prompt_tokens": 120, "completion_tokens": 30, "cost_usd": 0.0123456
+        });
+        let v2 = upcast("run.usage_recorded", 1, v1).unwrap();
+        assert_eq!(
+            v2,
+            serde_json::json!({
+                "provider": "openai", "model": "gpt", "prompt_tokens": 120, "completion_tokens": 30,
+                "total_tokens": 150, "cost_microusd": 12346
+            })
+        );
+        assert_eq!(upcast("run.usage_recorded", 2, v2.clone()), Ok(v2));
     }
 }

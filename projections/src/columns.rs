@@ -66,3 +66,50 @@ impl<'a> RunRowValues<'a> {
         })
     }
 }
+
+/// The columns of `run_history`: those of `runs` (`position` is where the
+/// version starts), then where and when it stops.
+pub const HISTORY_COLUMNS: &str = "id, project, task_name, status, end_reason, exit_code, triggered_by, \
+     retry_attempt, parent_run_id, idempotency_key, dead_lettered, deleted, created_at, start_at, end_at, \
+     duration_ms, version, position, state, valid_to, valid_from_at, valid_to_at";
+
+/// The run's version valid at a position: binds the run id, then the position.
+pub const VERSION_AT_SQL: &str = "SELECT state FROM run_history WHERE id = $1 AND position <= $2 AND valid_to > $2";
+
+/// `valid_to` of a run's current version.
+pub const CURRENT: i64 = i64::MAX;
+
+/// Closes a run's version when the run's next event arrives: binds
+/// `valid_to`, `valid_to_at`, the run id and the closed version.
+pub const CLOSE_VERSION_SQL: &str =
+    "UPDATE run_history SET valid_to = $1, valid_to_at = $2 WHERE id = $3 AND version = $4";
+
+/// One version of a run: its state after one event, valid from that event
+/// (recorded at `valid_from_at`, µs) until the run's next one.
+#[derive(Clone, Debug)]
+pub struct HistoryVersion {
+    pub state: RunState,
+    pub valid_from_at: i64,
+    /// The next event's position, or `CURRENT`.
+    pub valid_to: i64,
+    pub valid_to_at: Option<i64>,
+}
+
+impl HistoryVersion {
+    /// The current version: `state` after its last event, recorded at `at`.
+    pub fn current(state: RunState, at: i64) -> Self {
+        Self {
+            state,
+            valid_from_at: at,
+            valid_to: CURRENT,
+            valid_to_at: None,
+        }
+    }
+
+    /// Ends this version where the version after it (at `position`,
+    /// recorded at `at`) starts.
+    pub fn close(&mut self, position: i64, at: i64) {
+        self.valid_to = position;
+        self.valid_to_at = Some(at);
+    }
+}

@@ -10,7 +10,10 @@ mod replay;
 mod run_state;
 pub mod sqlite;
 
-pub use columns::{RunRowValues, RUN_COLUMNS, RUN_UPSERT_SET};
+pub use columns::{
+    HistoryVersion, RunRowValues, CLOSE_VERSION_SQL, CURRENT, HISTORY_COLUMNS, RUN_COLUMNS, RUN_UPSERT_SET,
+    VERSION_AT_SQL,
+};
 pub use log::{LogEntry, LogFilter};
 pub use query::{Arg, RunFilter, RunQuery, SortDirection, SortField, SqlQuery, StatusValue, TaskSummary};
 pub use replay::{Replay, ReplayError};

@@ -134,6 +134,9 @@ pub struct RunQuery {
     pub sort_direction: SortDirection,
     pub limit: i64,
     pub offset: i64,
+    /// The runs table as it was at this log position: answered from
+    /// `run_history`, the version of each run valid there.
+    pub as_of: Option<i64>,
 }
 
 impl Default for RunQuery {
@@ -144,6 +147,7 @@ impl Default for RunQuery {
             sort_direction: SortDirection::default(),
             limit: 50,
             offset: 0,
+            as_of: None,
         }
     }
 }
@@ -255,22 +259,36 @@ impl RunFilter {
         }
         parts
     }
+}
 
-    fn where_sql(&self, table: &str, b: &mut Builder) -> String {
-        let parts = self.conditions(table, b);
+impl RunQuery {
+    fn table(&self) -> &'static str {
+        if self.as_of.is_some() {
+            "run_history"
+        } else {
+            "runs"
+        }
+    }
+
+    fn where_sql(&self, b: &mut Builder) -> String {
+        let mut parts = Vec::new();
+        if let Some(position) = self.as_of {
+            let p = b.int(position);
+            parts.push(format!("position <= {p} AND valid_to > {p}"));
+        }
+        parts.extend(self.filter.conditions(self.table(), b));
         if parts.is_empty() {
             String::new()
         } else {
             format!(" WHERE {}", parts.join(" AND "))
         }
     }
-}
 
-impl RunQuery {
     /// The page: the `state` column of each matching row, in order.
-    pub fn page_sql(&self, table: &str) -> SqlQuery {
+    pub fn page_sql(&self) -> SqlQuery {
+        let table = self.table();
         let mut b = Builder { args: Vec::new() };
-        let filter = self.filter.where_sql(table, &mut b);
+        let filter = self.where_sql(&mut b);
         let dir = self.sort_direction.sql();
         let column = self.sort_field.column();
         let limit = b.int(self.limit);
@@ -284,9 +302,10 @@ impl RunQuery {
     }
 
     /// The number of matching rows, ignoring limit and offset.
-    pub fn count_sql(&self, table: &str) -> SqlQuery {
+    pub fn count_sql(&self) -> SqlQuery {
+        let table = self.table();
         let mut b = Builder { args: Vec::new() };
-        let filter = self.filter.where_sql(table, &mut b);
+        let filter = self.where_sql(&mut b);
         SqlQuery {
             sql: format!("SELECT COUNT(*) FROM {table}{filter}"),
             args: b.args,
@@ -368,7 +387,7 @@ mod tests {
             },
             ..Default::default()
         };
-        let page = q.page_sql("runs");
+        let page = q.page_sql();
         assert!(page.sql.contains("status = $1"), "{}", page.sql);
         assert!(page.sql.contains("task_name = $2"));
         assert!(page.sql.contains("LIKE $3"));
@@ -376,13 +395,13 @@ mod tests {
         assert!(page.sql.ends_with("LIMIT $6 OFFSET $7"));
         assert!(!page.sql.contains("NOT deleted"), "asking for deleted runs shows them");
         assert_eq!(page.args[2], Arg::Text("%50\\%\\_%".into()));
-        assert_eq!(q.count_sql("runs").args.len(), 5);
+        assert_eq!(q.count_sql().args.len(), 5);
     }
 
     #[test]
     fn deleted_runs_are_hidden_by_default() {
         let q = RunQuery::default();
-        assert!(q.count_sql("runs").sql.contains("WHERE NOT deleted"));
+        assert!(q.count_sql().sql.contains("WHERE NOT deleted"));
         let all = RunQuery {
             filter: RunFilter {
                 include_deleted: true,
@@ -390,7 +409,7 @@ mod tests {
             },
             ..q
         };
-        assert!(!all.count_sql("runs").sql.contains("deleted"));
+        assert!(!all.count_sql().sql.contains("deleted"));
     }
 
     #[test]

@@ -6,12 +6,14 @@ use std::collections::HashMap;
 use runledger_events::{EventEnvelope, RunEvent};
 use uuid::Uuid;
 
-use crate::{ApplyError, EventContext, RunState};
+use crate::{ApplyError, EventContext, HistoryVersion, RunState};
 
-/// Run states folded from events given in position order.
+/// Run states folded from events given in position order, and every past
+/// version of them as the next event closes it.
 #[derive(Default)]
 pub struct Replay {
-    pub runs: HashMap<Uuid, RunState>,
+    /// Each run's state and the time (µs) its last event was recorded.
+    runs: HashMap<Uuid, (RunState, i64)>,
     pub events: u64,
 }
 
@@ -26,7 +28,8 @@ pub enum ReplayError {
 }
 
 impl Replay {
-    pub fn apply(&mut self, envelope: &EventEnvelope) -> Result<(), ReplayError> {
+    /// Folds one event; returns the run's version it closed, if any.
+    pub fn apply(&mut self, envelope: &EventEnvelope) -> Result<Option<HistoryVersion>, ReplayError> {
         let event = RunEvent::from_envelope(envelope).map_err(|e| ReplayError::Apply {
             position: envelope.position,
             source: ApplyError::Decode(e),
@@ -34,8 +37,14 @@ impl Replay {
         self.apply_event(&envelope.stream_id, &event, &EventContext::of(envelope))
     }
 
-    /// Folds one decoded event of `stream_id` at `at`.
-    pub fn apply_event(&mut self, stream_id: &str, event: &RunEvent, at: &EventContext) -> Result<(), ReplayError> {
+    /// Folds one decoded event of `stream_id` at `at`; returns the run's
+    /// version it closed, if any.
+    pub fn apply_event(
+        &mut self,
+        stream_id: &str,
+        event: &RunEvent,
+        at: &EventContext,
+    ) -> Result<Option<HistoryVersion>, ReplayError> {
         let run_id = stream_id
             .strip_prefix("run-")
             .and_then(|id| id.parse::<Uuid>().ok())
@@ -43,19 +52,33 @@ impl Replay {
                 position: at.position,
                 stream_id: stream_id.to_owned(),
             })?;
-        let state = self.runs.entry(run_id).or_insert_with(|| RunState::empty(run_id));
+        let recorded_at = at.recorded_at.as_micros();
+        let (state, last_at) = self
+            .runs
+            .entry(run_id)
+            .or_insert_with(|| (RunState::empty(run_id), recorded_at));
+        let closed = state.exists().then(|| {
+            let mut version = HistoryVersion::current(state.clone(), *last_at);
+            version.close(at.position, recorded_at);
+            version
+        });
         state.apply(event, at).map_err(|r| ReplayError::Apply {
             position: at.position,
             source: ApplyError::Refused(r),
         })?;
+        *last_at = recorded_at;
         self.events += 1;
-        Ok(())
+        Ok(closed)
     }
 
-    /// The states, in run id order (so writes are deterministic).
-    pub fn into_states(self) -> Vec<RunState> {
-        let mut states: Vec<RunState> = self.runs.into_values().collect();
-        states.sort_by_key(|s| s.id);
-        states
+    /// The runs' current versions, in run id order (so writes are deterministic).
+    pub fn into_current(self) -> Vec<HistoryVersion> {
+        let mut current: Vec<HistoryVersion> = self
+            .runs
+            .into_values()
+            .map(|(state, at)| HistoryVersion::current(state, at))
+            .collect();
+        current.sort_by_key(|v| v.state.id);
+        current
     }
 }

@@ -9,6 +9,7 @@ use serde::Serialize;
 use serde_json::Value;
 use utoipa::ToSchema;
 
+use crate::auth::Scope;
 use crate::commands::CommandError;
 use crate::ledger::LedgerError;
 
@@ -43,6 +44,12 @@ pub struct Problem {
     /// For version conflicts: the run's current version.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub current_version: Option<i64>,
+    /// For 403: the scope the route needs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub required_scope: Option<String>,
+    /// For 403: the scopes the token has.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_scopes: Option<Vec<String>>,
 }
 
 #[derive(Debug)]
@@ -68,6 +75,15 @@ pub enum ApiError {
         current_version: Option<i64>,
     },
     UnsupportedMediaType(String),
+    /// 401: no token, or one that is unknown or revoked.
+    Unauthorized(String),
+    /// 403: the token lacks the route's scope.
+    Forbidden {
+        required: Scope,
+        granted: Vec<Scope>,
+    },
+    /// 429 (the guard adds `Retry-After` and the rate-limit headers).
+    RateLimited(String),
     PayloadTooLarge,
     MethodNotAllowed,
     Internal(String),
@@ -119,6 +135,21 @@ impl ApiError {
                 detail.clone(),
                 vec![],
             ),
+            Self::Unauthorized(detail) => (StatusCode::UNAUTHORIZED, "unauthorized", detail.clone(), vec![]),
+            Self::Forbidden { required, granted } => (
+                StatusCode::FORBIDDEN,
+                "insufficient_scope",
+                format!(
+                    "this route needs the scope {required}; the token has {}",
+                    if granted.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        crate::auth::scopes_text(granted)
+                    }
+                ),
+                vec![],
+            ),
+            Self::RateLimited(detail) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited", detail.clone(), vec![]),
             Self::PayloadTooLarge => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "payload_too_large",
@@ -146,6 +177,13 @@ impl ApiError {
             } => (current_status.clone(), *current_version),
             _ => (None, None),
         };
+        let (required_scope, token_scopes) = match self {
+            Self::Forbidden { required, granted } => (
+                Some(required.to_string()),
+                Some(granted.iter().map(|s| s.to_string()).collect()),
+            ),
+            _ => (None, None),
+        };
         Problem {
             problem_type: format!("/problems/{code}"),
             title: status.canonical_reason().unwrap_or("Error").to_owned(),
@@ -156,6 +194,19 @@ impl ApiError {
             errors,
             current_status,
             current_version,
+            required_scope,
+            token_scopes,
+        }
+    }
+
+    /// RFC 6750's challenge for 401 and 403.
+    fn challenge(&self) -> Option<String> {
+        match self {
+            Self::Unauthorized(_) => Some(r#"Bearer realm="runledger""#.to_owned()),
+            Self::Forbidden { required, .. } => Some(format!(
+                r#"Bearer realm="runledger", error="insufficient_scope", scope="{required}""#
+            )),
+            _ => None,
         }
     }
 }
@@ -167,6 +218,9 @@ impl IntoResponse for ApiError {
         }
         let problem = self.problem();
         let mut response = render(&problem);
+        if let Some(challenge) = self.challenge().and_then(|c| HeaderValue::from_str(&c).ok()) {
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, challenge);
+        }
         response.extensions_mut().insert(problem);
         response
     }
@@ -243,6 +297,8 @@ fn rejection_problem(status: StatusCode, detail: String) -> Problem {
         errors: Vec::new(),
         current_status: None,
         current_version: None,
+        required_scope: None,
+        token_scopes: None,
     }
 }
 

@@ -275,8 +275,12 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestMeta {
                 .filter(|v| !v.is_empty() && v.len() <= 200)
                 .map(str::to_owned)
         };
+        let actor = parts
+            .extensions
+            .get::<super::auth::Caller>()
+            .map_or_else(|| crate::auth::ANONYMOUS.to_owned(), |c| c.name.clone());
         Ok(Self(Metadata {
-            actor: "anonymous".into(),
+            actor,
             request_id: Some(header("x-request-id").unwrap_or_else(|| Uuid::now_v7().to_string())),
             operation_id: None,
             correlation_id: header("x-correlation-id"),

@@ -1,5 +1,6 @@
 //! The HTTP API: one router per resource, merged here.
 
+mod auth;
 mod error;
 mod events;
 mod extract;
@@ -23,6 +24,7 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_swagger_ui::SwaggerUi;
 
+pub use auth::{required_scope, RateLimit};
 pub use error::{ApiError, FieldError, Problem};
 pub use events::Streams;
 
@@ -61,6 +63,8 @@ pub struct HttpConfig {
     /// before they are dropped (a client that stopped reading a stream would
     /// otherwise hold the server up forever).
     pub shutdown_grace: Duration,
+    /// Requests per token (per client address when open); `None`: unlimited.
+    pub rate_limit: Option<RateLimit>,
 }
 
 impl Default for HttpConfig {
@@ -72,13 +76,24 @@ impl Default for HttpConfig {
             request_timeout: Duration::from_secs(30),
             cors_origins: Vec::new(),
             shutdown_grace: Duration::from_secs(5),
+            rate_limit: Some(RateLimit {
+                per_second: std::num::NonZeroU32::new(1_000).expect("non-zero"),
+                burst: std::num::NonZeroU32::new(5_000).expect("non-zero"),
+            }),
         }
     }
 }
 
-/// The OpenAPI document and the router it describes.
-pub fn api(ledger: Arc<Ledger>, config: &HttpConfig, streams: Streams) -> (Router, utoipa::openapi::OpenApi) {
-    let (router, openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+/// The OpenAPI document and the router it describes. `open_allowed`: whether
+/// the API may run without tokens (only when it listens on a loopback address).
+pub fn api(
+    ledger: Arc<Ledger>,
+    config: &HttpConfig,
+    streams: Streams,
+    open_allowed: bool,
+) -> (Router, utoipa::openapi::OpenApi) {
+    let gate = Arc::new(auth::Gate::new(ledger.clone(), open_allowed, config.rate_limit));
+    let (router, mut openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(runs::router())
         .merge(events::router())
         .merge(run_commands::router())
@@ -86,8 +101,11 @@ pub fn api(ledger: Arc<Ledger>, config: &HttpConfig, streams: Streams) -> (Route
         .merge(system::router())
         .merge(metrics::router())
         .split_for_parts();
+    auth::document(&mut openapi);
     let router = router
         .with_state(ledger)
+        // After routing, so that it knows the route template.
+        .route_layer(middleware::from_fn_with_state(gate, auth::guard))
         .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi.clone()))
         .layer(middleware::from_fn(metrics::track))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
@@ -129,6 +147,10 @@ fn cors(origins: &[String]) -> tower_http::cors::CorsLayer {
         .expose_headers([
             REQUEST_ID,
             axum::http::header::RETRY_AFTER,
+            axum::http::header::WWW_AUTHENTICATE,
+            axum::http::HeaderName::from_static("x-ratelimit-limit"),
+            axum::http::HeaderName::from_static("x-ratelimit-remaining"),
+            axum::http::HeaderName::from_static("x-ratelimit-reset"),
             axum::http::header::LOCATION,
         ])
 }
@@ -149,7 +171,8 @@ pub async fn serve(
         shutdown: stop.clone(),
         keep_alive: config.keep_alive,
     };
-    let (router, _) = api(ledger, &config, streams);
+    let open_allowed = listener.local_addr()?.ip().is_loopback();
+    let (router, _) = api(ledger, &config, streams, open_allowed);
     tokio::spawn({
         let stop = stop.clone();
         async move {
@@ -157,7 +180,11 @@ pub async fn serve(
             stop.cancel();
         }
     });
-    let graceful = axum::serve(listener, router).with_graceful_shutdown(stop.clone().cancelled_owned());
+    let graceful = axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(stop.clone().cancelled_owned());
     let grace = config.shutdown_grace;
     tokio::select! {
         served = graceful => served,

@@ -103,6 +103,9 @@ pub struct ListRunsParams {
     sort_field: Option<String>,
     /// `asc` or `desc` (default). Runs with no value for the sort field come last.
     sort_direction: Option<String>,
+    /// The list as it was at this log position, or at this RFC 3339 time
+    /// (every filter and sort applies to the runs as they were then).
+    as_of: Option<String>,
 }
 
 const MAX_TEXT_FILTER: usize = 200;
@@ -186,7 +189,17 @@ pub fn run_query(params: &mut QueryParams) -> RunQuery {
         sort_direction,
         limit,
         offset,
+        as_of: None,
     }
+}
+
+/// Lists runs; with `as_of`, from the runs table as it was then.
+async fn list(ledger: &Ledger, mut query: RunQuery, as_of: Option<AsOf>) -> Result<Json<RunList>, ApiError> {
+    if let Some(at) = as_of {
+        query.as_of = Some(resolve(ledger, at).await?);
+    }
+    let (runs, total) = ledger.list_runs(query).await?;
+    Ok(Json(RunList { runs, total }))
 }
 
 /// List runs with filters, sorting and pagination.
@@ -198,9 +211,9 @@ pub fn run_query(params: &mut QueryParams) -> RunQuery {
     ))]
 async fn list_runs(State(ledger): State<Arc<Ledger>>, mut params: QueryParams) -> Result<Json<RunList>, ApiError> {
     let query = run_query(&mut params);
+    let as_of = params.parsed("as_of", parse_as_of);
     params.finish()?;
-    let (runs, total) = ledger.list_runs(query).await?;
-    Ok(Json(RunList { runs, total }))
+    list(&ledger, query, as_of).await
 }
 
 /// List the runs of one task; the same filters as `GET /api/runs`.
@@ -217,6 +230,7 @@ async fn list_task_runs(
 ) -> Result<Json<RunList>, ApiError> {
     let task = params.faults.check("path.taskName", &task, TaskName::parse);
     let mut query = run_query(&mut params);
+    let as_of = params.parsed("as_of", parse_as_of);
     if let (Some(task), Some(filter)) = (&task, &query.filter.task_name) {
         if filter != task.as_str() {
             params.faults.add(
@@ -228,8 +242,7 @@ async fn list_task_runs(
     }
     params.finish()?;
     query.filter.task_name = task.map(|t| t.to_string());
-    let (runs, total) = ledger.list_runs(query).await?;
-    Ok(Json(RunList { runs, total }))
+    list(&ledger, query, as_of).await
 }
 
 #[derive(IntoParams)]
@@ -240,8 +253,8 @@ pub struct AsOfParams {
     as_of: Option<String>,
 }
 
-/// One run, including soft-deleted ones; with `as_of`, as it was then
-/// (folded from its events up to that point).
+/// One run, including soft-deleted ones; with `as_of`, as it was then (its
+/// version in the history projection).
 #[utoipa::path(get, path = "/api/runs/{id}", tag = "runs",
     params(("id" = String, Path, description = "Run id"), AsOfParams),
     responses(

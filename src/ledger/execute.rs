@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 
 use runledger_events::{run_stream_id, EventEnvelope, ExpectedVersion, Metadata, NewEvent};
-use runledger_projections::{EventContext, RunState};
+use runledger_projections::{EventContext, HistoryVersion, RunState};
 use uuid::Uuid;
 
 use crate::commands::{self, Command, CommandError, Decision, Loaded, Outcome};
@@ -27,8 +27,10 @@ pub trait RunStore {
         events: &[NewEvent],
         metadata: &Metadata,
     ) -> Result<Vec<EventEnvelope>, String>;
-    /// Writes the run's projection row(s); `previous` is the row before.
-    fn store_run(&mut self, previous: Option<&RunState>, state: &RunState) -> Result<(), String>;
+    /// Writes the run's projections from one append's versions of it (its
+    /// state after each event, oldest first, each but the last closed by the
+    /// next); `previous` is the run before the append.
+    fn store_run(&mut self, previous: Option<&RunState>, versions: &[HistoryVersion]) -> Result<(), String>;
 }
 
 #[derive(Debug)]
@@ -98,12 +100,20 @@ pub fn execute(store: &mut impl RunStore, command: &Command, metadata: &Metadata
         let state = states
             .entry(write.run_id)
             .or_insert_with(|| RunState::empty(write.run_id));
+        let mut versions: Vec<HistoryVersion> = Vec::with_capacity(envelopes.len());
         for (event, envelope) in write.events.iter().zip(&envelopes) {
             state
                 .apply(event, &EventContext::of(envelope))
                 .map_err(|r| ExecError::Storage(format!("decided event no longer applies: {r}")))?;
+            let at = envelope.recorded_at.as_micros();
+            if let Some(before) = versions.last_mut() {
+                before.close(envelope.position, at);
+            }
+            versions.push(HistoryVersion::current(state.clone(), at));
         }
-        store.store_run(previous.as_ref(), state).map_err(ExecError::Storage)?;
+        store
+            .store_run(previous.as_ref(), &versions)
+            .map_err(ExecError::Storage)?;
     }
     commands::outcome(reply, &states).ok_or_else(|| ExecError::Storage("decided run missing after append".into()))
 }

@@ -11,6 +11,16 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "events_recorded_at",
         include_str!("../../migrations/sqlite/0003_events_recorded_at.sql"),
     ),
+    (
+        4,
+        "api_tokens",
+        include_str!("../../migrations/sqlite/0004_api_tokens.sql"),
+    ),
+    (
+        5,
+        "run_history",
+        include_str!("../../migrations/sqlite/0005_run_history.sql"),
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -7,6 +7,7 @@ pub mod migrate;
 mod postgres;
 mod sqlite;
 mod time_travel;
+mod tokens;
 
 use std::path::PathBuf;
 
@@ -20,6 +21,7 @@ use crate::commands::{Command, CommandError, Outcome};
 pub use postgres::PgLedger;
 pub use sqlite::SqliteLedger;
 pub use time_travel::{Change, HistoryEntry};
+pub use tokens::tokens_generation;
 
 /// Where the ledger lives, parsed from `--database-url`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -52,6 +54,15 @@ impl DatabaseUrl {
     }
 }
 
+/// What readers of the API see: a stored event in the current shape of its
+/// type. `export` alone gives the stored form, which the hash chain covers.
+fn upcast(envelope: EventEnvelope) -> Result<EventEnvelope, LedgerError> {
+    let position = envelope.position;
+    envelope
+        .upcast()
+        .map_err(|e| LedgerError::Storage(format!("event at position {position}: {e}")))
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
     #[error(transparent)]
@@ -82,14 +93,35 @@ pub enum Ledger {
 impl Ledger {
     /// Opens (creating and migrating if needed) the ledger at `url`.
     pub async fn open(url: &DatabaseUrl) -> anyhow::Result<Self> {
-        match url {
-            DatabaseUrl::Sqlite(path) => Ok(Self::Sqlite(SqliteLedger::open(path.clone()).await?)),
-            DatabaseUrl::Postgres(url) => Self::open_postgres(url.parse()?).await,
-        }
+        let ledger = match url {
+            DatabaseUrl::Sqlite(path) => Self::Sqlite(SqliteLedger::open(path.clone()).await?),
+            DatabaseUrl::Postgres(url) => return Self::open_postgres(url.parse()?).await,
+        };
+        ledger.fill_new_projections().await?;
+        Ok(ledger)
     }
 
     pub async fn open_postgres(options: sqlx::postgres::PgConnectOptions) -> anyhow::Result<Self> {
-        Ok(Self::Postgres(PgLedger::open(options).await?))
+        let ledger = Self::Postgres(PgLedger::open(options).await?);
+        ledger.fill_new_projections().await?;
+        Ok(ledger)
+    }
+
+    /// A ledger written before the history projection existed has runs but no
+    /// history: fill it (and the rest) from the log once, at start-up.
+    async fn fill_new_projections(&self) -> anyhow::Result<()> {
+        const SQL: &str =
+            "SELECT COUNT(*) FROM (SELECT 1 FROM runs LIMIT 1) r WHERE NOT EXISTS (SELECT 1 FROM run_history)";
+        let missing: i64 = match self {
+            Self::Sqlite(l) => l.count(SQL).await?,
+            Self::Postgres(l) => l.count(SQL).await?,
+        };
+        if missing > 0 {
+            tracing::info!("the run history is empty: rebuilding the projections from the log");
+            let (events, runs) = self.rebuild().await?;
+            tracing::info!(events, runs, "projections rebuilt");
+        }
+        Ok(())
     }
 
     pub async fn execute(&self, command: Command, metadata: Metadata) -> Result<Outcome, LedgerError> {
@@ -121,19 +153,29 @@ impl Ledger {
     }
 
     /// `None` when the run does not exist.
+    /// Events are in the current shape of their type (see `upcast`).
     pub async fn run_events(&self, query: EventsQuery) -> Result<Option<Vec<EventEnvelope>>, LedgerError> {
-        match self {
-            Self::Sqlite(l) => l.run_events(query).await,
-            Self::Postgres(l) => l.run_events(query).await,
-        }
+        let events = match self {
+            Self::Sqlite(l) => l.run_events(query).await?,
+            Self::Postgres(l) => l.run_events(query).await?,
+        };
+        events.map(|page| page.into_iter().map(upcast).collect()).transpose()
     }
 
-    /// Up to `limit` events after `after`, with their runs' task and project.
+    /// Up to `limit` events after `after`, with their runs' task and project,
+    /// in the current shape of their type.
     pub async fn read_log(&self, after: i64, limit: i64) -> Result<Vec<LogEntry>, LedgerError> {
-        match self {
-            Self::Sqlite(l) => l.read_log(after, limit).await,
-            Self::Postgres(l) => l.read_log(after, limit).await,
-        }
+        let entries = match self {
+            Self::Sqlite(l) => l.read_log(after, limit).await?,
+            Self::Postgres(l) => l.read_log(after, limit).await?,
+        };
+        entries
+            .into_iter()
+            .map(|mut entry| {
+                entry.envelope = upcast(entry.envelope)?;
+                Ok(entry)
+            })
+            .collect()
     }
 
     /// The last committed position this node knows of; it changes after

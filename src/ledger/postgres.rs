@@ -14,8 +14,8 @@ use std::sync::{Arc, Mutex};
 use runledger_events::chain::ChainReport;
 use runledger_events::postgres as log;
 use runledger_events::{EventEnvelope, ExpectedVersion, Metadata, NewEvent, Sealed, Sealer};
-use runledger_projections::postgres::runs::{self, RunRow, Tags};
-use runledger_projections::{LogEntry, RunQuery, RunState, RunStatus, TaskSummary};
+use runledger_projections::postgres::runs::{self, Close, RunRow, Tags};
+use runledger_projections::{HistoryVersion, LogEntry, RunQuery, RunState, RunStatus, TaskSummary};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -23,6 +23,7 @@ use uuid::Uuid;
 
 use super::execute::{execute, stream_of, ExecError, RunStore};
 use super::{EventsQuery, LedgerError};
+use crate::auth::{TokenError, TokenRow, INSERT_TOKEN_SQL, REVOKE_TOKEN_SQL, TOKENS_SQL};
 use crate::commands::{Command, Outcome};
 
 const MAX_BATCH: usize = 1024;
@@ -102,6 +103,15 @@ impl PgLedger {
         Ok(runs::load(&mut *self.pool.acquire().await?, &id).await?)
     }
 
+    /// A single count from `sql`.
+    pub async fn count(&self, sql: &'static str) -> Result<i64, LedgerError> {
+        Ok(sqlx::query_scalar(sql).fetch_one(&self.pool).await?)
+    }
+
+    pub async fn run_as_of(&self, id: Uuid, position: i64) -> Result<Option<RunState>, LedgerError> {
+        Ok(runs::load_as_of(&mut *self.pool.acquire().await?, &id, position).await?)
+    }
+
     pub async fn list_runs(&self, query: RunQuery) -> Result<(Vec<RunState>, i64), LedgerError> {
         Ok(runs::list(&mut *self.pool.acquire().await?, &query).await?)
     }
@@ -126,6 +136,51 @@ impl PgLedger {
 
     pub async fn read_log(&self, after: i64, limit: i64) -> Result<Vec<LogEntry>, LedgerError> {
         Ok(runs::log_page(&mut *self.pool.acquire().await?, after, limit).await?)
+    }
+
+    pub async fn token_rows(&self) -> Result<Vec<TokenRow>, LedgerError> {
+        let rows: Vec<(String, String, String, String, Option<String>)> =
+            sqlx::query_as(TOKENS_SQL).fetch_all(&self.pool).await?;
+        Ok(rows
+            .into_iter()
+            .map(|(name, secret_sha256, scopes, created_at, revoked_at)| TokenRow {
+                name,
+                secret_sha256,
+                scopes,
+                created_at,
+                revoked_at,
+            })
+            .collect())
+    }
+
+    pub async fn insert_token(&self, name: String, hash: String, scopes: String) -> Result<(), TokenError> {
+        let now = runledger_events::Timestamp::now().to_rfc3339();
+        let inserted = sqlx::query(INSERT_TOKEN_SQL)
+            .bind(&name)
+            .bind(hash)
+            .bind(scopes)
+            .bind(now)
+            .execute(&self.pool)
+            .await;
+        match inserted {
+            Ok(_) => Ok(()),
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Err(TokenError::NameTaken(name)),
+            Err(e) => Err(TokenError::Storage(e.to_string())),
+        }
+    }
+
+    pub async fn revoke_token(&self, name: String) -> Result<(), TokenError> {
+        let now = runledger_events::Timestamp::now().to_rfc3339();
+        let done = sqlx::query(REVOKE_TOKEN_SQL)
+            .bind(now)
+            .bind(&name)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| TokenError::Storage(e.to_string()))?;
+        if done.rows_affected() == 0 {
+            return Err(TokenError::NoSuchToken(name));
+        }
+        Ok(())
     }
 
     pub async fn ready(&self) -> bool {
@@ -248,6 +303,8 @@ async fn commit_batch(pool: &PgPool, jobs: &[Job]) -> Result<(Outcomes, i64), St
         sealer,
         sealed: Vec::new(),
         changed: Vec::new(),
+        closes: Vec::new(),
+        history: Vec::new(),
     };
     let mut outcomes = Vec::with_capacity(jobs.len());
     for job in jobs {
@@ -268,6 +325,9 @@ async fn commit_batch(pool: &PgPool, jobs: &[Job]) -> Result<(Outcomes, i64), St
         })
         .collect();
     runs::store_many(&mut tx, &rows).await.map_err(fail)?;
+    runs::store_history(&mut tx, &store.closes, &store.history)
+        .await
+        .map_err(fail)?;
     let position = store.sealer.position;
     if !store.sealed.is_empty() {
         log::notify(&mut tx, position).await.map_err(fail)?;
@@ -286,6 +346,10 @@ struct BatchStore {
     sealed: Vec<Sealed>,
     /// Changed runs in order, with what happened to their tags.
     changed: Vec<(Uuid, Tags)>,
+    /// Versions stored before this batch that it ends.
+    closes: Vec<Close>,
+    /// The batch's versions of its runs, in append order.
+    history: Vec<HistoryVersion>,
 }
 
 impl RunStore for BatchStore {
@@ -327,7 +391,28 @@ impl RunStore for BatchStore {
         Ok(envelopes)
     }
 
-    fn store_run(&mut self, previous: Option<&RunState>, state: &RunState) -> Result<(), String> {
+    fn store_run(&mut self, previous: Option<&RunState>, versions: &[HistoryVersion]) -> Result<(), String> {
+        let Some(last) = versions.last() else { return Ok(()) };
+        let state = &last.state;
+        if let (Some(previous), Some(first)) = (previous, versions.first()) {
+            // The version current before this append: still in this batch,
+            // or stored before it.
+            match self
+                .history
+                .iter_mut()
+                .rev()
+                .find(|v| v.state.id == previous.id && v.state.version == previous.version)
+            {
+                Some(pending) => pending.close(first.state.position, first.valid_from_at),
+                None => self.closes.push(Close {
+                    run_id: previous.id.to_string(),
+                    version: previous.version,
+                    valid_to: first.state.position,
+                    valid_to_at: first.valid_from_at,
+                }),
+            }
+        }
+        self.history.extend_from_slice(versions);
         let tags = match previous {
             None => Tags::New,
             Some(p) if p.tags != state.tags => Tags::Replaced,

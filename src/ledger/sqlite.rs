@@ -4,12 +4,13 @@ use std::sync::Arc;
 use runledger_events::sqlite::{insert_sealed, read, verify_chain, ChainReport, ReadPool, WriteError, WriteTx, Writer};
 use runledger_events::{run_stream_id, EventEnvelope, ExpectedVersion, Metadata, NewEvent, Sealed};
 use runledger_projections::sqlite::runs;
-use runledger_projections::{LogEntry, RunQuery, RunState, TaskSummary};
+use runledger_projections::{HistoryVersion, LogEntry, RunQuery, RunState, TaskSummary};
 use tracing::instrument;
 use uuid::Uuid;
 
 use super::execute::{execute, stream_of, ExecError, RunStore};
 use super::{migrate, EventsQuery, LedgerError};
+use crate::auth::{TokenError, TokenRow, INSERT_TOKEN_SQL, REVOKE_TOKEN_SQL, TOKENS_SQL, TOKEN_EXISTS_SQL};
 use crate::commands::{Command, Outcome};
 
 const READERS: usize = 4;
@@ -17,6 +18,81 @@ const READERS: usize = 4;
 pub struct SqliteLedger {
     writer: Writer,
     pool: Arc<ReadPool>,
+}
+
+fn token_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TokenRow> {
+    Ok(TokenRow {
+        name: r.get(0)?,
+        secret_sha256: r.get(1)?,
+        scopes: r.get(2)?,
+        created_at: r.get(3)?,
+        revoked_at: r.get(4)?,
+    })
+}
+
+impl SqliteLedger {
+    pub async fn token_rows(&self) -> Result<Vec<TokenRow>, LedgerError> {
+        Ok(self
+            .pool
+            .read(|c| c.prepare_cached(TOKENS_SQL)?.query_map([], token_row)?.collect())
+            .await?)
+    }
+
+    /// Stores a new token, in the writer's transaction; the name is checked
+    /// before anything is written (a writer unit may refuse only then).
+    pub async fn insert_token(&self, name: String, hash: String, scopes: String) -> Result<(), TokenError> {
+        let result = self
+            .writer
+            .submit(move |tx| {
+                let taken: i64 = tx
+                    .conn()
+                    .query_row(TOKEN_EXISTS_SQL, [&name], |r| r.get(0))
+                    .map_err(|e| TokenError::Storage(e.to_string()))?;
+                if taken > 0 {
+                    return Err(TokenError::NameTaken(name));
+                }
+                let now = runledger_events::Timestamp::now().to_rfc3339();
+                tx.writer()
+                    .execute(INSERT_TOKEN_SQL, rusqlite::params![name, hash, scopes, now])
+                    .map_err(|e| TokenError::Storage(e.to_string()))?;
+                Ok(())
+            })
+            .await;
+        result.map_err(token_write_error)
+    }
+
+    pub async fn revoke_token(&self, name: String) -> Result<(), TokenError> {
+        let result = self
+            .writer
+            .submit(move |tx| {
+                let active: i64 = tx
+                    .conn()
+                    .query_row(
+                        "SELECT COUNT(*) FROM api_tokens WHERE name = $1 AND revoked_at IS NULL",
+                        [&name],
+                        |r| r.get(0),
+                    )
+                    .map_err(|e| TokenError::Storage(e.to_string()))?;
+                if active == 0 {
+                    return Err(TokenError::NoSuchToken(name));
+                }
+                let now = runledger_events::Timestamp::now().to_rfc3339();
+                tx.writer()
+                    .execute(REVOKE_TOKEN_SQL, rusqlite::params![now, name])
+                    .map_err(|e| TokenError::Storage(e.to_string()))?;
+                Ok(())
+            })
+            .await;
+        result.map_err(token_write_error)
+    }
+}
+
+fn token_write_error(e: WriteError<TokenError>) -> TokenError {
+    match e {
+        WriteError::Refused(e) => e,
+        WriteError::Storage(e) => TokenError::Storage(e.to_string()),
+        WriteError::Closed => TokenError::Storage("the writer has stopped".into()),
+    }
 }
 
 impl SqliteLedger {
@@ -55,6 +131,15 @@ impl SqliteLedger {
 
     pub async fn get_run(&self, id: Uuid) -> Result<Option<RunState>, LedgerError> {
         Ok(self.pool.read(move |c| runs::load(c, &id)).await?)
+    }
+
+    /// A single count from `sql`.
+    pub async fn count(&self, sql: &'static str) -> Result<i64, LedgerError> {
+        Ok(self.pool.read(move |c| c.query_row(sql, [], |r| r.get(0))).await?)
+    }
+
+    pub async fn run_as_of(&self, id: Uuid, position: i64) -> Result<Option<RunState>, LedgerError> {
+        Ok(self.pool.read(move |c| runs::load_as_of(c, &id, position)).await?)
     }
 
     pub async fn list_runs(&self, query: RunQuery) -> Result<(Vec<RunState>, i64), LedgerError> {
@@ -125,8 +210,8 @@ impl RunStore for SqliteStore<'_, '_> {
             .map_err(|e| e.to_string())
     }
 
-    fn store_run(&mut self, previous: Option<&RunState>, state: &RunState) -> Result<(), String> {
-        runs::store(self.0.writer(), previous, state).map_err(|e| e.to_string())
+    fn store_run(&mut self, previous: Option<&RunState>, versions: &[HistoryVersion]) -> Result<(), String> {
+        runs::store(self.0.writer(), previous, versions).map_err(|e| e.to_string())
     }
 }
 

@@ -1,6 +1,6 @@
-//! Time travel: a run at any past position, its history event by event, and
-//! what changed between two positions — answered by folding the runs
-//! concerned with `RunState::apply`, never by replaying the whole log.
+//! Time travel: a run, or the runs table, at any past position (from the
+//! run-history projection); a run's history event by event (folding its own
+//! events with `RunState::apply`); what changed between two positions.
 
 use runledger_events::{EventEnvelope, Timestamp};
 use runledger_projections::RunState;
@@ -69,9 +69,13 @@ impl Ledger {
         }
     }
 
-    /// The run as it was at `position`; `None` if it did not exist yet.
+    /// The run as it was at `position`, from the history projection; `None`
+    /// if it did not exist yet.
     pub async fn run_as_of(&self, run_id: Uuid, position: i64) -> Result<Option<RunState>, LedgerError> {
-        self.fold_run(run_id, position, |_, _| {}).await
+        match self {
+            Self::Sqlite(l) => l.run_as_of(run_id, position).await,
+            Self::Postgres(l) => l.run_as_of(run_id, position).await,
+        }
     }
 
     /// Each event of the run after `after_version` (at most `limit`) with the

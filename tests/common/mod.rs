@@ -299,7 +299,15 @@ impl TestServer {
     }
 
     pub async fn send(&self, method: Method, path: &str, body: Option<Value>) -> Reply {
+        self.send_as(None, method, path, body).await
+    }
+
+    /// Sends with `Authorization: Bearer <token>` when a token is given.
+    pub async fn send_as(&self, token: Option<&str>, method: Method, path: &str, body: Option<Value>) -> Reply {
         let mut req = self.client.request(method, self.url(path));
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
         if let Some(body) = body {
             req = req.json(&body);
         }
@@ -401,9 +409,15 @@ pub fn ids(body: &Value) -> Vec<String> {
 /// Starts the real `runledger` binary on port 0 against `database_url`;
 /// returns it and its base URL once it has printed that it listens.
 pub fn spawn_binary(database_url: &str) -> (std::process::Child, String) {
+    spawn_binary_on(database_url, "127.0.0.1:0")
+}
+
+/// `spawn_binary` listening on `listen`; the base URL it returns is always
+/// on 127.0.0.1.
+pub fn spawn_binary_on(database_url: &str, listen: &str) -> (std::process::Child, String) {
     use std::io::{BufRead, BufReader};
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_runledger"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--database-url", database_url])
+        .args(["serve", "--listen", listen, "--database-url", database_url])
         .env("RUST_LOG", "warn")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::inherit())
@@ -414,8 +428,9 @@ pub fn spawn_binary(database_url: &str) -> (std::process::Child, String) {
         .read_line(&mut line)
         .expect("ready line");
     let addr = line.trim().rsplit(' ').next().expect("address").to_owned();
-    assert!(addr.starts_with("http://127.0.0.1:"), "unexpected ready line {line:?}");
-    (child, addr)
+    let port = addr.rsplit(':').next().filter(|p| p.parse::<u16>().is_ok());
+    let port = port.unwrap_or_else(|| panic!("unexpected ready line {line:?}"));
+    (child, format!("http://127.0.0.1:{port}"))
 }
 
 /// A `runledger` process that is killed when dropped, even if the test panics.

@@ -6,7 +6,10 @@ use sqlx::query::QueryScalar;
 use sqlx::{PgConnection, Postgres};
 use uuid::Uuid;
 
-use crate::{Arg, RunQuery, RunRowValues, RunState, SqlQuery, TaskSummary, RUN_COLUMNS, RUN_UPSERT_SET};
+use crate::{
+    Arg, HistoryVersion, RunQuery, RunRowValues, RunState, SqlQuery, TaskSummary, HISTORY_COLUMNS, RUN_COLUMNS,
+    RUN_UPSERT_SET,
+};
 
 fn decode(text: &str) -> sqlx::Result<RunState> {
     serde_json::from_str(text).map_err(|e| sqlx::Error::Decode(Box::new(e)))
@@ -34,6 +37,16 @@ async fn states(conn: &mut PgConnection, q: &SqlQuery) -> sqlx::Result<Vec<RunSt
 pub async fn load(conn: &mut PgConnection, id: &Uuid) -> sqlx::Result<Option<RunState>> {
     let row: Option<String> = sqlx::query_scalar("SELECT state FROM runs WHERE id = $1")
         .bind(id.to_string())
+        .fetch_optional(conn)
+        .await?;
+    row.as_deref().map(decode).transpose()
+}
+
+/// The run as it was at `position` (its version valid there), if it existed.
+pub async fn load_as_of(conn: &mut PgConnection, id: &Uuid, position: i64) -> sqlx::Result<Option<RunState>> {
+    let row: Option<String> = sqlx::query_scalar(crate::VERSION_AT_SQL)
+        .bind(id.to_string())
+        .bind(position)
         .fetch_optional(conn)
         .await?;
     row.as_deref().map(decode).transpose()
@@ -84,28 +97,76 @@ pub struct RunRow<'a> {
     pub tags: Tags,
 }
 
-/// Upserts every changed run of a batch in one statement.
-pub async fn store_many(conn: &mut PgConnection, rows: &[RunRow<'_>]) -> sqlx::Result<()> {
-    if rows.is_empty() {
+/// A run's version that a later event ended, stored before this batch.
+pub struct Close {
+    pub run_id: String,
+    pub version: i64,
+    pub valid_to: i64,
+    pub valid_to_at: i64,
+}
+
+/// Writes a batch's history: closes versions stored before it, then inserts
+/// its versions, one statement each.
+pub async fn store_history(conn: &mut PgConnection, closes: &[Close], versions: &[HistoryVersion]) -> sqlx::Result<()> {
+    if !closes.is_empty() {
+        sqlx::query(
+            "UPDATE run_history h SET valid_to = c.valid_to, valid_to_at = c.valid_to_at              FROM UNNEST($1::text[], $2::bigint[], $3::bigint[], $4::bigint[]) AS c(id, version, valid_to, valid_to_at)              WHERE h.id = c.id AND h.version = c.version",
+        )
+        .bind(closes.iter().map(|c| c.run_id.as_str()).collect::<Vec<_>>())
+        .bind(closes.iter().map(|c| c.version).collect::<Vec<_>>())
+        .bind(closes.iter().map(|c| c.valid_to).collect::<Vec<_>>())
+        .bind(closes.iter().map(|c| c.valid_to_at).collect::<Vec<_>>())
+        .execute(&mut *conn)
+        .await?;
+    }
+    if versions.is_empty() {
         return Ok(());
     }
-    let values = rows
+    let values = versions
         .iter()
-        .map(|r| RunRowValues::of(r.state))
+        .map(|v| RunRowValues::of(&v.state))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    static INSERT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
+            "INSERT INTO run_history ({HISTORY_COLUMNS}) SELECT * FROM UNNEST({})",
+            unnest_types(&[UNNEST_TYPES, &["bigint[]", "bigint[]", "bigint[]"]].concat())
+        )
+    });
+    bind_row_values(sqlx::query(&INSERT), &values)
+        .bind(versions.iter().map(|v| v.valid_to).collect::<Vec<_>>())
+        .bind(versions.iter().map(|v| v.valid_from_at).collect::<Vec<_>>())
+        .bind(versions.iter().map(|v| v.valid_to_at).collect::<Vec<_>>())
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// The array types of the `runs` columns, in `RUN_COLUMNS` order.
+const UNNEST_TYPES: &[&str] = &[
+    "text[]", "text[]", "text[]", "text[]", "text[]", "bigint[]", "text[]", "bigint[]", "text[]", "text[]", "bool[]",
+    "bool[]", "bigint[]", "bigint[]", "bigint[]", "bigint[]", "bigint[]", "bigint[]", "text[]",
+];
+
+/// `$1::text[], $2::text[], …` for `UNNEST`.
+fn unnest_types(types: &[&str]) -> String {
+    types
+        .iter()
+        .enumerate()
+        .map(|(i, t)| format!("${}::{t}", i + 1))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Binds the `runs` columns of `values` as arrays, in `RUN_COLUMNS` order.
+fn bind_row_values<'q>(
+    query: sqlx::query::Query<'q, Postgres, PgArguments>,
+    values: &[RunRowValues<'_>],
+) -> sqlx::query::Query<'q, Postgres, PgArguments> {
     let column = |f: fn(&RunRowValues) -> Option<String>| values.iter().map(f).collect::<Vec<_>>();
     let int = |f: fn(&RunRowValues) -> Option<i64>| values.iter().map(f).collect::<Vec<_>>();
     let flag = |f: fn(&RunRowValues) -> bool| values.iter().map(f).collect::<Vec<_>>();
-    static UPSERT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-        format!(
-            "INSERT INTO runs ({RUN_COLUMNS}) SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], \
-             $4::text[], $5::text[], $6::bigint[], $7::text[], $8::bigint[], $9::text[], $10::text[], \
-             $11::bool[], $12::bool[], $13::bigint[], $14::bigint[], $15::bigint[], $16::bigint[], \
-             $17::bigint[], $18::bigint[], $19::text[]) ON CONFLICT (id) DO UPDATE SET {RUN_UPSERT_SET}"
-        )
-    });
-    sqlx::query(&UPSERT)
+    query
         .bind(column(|v| Some(v.id.clone())))
         .bind(column(|v| Some(v.project.to_owned())))
         .bind(column(|v| Some(v.task_name.to_owned())))
@@ -125,6 +186,25 @@ pub async fn store_many(conn: &mut PgConnection, rows: &[RunRow<'_>]) -> sqlx::R
         .bind(int(|v| Some(v.version)))
         .bind(int(|v| Some(v.position)))
         .bind(column(|v| Some(v.state.clone())))
+}
+
+/// Upserts every changed run of a batch in one statement.
+pub async fn store_many(conn: &mut PgConnection, rows: &[RunRow<'_>]) -> sqlx::Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let values = rows
+        .iter()
+        .map(|r| RunRowValues::of(r.state))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    static UPSERT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
+            "INSERT INTO runs ({RUN_COLUMNS}) SELECT * FROM UNNEST({}) ON CONFLICT (id) DO UPDATE SET {RUN_UPSERT_SET}",
+            unnest_types(UNNEST_TYPES)
+        )
+    });
+    bind_row_values(sqlx::query(&UPSERT), &values)
         .execute(&mut *conn)
         .await?;
     let replaced: Vec<String> = rows
@@ -161,8 +241,8 @@ pub async fn store_many(conn: &mut PgConnection, rows: &[RunRow<'_>]) -> sqlx::R
 
 /// A page of runs and the number of runs matching the filter.
 pub async fn list(conn: &mut PgConnection, query: &RunQuery) -> sqlx::Result<(Vec<RunState>, i64)> {
-    let runs = states(conn, &query.page_sql("runs")).await?;
-    let total: i64 = scalar(&query.count_sql("runs")).fetch_one(conn).await?;
+    let runs = states(conn, &query.page_sql()).await?;
+    let total: i64 = scalar(&query.count_sql()).fetch_one(conn).await?;
     Ok((runs, total))
 }
 
@@ -225,7 +305,7 @@ pub async fn log_page(conn: &mut PgConnection, after: i64, limit: i64) -> sqlx::
 /// Drops the projection tables' rows and replays the whole log into them.
 /// Run inside a transaction that holds the append lock. Returns (events, runs).
 pub async fn rebuild(conn: &mut PgConnection) -> Result<(u64, usize), String> {
-    sqlx::raw_sql("DELETE FROM runs; DELETE FROM run_tags;")
+    sqlx::raw_sql("DELETE FROM runs; DELETE FROM run_tags; DELETE FROM run_history;")
         .execute(&mut *conn)
         .await
         .map_err(|e| e.to_string())?;
@@ -237,15 +317,26 @@ pub async fn rebuild(conn: &mut PgConnection) -> Result<(u64, usize), String> {
             .map_err(|e| e.to_string())?;
         let Some(last) = page.last() else { break };
         after = last.position;
+        let mut closed = Vec::new();
         for envelope in &page {
-            replay.apply(envelope).map_err(|e| e.to_string())?;
+            closed.extend(replay.apply(envelope).map_err(|e| e.to_string())?);
+        }
+        for chunk in closed.chunks(1000) {
+            store_history(&mut *conn, &[], chunk).await.map_err(|e| e.to_string())?;
         }
     }
     let events = replay.events;
-    let states = replay.into_states();
-    for chunk in states.chunks(1000) {
-        let rows: Vec<RunRow> = chunk.iter().map(|state| RunRow { state, tags: Tags::New }).collect();
+    let current = replay.into_current();
+    for chunk in current.chunks(1000) {
+        let rows: Vec<RunRow> = chunk
+            .iter()
+            .map(|v| RunRow {
+                state: &v.state,
+                tags: Tags::New,
+            })
+            .collect();
         store_many(&mut *conn, &rows).await.map_err(|e| e.to_string())?;
+        store_history(&mut *conn, &[], chunk).await.map_err(|e| e.to_string())?;
     }
-    Ok((events, states.len()))
+    Ok((events, current.len()))
 }

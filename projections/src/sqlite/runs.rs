@@ -6,7 +6,10 @@ use uuid::Uuid;
 
 use runledger_events::{RunEvent, Timestamp};
 
-use crate::{Arg, RunQuery, RunRowValues, RunState, SqlQuery, TaskSummary, RUN_COLUMNS, RUN_UPSERT_SET};
+use crate::{
+    Arg, HistoryVersion, RunQuery, RunRowValues, RunState, SqlQuery, TaskSummary, CLOSE_VERSION_SQL, HISTORY_COLUMNS,
+    RUN_COLUMNS, RUN_UPSERT_SET,
+};
 
 fn json_err(e: serde_json::Error) -> rusqlite::Error {
     rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
@@ -39,6 +42,15 @@ pub fn load(conn: &Connection, id: &Uuid) -> rusqlite::Result<Option<RunState>> 
         .transpose()
 }
 
+/// The run as it was at `position` (its version valid there), if it existed.
+pub fn load_as_of(conn: &Connection, id: &Uuid, position: i64) -> rusqlite::Result<Option<RunState>> {
+    conn.prepare_cached(crate::VERSION_AT_SQL)?
+        .query_row(params![id.to_string(), position], |r| r.get::<_, String>(0))
+        .optional()?
+        .map(decode)
+        .transpose()
+}
+
 /// An unfinished run of `task_name` created with `key`.
 pub fn find_unfinished_by_idempotency_key(
     conn: &Connection,
@@ -55,9 +67,67 @@ pub fn find_unfinished_by_idempotency_key(
     .transpose()
 }
 
+/// Writes one append's versions of a run (oldest first, each but the last
+/// closed by the next): the last becomes the run's row, and all go to its
+/// history, closing the version that was current before. `previous` is the
+/// run as it was before (None for a new run).
+pub fn store(conn: &Connection, previous: Option<&RunState>, versions: &[HistoryVersion]) -> rusqlite::Result<()> {
+    let Some(last) = versions.last() else { return Ok(()) };
+    store_row(conn, previous, &last.state)?;
+    if let (Some(previous), Some(first)) = (previous, versions.first()) {
+        conn.prepare_cached(CLOSE_VERSION_SQL)?.execute(params![
+            first.state.position,
+            first.valid_from_at,
+            previous.id.to_string(),
+            previous.version
+        ])?;
+    }
+    for version in versions {
+        store_version(conn, version)?;
+    }
+    Ok(())
+}
+
+/// Inserts one version into `run_history`.
+pub fn store_version(conn: &Connection, version: &HistoryVersion) -> rusqlite::Result<()> {
+    static INSERT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        let marks: Vec<String> = (1..=22).map(|i| format!("?{i}")).collect();
+        format!(
+            "INSERT INTO run_history ({HISTORY_COLUMNS}) VALUES ({})",
+            marks.join(", ")
+        )
+    });
+    let v = RunRowValues::of(&version.state).map_err(json_err)?;
+    conn.prepare_cached(&INSERT)?.execute(params![
+        v.id,
+        v.project,
+        v.task_name,
+        v.status,
+        v.end_reason,
+        v.exit_code,
+        v.triggered_by,
+        v.retry_attempt,
+        v.parent_run_id,
+        v.idempotency_key,
+        v.dead_lettered,
+        v.deleted,
+        v.created_at,
+        v.start_at,
+        v.end_at,
+        v.duration_ms,
+        v.version,
+        v.position,
+        v.state,
+        version.valid_to,
+        version.valid_from_at,
+        version.valid_to_at,
+    ])?;
+    Ok(())
+}
+
 /// Writes `state` as the run's row. `previous` is the row as it was before
 /// (None for a new run); tags are rewritten only when they changed.
-pub fn store(conn: &Connection, previous: Option<&RunState>, state: &RunState) -> rusqlite::Result<()> {
+fn store_row(conn: &Connection, previous: Option<&RunState>, state: &RunState) -> rusqlite::Result<()> {
     static UPSERT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
         let marks: Vec<String> = (1..=19).map(|i| format!("?{i}")).collect();
         format!(
@@ -103,8 +173,8 @@ pub fn store(conn: &Connection, previous: Option<&RunState>, state: &RunState) -
 
 /// A page of runs and the number of runs matching the filter.
 pub fn list(conn: &Connection, query: &RunQuery) -> rusqlite::Result<(Vec<RunState>, i64)> {
-    let runs = query_states(conn, &query.page_sql("runs"))?;
-    let count = query.count_sql("runs");
+    let runs = query_states(conn, &query.page_sql())?;
+    let count = query.count_sql();
     let total = conn
         .prepare_cached(&count.sql)?
         .query_row(rusqlite::params_from_iter(bind(&count.args)), |r| r.get(0))?;
@@ -165,7 +235,7 @@ pub fn log_page(conn: &Connection, after: i64, limit: i64) -> rusqlite::Result<V
 /// Run inside the write transaction. Returns (events, runs).
 pub fn rebuild(conn: &Connection) -> Result<(u64, usize), crate::ReplayError> {
     let storage = |e: rusqlite::Error| crate::ReplayError::Storage(e.to_string());
-    conn.execute_batch("DELETE FROM runs; DELETE FROM run_tags;")
+    conn.execute_batch("DELETE FROM runs; DELETE FROM run_tags; DELETE FROM run_history;")
         .map_err(storage)?;
     let mut replay = crate::Replay::default();
     // Only what the fold needs, decoded straight from the stored text.
@@ -209,7 +279,9 @@ pub fn rebuild(conn: &Connection) -> Result<(u64, usize), crate::ReplayError> {
                 stream_version: row.get(2).map_err(storage)?,
                 recorded_at: Timestamp::parse(recorded_at).map_err(|e| crate::ReplayError::Storage(e.to_string()))?,
             };
-            replay.apply_event(stream_id, &event, &at)?;
+            if let Some(closed) = replay.apply_event(stream_id, &event, &at)? {
+                store_version(conn, &closed).map_err(storage)?;
+            }
             after = position;
         }
         if !seen {
@@ -217,9 +289,10 @@ pub fn rebuild(conn: &Connection) -> Result<(u64, usize), crate::ReplayError> {
         }
     }
     let events = replay.events;
-    let states = replay.into_states();
-    for state in &states {
-        store(conn, None, state).map_err(storage)?;
+    let current = replay.into_current();
+    for version in &current {
+        store_row(conn, None, &version.state).map_err(storage)?;
+        store_version(conn, version).map_err(storage)?;
     }
-    Ok((events, states.len()))
+    Ok((events, current.len()))
 }

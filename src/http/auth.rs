@@ -1,0 +1,349 @@
+//! Who may call which route, and how often.
+//!
+//! Every `/api/` route needs one scope, given by [`required_scope`] from its
+//! method and route template; the OpenAPI document states the same mapping
+//! (see [`document`]). The guard runs after routing, on those routes only:
+//! it identifies the caller (a bearer token, or `anonymous` when the API runs
+//! open), charges the caller's rate limit, then checks the scope. Health,
+//! readiness, metrics and the API documents are public.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use governor::clock::{Clock, DefaultClock};
+use governor::middleware::StateInformationMiddleware;
+use governor::{Quota, RateLimiter};
+
+use super::error::ApiError;
+use crate::auth::{secret_hash, Scope, ANONYMOUS};
+use crate::ledger::{tokens_generation, Ledger};
+
+/// The scope a route needs; `None` for public routes. Reads need
+/// `runs:read`, except the global log and every live stream (`ledger:read`);
+/// writes need `runs:write`, except deleting, restoring and bulk operations
+/// (`runs:admin`). A new route falls under these rules by its shape.
+pub fn required_scope(method: &Method, route: &str) -> Option<Scope> {
+    if !route.starts_with("/api/") {
+        return None;
+    }
+    let reading = method == Method::GET || method == Method::HEAD;
+    if reading && (route.starts_with("/api/events") || route.ends_with("/stream")) {
+        Some(Scope::LedgerRead)
+    } else if reading {
+        Some(Scope::RunsRead)
+    } else if method == Method::DELETE || route.ends_with("/restore") || route.contains("/bulk") {
+        Some(Scope::RunsAdmin)
+    } else {
+        Some(Scope::RunsWrite)
+    }
+}
+
+/// Adds the bearer scheme and each operation's required scope to the
+/// OpenAPI document, from [`required_scope`].
+pub fn document(openapi: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
+    let components = openapi.components.get_or_insert_with(Default::default);
+    components.add_security_scheme(
+        "bearer",
+        SecurityScheme::Http(
+            HttpBuilder::new()
+                .scheme(HttpAuthScheme::Bearer)
+                .description(Some(
+                    "A token from `runledger token create`. With no tokens configured the API runs open, on a loopback address only.",
+                ))
+                .build(),
+        ),
+    );
+    for (path, item) in openapi.paths.paths.iter_mut() {
+        let operations = [
+            (Method::GET, &mut item.get),
+            (Method::POST, &mut item.post),
+            (Method::PUT, &mut item.put),
+            (Method::PATCH, &mut item.patch),
+            (Method::DELETE, &mut item.delete),
+        ];
+        for (method, operation) in operations {
+            if let (Some(operation), Some(scope)) = (operation.as_mut(), required_scope(&method, path)) {
+                operation.security = Some(vec![SecurityRequirement::new("bearer", [scope.as_str()])]);
+            }
+        }
+    }
+}
+
+/// The caller of a request, put in its extensions by the guard; it becomes
+/// the actor of every event the request appends.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    pub name: String,
+    pub scopes: Vec<Scope>,
+}
+
+impl Caller {
+    fn anonymous() -> Self {
+        Self {
+            name: ANONYMOUS.to_owned(),
+            scopes: Scope::ALL.to_vec(),
+        }
+    }
+
+    fn covers(&self, required: Scope) -> bool {
+        self.scopes.iter().any(|s| s.covers(required))
+    }
+}
+
+/// Rate limit per token (per client address when the API runs open).
+#[derive(Clone, Copy, Debug)]
+pub struct RateLimit {
+    pub per_second: NonZeroU32,
+    pub burst: NonZeroU32,
+}
+
+/// How long a token list is trusted before it is read again; a token
+/// created or revoked by another process takes effect within this.
+const REFRESH: Duration = Duration::from_secs(1);
+/// An unknown secret makes the list be read again, at most this often.
+const MISS_REFRESH: Duration = Duration::from_millis(100);
+/// Past this many limiter keys, idle ones are forgotten.
+const LIMITER_KEYS: usize = 10_000;
+
+struct Snapshot {
+    by_hash: HashMap<String, Caller>,
+    loaded_at: Instant,
+    generation: u64,
+}
+
+type Limiter = RateLimiter<
+    String,
+    governor::state::keyed::DefaultKeyedStateStore<String>,
+    DefaultClock,
+    StateInformationMiddleware,
+>;
+
+pub struct Gate {
+    ledger: Arc<Ledger>,
+    /// Whether the API may run open when no token exists: only when it
+    /// listens on a loopback address.
+    open_allowed: bool,
+    snapshot: RwLock<Option<Arc<Snapshot>>>,
+    refreshing: tokio::sync::Mutex<()>,
+    limiter: Option<(Limiter, RateLimit)>,
+}
+
+impl Gate {
+    pub fn new(ledger: Arc<Ledger>, open_allowed: bool, limit: Option<RateLimit>) -> Self {
+        let limiter = limit.map(|l| {
+            let quota = Quota::per_second(l.per_second).allow_burst(l.burst);
+            (
+                RateLimiter::keyed(quota).with_middleware::<StateInformationMiddleware>(),
+                l,
+            )
+        });
+        Self {
+            ledger,
+            open_allowed,
+            snapshot: RwLock::new(None),
+            refreshing: tokio::sync::Mutex::new(()),
+            limiter,
+        }
+    }
+
+    fn current(&self) -> Option<Arc<Snapshot>> {
+        self.snapshot.read().expect("token snapshot").clone()
+    }
+
+    /// The token list, read again when it is older than `max_age` or a token
+    /// changed in this process. If the database cannot be read, the last
+    /// list stays in use; with none, the request fails.
+    async fn tokens(&self, max_age: Duration) -> Result<Arc<Snapshot>, ApiError> {
+        let fresh = |s: &Snapshot| s.loaded_at.elapsed() < max_age && s.generation == tokens_generation();
+        if let Some(s) = self.current().filter(|s| fresh(s)) {
+            return Ok(s);
+        }
+        let _one_at_a_time = self.refreshing.lock().await;
+        if let Some(s) = self.current().filter(|s| fresh(s)) {
+            return Ok(s);
+        }
+        let generation = tokens_generation();
+        match self.ledger.token_rows().await {
+            Ok(rows) => {
+                let by_hash = rows
+                    .iter()
+                    .filter(|row| row.revoked_at.is_none())
+                    .filter_map(|row| match row.info() {
+                        Ok(info) => Some((
+                            row.secret_sha256.clone(),
+                            Caller {
+                                name: info.name,
+                                scopes: info.scopes,
+                            },
+                        )),
+                        Err(e) => {
+                            tracing::error!(error = %e, "ignoring an unreadable token");
+                            None
+                        }
+                    })
+                    .collect();
+                let snapshot = Arc::new(Snapshot {
+                    by_hash,
+                    loaded_at: Instant::now(),
+                    generation,
+                });
+                *self.snapshot.write().expect("token snapshot") = Some(snapshot.clone());
+                Ok(snapshot)
+            }
+            Err(e) => match self.current() {
+                Some(stale) => {
+                    tracing::warn!(error = %e, "cannot read the tokens; using the last list");
+                    Ok(stale)
+                }
+                None => Err(ApiError::Internal(format!("reading the tokens: {e}"))),
+            },
+        }
+    }
+
+    async fn identify(&self, headers: &HeaderMap) -> Result<Caller, ApiError> {
+        let snapshot = self.tokens(REFRESH).await?;
+        let Some(value) = headers.get(header::AUTHORIZATION) else {
+            if snapshot.by_hash.is_empty() && self.open_allowed {
+                return Ok(Caller::anonymous());
+            }
+            return Err(ApiError::Unauthorized(
+                "this route needs a token: send `Authorization: Bearer <secret>`".into(),
+            ));
+        };
+        let secret = value
+            .to_str()
+            .ok()
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, secret)| secret.trim())
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| ApiError::Unauthorized("the Authorization header must be `Bearer <secret>`".into()))?;
+        let hash = secret_hash(secret);
+        if let Some(caller) = snapshot.by_hash.get(&hash) {
+            return Ok(caller.clone());
+        }
+        // Perhaps the token was created a moment ago by another process.
+        let snapshot = self.tokens(MISS_REFRESH).await?;
+        snapshot
+            .by_hash
+            .get(&hash)
+            .cloned()
+            .ok_or_else(|| ApiError::Unauthorized("the token is unknown or revoked".into()))
+    }
+
+    /// Charges one request to `key`: the rate-limit headers, or the 429.
+    fn charge(&self, key: String) -> Result<Option<[(HeaderName, HeaderValue); 3]>, Box<Response>> {
+        let Some((limiter, limit)) = &self.limiter else {
+            return Ok(None);
+        };
+        if limiter.len() > LIMITER_KEYS {
+            limiter.retain_recent();
+        }
+        let per_cell = Duration::from_secs(1) / limit.per_second.get();
+        let burst = limit.burst.get();
+        let seconds = |d: Duration| d.as_secs() + u64::from(d.subsec_nanos() > 0);
+        let headers = |remaining: u32| {
+            // Until the bucket is full again.
+            let reset = seconds(per_cell * (burst - remaining));
+            [
+                (HeaderName::from_static("x-ratelimit-limit"), HeaderValue::from(burst)),
+                (
+                    HeaderName::from_static("x-ratelimit-remaining"),
+                    HeaderValue::from(remaining),
+                ),
+                (HeaderName::from_static("x-ratelimit-reset"), HeaderValue::from(reset)),
+            ]
+        };
+        match limiter.check_key(&key) {
+            Ok(state) => Ok(Some(headers(state.remaining_burst_capacity()))),
+            Err(not_until) => {
+                let wait = not_until.wait_time_from(DefaultClock::default().now());
+                let retry_after = seconds(wait).max(1);
+                let mut response = ApiError::RateLimited(format!(
+                    "more than {} requests a second (bursts of {burst}); retry in {retry_after} s",
+                    limit.per_second
+                ))
+                .into_response();
+                let h = response.headers_mut();
+                h.extend(headers(0));
+                h.insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+                Err(Box::new(response))
+            }
+        }
+    }
+}
+
+/// The guard of every route that needs a scope.
+pub async fn guard(State(gate): State<Arc<Gate>>, mut request: Request, next: Next) -> Response {
+    let required = request
+        .extensions()
+        .get::<MatchedPath>()
+        .and_then(|route| required_scope(request.method(), route.as_str()));
+    let Some(required) = required else {
+        return next.run(request).await;
+    };
+    let identity = gate.identify(request.headers()).await;
+    let key = match &identity {
+        Ok(caller) if caller.name != ANONYMOUS => format!("token {}", caller.name),
+        _ => {
+            let addr = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+            format!(
+                "address {}",
+                addr.map_or_else(|| "unknown".to_owned(), |a| a.to_string())
+            )
+        }
+    };
+    let limit_headers = match gate.charge(key) {
+        Ok(headers) => headers,
+        Err(too_many) => return *too_many,
+    };
+    let mut response = match identity {
+        Err(e) => e.into_response(),
+        Ok(caller) if !caller.covers(required) => ApiError::Forbidden {
+            required,
+            granted: caller.scopes,
+        }
+        .into_response(),
+        Ok(caller) => {
+            request.extensions_mut().insert(caller);
+            next.run(request).await
+        }
+    };
+    if let Some(headers) = limit_headers {
+        response.headers_mut().extend(headers);
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scopes_follow_the_route_shape() {
+        let get = Method::GET;
+        let post = Method::POST;
+        assert_eq!(required_scope(&get, "/healthz"), None);
+        assert_eq!(required_scope(&get, "/metrics"), None);
+        assert_eq!(required_scope(&get, "/api/runs"), Some(Scope::RunsRead));
+        assert_eq!(required_scope(&get, "/api/runs/{id}/history"), Some(Scope::RunsRead));
+        assert_eq!(required_scope(&get, "/api/events"), Some(Scope::LedgerRead));
+        assert_eq!(required_scope(&get, "/api/runs/{id}/stream"), Some(Scope::LedgerRead));
+        assert_eq!(required_scope(&post, "/api/runs"), Some(Scope::RunsWrite));
+        assert_eq!(required_scope(&post, "/api/runs/{id}/retry"), Some(Scope::RunsWrite));
+        assert_eq!(required_scope(&post, "/api/runs/{id}/restore"), Some(Scope::RunsAdmin));
+        assert_eq!(
+            required_scope(&Method::DELETE, "/api/runs/{id}"),
+            Some(Scope::RunsAdmin)
+        );
+        assert_eq!(required_scope(&post, "/api/runs/bulk/cancel"), Some(Scope::RunsAdmin));
+    }
+}
