@@ -698,7 +698,21 @@ async fn a_body_over_8_mib_is_413(s: TestServer) {
     s.stop().await;
 }
 
+/// A query string over 8 KiB, or with over 64 parameters, is refused whole.
+async fn oversized_query_strings_are_422(s: TestServer) {
+    let long = format!("/api/runs?search={}", "x".repeat(9 * 1024));
+    let body = s.get(&long).await.invalid_at("query").clone();
+    assert!(body["detail"].as_str().unwrap().contains("at most 8192"), "{body}");
+    let many: Vec<String> = (0..65).map(|i| format!("tag=k{i}:v")).collect();
+    s.get(&format!("/api/runs?{}", many.join("&")))
+        .await
+        .invalid_at("query");
+    s.get("/api/events?after=0&limit=1").await.ok(200);
+    s.stop().await;
+}
+
 backend_tests!(
+    oversized_query_strings_are_422,
     malformed_json_is_a_400_and_appends_nothing,
     wrong_types_missing_and_unknown_fields_are_422_at_the_field,
     a_body_that_is_not_json_is_415,

@@ -148,6 +148,11 @@ fn quoted_field(message: &str, prefix: &str) -> Option<String> {
     Some(rest[..rest.find('`')?].to_owned())
 }
 
+/// The longest query string accepted (a longer one is a 422 at `query`).
+pub const MAX_QUERY_BYTES: usize = 8 * 1024;
+/// The most query parameters accepted.
+pub const MAX_QUERY_PARAMS: usize = 64;
+
 /// The query string as ordered pairs, taken one name at a time; whatever is
 /// left at the end is an unknown parameter.
 pub struct QueryParams {
@@ -160,10 +165,27 @@ impl<S: Send + Sync> FromRequestParts<S> for QueryParams {
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
         let query = parts.uri.query().unwrap_or_default();
+        if query.len() > MAX_QUERY_BYTES {
+            return Err(ApiError::invalid_one(
+                "query",
+                format!(
+                    "the query string is {} bytes; at most {MAX_QUERY_BYTES} are accepted",
+                    query.len()
+                ),
+                None,
+            ));
+        }
         let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query).map_err(|e| ApiError::Malformed {
             detail: format!("the query string cannot be decoded: {e}"),
             errors: vec![],
         })?;
+        if pairs.len() > MAX_QUERY_PARAMS {
+            return Err(ApiError::invalid_one(
+                "query",
+                format!("{} parameters; at most {MAX_QUERY_PARAMS} are accepted", pairs.len()),
+                None,
+            ));
+        }
         Ok(Self {
             pairs,
             faults: Faults::default(),
