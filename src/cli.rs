@@ -126,6 +126,10 @@ pub struct ServeArgs {
     /// Requests allowed at once above the steady rate.
     #[arg(long, env = "RUNLEDGER_RATE_LIMIT_BURST", default_value_t = 5_000)]
     pub rate_limit_burst: u32,
+    /// The most runs one bulk call may select (a larger selection is refused
+    /// with 422 and its size).
+    #[arg(long, env = "RUNLEDGER_BULK_MAX_RUNS", default_value_t = 100_000)]
+    pub bulk_max_runs: usize,
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -291,6 +295,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         request_timeout: std::time::Duration::from_secs(args.request_timeout_secs),
         cors_origins: args.cors_origins,
         rate_limit,
+        bulk_cap: args.bulk_max_runs,
         ..HttpConfig::default()
     };
     http::serve(ledger, config, listener, shutdown_signal()).await?;

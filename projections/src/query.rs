@@ -301,6 +301,18 @@ impl RunQuery {
         }
     }
 
+    /// The ids of every matching run, in id order, ignoring sort, limit and
+    /// offset: a bulk operation's selection.
+    pub fn ids_sql(&self) -> SqlQuery {
+        let table = self.table();
+        let mut b = Builder { args: Vec::new() };
+        let filter = self.where_sql(&mut b);
+        SqlQuery {
+            sql: format!("SELECT id FROM {table}{filter} ORDER BY id"),
+            args: b.args,
+        }
+    }
+
     /// The number of matching rows, ignoring limit and offset.
     pub fn count_sql(&self) -> SqlQuery {
         let table = self.table();

@@ -84,6 +84,8 @@ impl CreateRun {
 pub enum RetryAction {
     Retry,
     Replay,
+    /// A retry of a dead-lettered run that also clears its flag.
+    DlqReplay,
 }
 
 impl RetryAction {
@@ -91,6 +93,7 @@ impl RetryAction {
         match self {
             Self::Retry => "retry",
             Self::Replay => "replay",
+            Self::DlqReplay => "dlq_replay",
         }
     }
 }

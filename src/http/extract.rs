@@ -158,6 +158,8 @@ pub const MAX_QUERY_PARAMS: usize = 64;
 pub struct QueryParams {
     pairs: Vec<(String, String)>,
     pub faults: Faults,
+    /// Where the parameters came from: `query` for the query string.
+    origin: &'static str,
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for QueryParams {
@@ -189,13 +191,25 @@ impl<S: Send + Sync> FromRequestParts<S> for QueryParams {
         Ok(Self {
             pairs,
             faults: Faults::default(),
+            origin: "query",
         })
     }
 }
 
 impl QueryParams {
-    fn location(name: &str) -> String {
-        format!("query.{name}")
+    /// Parameters given another way (a bulk selector's `filter` object),
+    /// parsed by the same rules; faults are located under `origin`.
+    pub fn from_pairs(origin: &'static str, pairs: Vec<(String, String)>) -> Self {
+        Self {
+            pairs,
+            faults: Faults::default(),
+            origin,
+        }
+    }
+
+    /// Where a fault of parameter `name` is reported.
+    pub fn location(&self, name: &str) -> String {
+        format!("{}.{name}", self.origin)
     }
 
     /// Every value given for `name`.
@@ -212,7 +226,7 @@ impl QueryParams {
         let mut values = self.many(name);
         if values.len() > 1 {
             self.faults.add(
-                Self::location(name),
+                self.location(name),
                 "must be given at most once",
                 Some(Value::from(values.clone())),
             );
@@ -222,7 +236,8 @@ impl QueryParams {
 
     pub fn parsed<T, E: Into<String>>(&mut self, name: &str, parse: impl FnOnce(&str) -> Result<T, E>) -> Option<T> {
         let raw = self.one(name)?;
-        self.faults.check(&Self::location(name), &raw, parse)
+        let location = self.location(name);
+        self.faults.check(&location, &raw, parse)
     }
 
     pub fn int_in(&mut self, name: &str, min: i64, max: i64) -> Option<i64> {
@@ -253,7 +268,7 @@ impl QueryParams {
             match parse(item) {
                 Some(v) => out.push(v),
                 None => self.faults.add(
-                    Self::location(name),
+                    format!("{}.{name}", self.origin),
                     format!("{item:?} is not one of: {}", allowed()),
                     Some(Value::String(raw.clone())),
                 ),
@@ -264,18 +279,16 @@ impl QueryParams {
 
     /// Whether a fault was already recorded for parameter `name`.
     pub fn faults_at(&self, name: &str) -> bool {
-        let location = Self::location(name);
+        let location = self.location(name);
         self.faults.0.iter().any(|f| f.location == location)
     }
 
     /// Reports unknown parameters and every fault seen.
     pub fn finish(mut self) -> Result<(), ApiError> {
         for (name, value) in std::mem::take(&mut self.pairs) {
-            self.faults.add(
-                Self::location(&name),
-                "is not a known parameter",
-                Some(Value::String(value)),
-            );
+            let location = self.location(&name);
+            self.faults
+                .add(location, "is not a known parameter", Some(Value::String(value)));
         }
         self.faults.finish()
     }

@@ -1,6 +1,7 @@
 //! The HTTP API: one router per resource, merged here.
 
 mod auth;
+mod bulk;
 mod error;
 mod events;
 mod extract;
@@ -39,6 +40,7 @@ use crate::ledger::Ledger;
         (name = "tasks", description = "Runs grouped by task"),
         (name = "events", description = "The global log and live Server-Sent Event streams"),
         (name = "time travel", description = "Runs as they were at any past position or time"),
+        (name = "bulk", description = "Operations on many runs at once, by selector, in one transaction"),
         (name = "operations", description = "Health and readiness"),
     ),
     components(schemas(Problem, FieldError))
@@ -65,6 +67,8 @@ pub struct HttpConfig {
     pub shutdown_grace: Duration,
     /// Requests per token (per client address when open); `None`: unlimited.
     pub rate_limit: Option<RateLimit>,
+    /// The most runs one bulk call may select.
+    pub bulk_cap: usize,
 }
 
 impl Default for HttpConfig {
@@ -80,6 +84,7 @@ impl Default for HttpConfig {
                 per_second: std::num::NonZeroU32::new(1_000).expect("non-zero"),
                 burst: std::num::NonZeroU32::new(5_000).expect("non-zero"),
             }),
+            bulk_cap: bulk::DEFAULT_BULK_CAP,
         }
     }
 }
@@ -100,6 +105,7 @@ pub fn api(
         .merge(tasks::router())
         .merge(system::router())
         .merge(metrics::router())
+        .merge(bulk::router())
         .split_for_parts();
     auth::document(&mut openapi);
     let router = router
@@ -113,6 +119,7 @@ pub fn api(
             config.request_timeout,
         ))
         .layer(Extension(streams))
+        .layer(Extension(bulk::BulkCap(config.bulk_cap)))
         .layer(middleware::from_fn(error::problems))
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {

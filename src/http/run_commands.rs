@@ -35,6 +35,7 @@ pub fn router() -> OpenApiRouter<Arc<Ledger>> {
         .routes(routes!(restore_run))
         .routes(routes!(retry_run))
         .routes(routes!(replay_run))
+        .routes(routes!(dlq_replay_run))
 }
 
 const MAX_REASON: usize = 1000;
@@ -486,7 +487,11 @@ async fn retry(
             Json(RetryAccepted {
                 run_id: source.id,
                 new_run_id: new_run.id,
-                action: "retry",
+                action: if action == RetryAction::DlqReplay {
+                    "dlq_replay"
+                } else {
+                    "retry"
+                },
                 status: "accepted",
                 message: format!(
                     "run {} created as attempt {} of task {}; run {} is preserved",
@@ -518,6 +523,26 @@ async fn retry_run(
     JsonBody(body): JsonBody<RetryRequest>,
 ) -> Result<Response, ApiError> {
     retry(&ledger, meta, &id, body, RetryAction::Retry).await
+}
+
+/// Replay a dead-lettered run: a retry that also clears the run's
+/// dead-letter flag (409 if the run is not dead-lettered).
+#[utoipa::path(post, path = "/api/runs/{id}/dlq-replay", tag = "runs",
+    params(("id" = String, Path, description = "Run id")),
+    request_body = RetryRequest,
+    responses(
+        (status = 202, body = RetryAccepted),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The run is not dead-lettered", body = Problem, content_type = "application/problem+json"),
+        (status = 422, body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn dlq_replay_run(
+    State(ledger): State<Arc<Ledger>>,
+    Path(id): Path<String>,
+    RequestMeta(meta): RequestMeta,
+    JsonBody(body): JsonBody<RetryRequest>,
+) -> Result<Response, ApiError> {
+    retry(&ledger, meta, &id, body, RetryAction::DlqReplay).await
 }
 
 /// Alias of `/retry`.

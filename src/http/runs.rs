@@ -46,7 +46,7 @@ pub fn parse_as_of(raw: &str) -> Result<AsOf, String> {
         .map_err(|_| "must be a position (an integer) or an RFC 3339 date-time".into())
 }
 
-async fn resolve(ledger: &Ledger, at: AsOf) -> Result<i64, ApiError> {
+pub async fn resolve(ledger: &Ledger, at: AsOf) -> Result<i64, ApiError> {
     match at {
         AsOf::Position(p) => Ok(p),
         AsOf::Time(t) => Ok(ledger.position_at(t).await?),
@@ -129,15 +129,18 @@ pub fn run_query(params: &mut QueryParams) -> RunQuery {
     let retries_only = params.flag("retries_only").unwrap_or(false);
     let search = params.parsed("search", bounded);
     let mut tags = Vec::new();
+    let tag_location = params.location("tag");
     for raw in params.many("tag") {
-        let parsed = params.faults.check("query.tag", &raw, |raw| match raw.split_once(':') {
-            Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
-            _ => Err("must be key:value"),
-        });
+        let parsed = params
+            .faults
+            .check(&tag_location, &raw, |raw| match raw.split_once(':') {
+                Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+                _ => Err("must be key:value"),
+            });
         tags.extend(parsed);
     }
     if tags.len() > 20 {
-        params.faults.add("query.tag", "at most 20 tag filters", None);
+        params.faults.add(tag_location, "at most 20 tag filters", None);
     }
     let parent_run_id = params.parsed("parent_run_id", parse_uuid);
     let include_deleted = params.flag("include_deleted").unwrap_or(false);
@@ -153,8 +156,9 @@ pub fn run_query(params: &mut QueryParams) -> RunQuery {
         .unwrap_or_default();
     if let (Some(min), Some(max)) = (exit_code_min, exit_code_max) {
         if min > max {
+            let location = params.location("exit_code_min");
             params.faults.add(
-                "query.exit_code_min",
+                location,
                 format!("must not exceed exit_code_max ({max})"),
                 Some(min.into()),
             );
@@ -162,8 +166,9 @@ pub fn run_query(params: &mut QueryParams) -> RunQuery {
     }
     if let (Some(after), Some(before)) = (created_after, created_before) {
         if after > before {
+            let location = params.location("created_after");
             params.faults.add(
-                "query.created_after",
+                location,
                 "must not be later than created_before",
                 Some(after.to_rfc3339().into()),
             );

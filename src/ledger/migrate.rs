@@ -21,6 +21,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "run_history",
         include_str!("../../migrations/sqlite/0005_run_history.sql"),
     ),
+    (
+        6,
+        "operations",
+        include_str!("../../migrations/sqlite/0006_operations.sql"),
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]

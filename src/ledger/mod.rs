@@ -2,6 +2,7 @@
 //! projections. Each backend is a module: SQLite (embedded, the default) and
 //! PostgreSQL (several nodes on one database).
 
+pub mod bulk;
 mod execute;
 pub mod migrate;
 mod postgres;

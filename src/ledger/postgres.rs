@@ -21,6 +21,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
+use super::bulk::{self, BulkCall, BulkError, BulkReport, OperationRecord, OperationRow};
 use super::execute::{execute, stream_of, ExecError, RunStore};
 use super::{EventsQuery, LedgerError};
 use crate::auth::{TokenError, TokenRow, INSERT_TOKEN_SQL, REVOKE_TOKEN_SQL, TOKENS_SQL};
@@ -542,5 +543,141 @@ impl PgLedger {
             .await?;
         tx.commit().await?;
         Ok((ids.iter().filter_map(|id| id.parse().ok()).collect(), total))
+    }
+}
+
+/// Rows per statement when a bulk call writes its events and projections.
+const BULK_CHUNK: usize = 5_000;
+
+impl PgLedger {
+    /// A bulk call in one transaction holding the append lock (so it is
+    /// ordered with every node's batches): select, load, act on each run
+    /// through the executor, then write events, projections and the
+    /// operation in chunks. A dry run reads one snapshot and writes nothing.
+    pub async fn bulk(
+        &self,
+        call: BulkCall,
+        metadata: Metadata,
+        operation_id: Option<Uuid>,
+    ) -> Result<BulkReport, BulkError> {
+        let storage = |e: sqlx::Error| BulkError::Ledger(LedgerError::Storage(e.to_string()));
+        let mut tx = self.pool.begin().await.map_err(storage)?;
+        if call.dry_run {
+            sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                .execute(&mut *tx)
+                .await
+                .map_err(storage)?;
+        } else {
+            log::lock(&mut tx).await.map_err(storage)?;
+        }
+        let sealer = log::head(&mut tx).await.map_err(storage)?;
+        let head = sealer.position;
+        let matched = match call.query() {
+            Some(q) => Some(runs::select(&mut tx, &q, call.max_matches()).await.map_err(storage)?),
+            None => None,
+        };
+        let ids = call.resolve(matched)?;
+        let mut known: HashMap<Uuid, Option<RunState>> = ids.iter().map(|id| (*id, None)).collect();
+        for chunk in ids.chunks(BULK_CHUNK) {
+            for state in runs::load_many(&mut tx, chunk).await.map_err(storage)? {
+                known.insert(state.id, Some(state));
+            }
+        }
+        let mut store = BatchStore {
+            runs: known,
+            sealer,
+            sealed: Vec::new(),
+            changed: Vec::new(),
+            closes: Vec::new(),
+            history: Vec::new(),
+        };
+        let (results, unknown_ids) = bulk::apply(&mut store, &call, &ids, &metadata).map_err(|e| match e {
+            ExecError::Command(e) => BulkError::Ledger(LedgerError::Command(e)),
+            ExecError::Storage(e) => BulkError::Ledger(LedgerError::Storage(e)),
+        })?;
+        let report = BulkReport {
+            operation_id,
+            as_of: call.as_of.unwrap_or(head),
+            selected: ids.len() - unknown_ids.len(),
+            unknown_ids,
+            affected: results.iter().filter(|r| r.outcome.is_ok()).count(),
+            results,
+        };
+        let Some(id) = operation_id else {
+            tx.rollback().await.map_err(storage)?;
+            return Ok(report);
+        };
+        for chunk in store.sealed.chunks(BULK_CHUNK) {
+            log::insert(&mut tx, chunk).await.map_err(storage)?;
+        }
+        for chunk in store.changed.chunks(BULK_CHUNK) {
+            let rows: Vec<RunRow> = chunk
+                .iter()
+                .map(|(id, tags)| RunRow {
+                    state: store.runs[id].as_ref().expect("stored runs exist"),
+                    tags: *tags,
+                })
+                .collect();
+            runs::store_many(&mut tx, &rows).await.map_err(storage)?;
+        }
+        for chunk in store.closes.chunks(BULK_CHUNK) {
+            runs::store_history(&mut tx, chunk, &[]).await.map_err(storage)?;
+        }
+        for chunk in store.history.chunks(BULK_CHUNK) {
+            runs::store_history(&mut tx, &[], chunk).await.map_err(storage)?;
+        }
+        let id = id.to_string();
+        sqlx::query(bulk::INSERT_OPERATION_SQL)
+            .bind(&id)
+            .bind(call.kind.as_str())
+            .bind(&metadata.actor)
+            .bind(&metadata.request_id)
+            .bind(call.selector.to_string())
+            .bind(report.as_of)
+            .bind(report.selected as i64)
+            .bind(report.affected as i64)
+            .bind(runledger_events::Timestamp::now().to_rfc3339())
+            .execute(&mut *tx)
+            .await
+            .map_err(storage)?;
+        let changed = bulk::changed_runs(&report.results);
+        for (n, chunk) in changed.chunks(BULK_CHUNK).enumerate() {
+            let seq: Vec<i64> = (0..chunk.len()).map(|i| (n * BULK_CHUNK + i) as i64).collect();
+            sqlx::query(
+                "INSERT INTO operation_runs (operation_id, seq, run_id, new_run_id) \
+                 SELECT $1, * FROM UNNEST($2::bigint[], $3::text[], $4::text[])",
+            )
+            .bind(&id)
+            .bind(seq)
+            .bind(chunk.iter().map(|c| c.0.as_str()).collect::<Vec<_>>())
+            .bind(chunk.iter().map(|c| c.1.as_deref()).collect::<Vec<_>>())
+            .execute(&mut *tx)
+            .await
+            .map_err(storage)?;
+        }
+        if !store.sealed.is_empty() {
+            log::notify(&mut tx, store.sealer.position).await.map_err(storage)?;
+        }
+        tx.commit().await.map_err(storage)?;
+        runledger_events::record_appended(store.sealed.len() as u64);
+        Ok(report)
+    }
+
+    pub async fn operation(&self, id: Uuid, limit: i64, offset: i64) -> Result<Option<OperationRecord>, LedgerError> {
+        let mut conn = self.pool.acquire().await?;
+        let row: Option<OperationRow> = sqlx::query_as(bulk::OPERATION_SQL)
+            .bind(id.to_string())
+            .fetch_optional(&mut *conn)
+            .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let runs: Vec<(String, Option<String>)> = sqlx::query_as(bulk::OPERATION_RUNS_SQL)
+            .bind(&row.id)
+            .bind(limit)
+            .bind(offset)
+            .fetch_all(&mut *conn)
+            .await?;
+        row.into_record(runs).map(Some)
     }
 }

@@ -1,4 +1,6 @@
 use std::path::PathBuf;
+
+use rusqlite::OptionalExtension;
 use std::sync::Arc;
 
 use runledger_events::sqlite::{insert_sealed, read, verify_chain, ChainReport, ReadPool, WriteError, WriteTx, Writer};
@@ -8,6 +10,7 @@ use runledger_projections::{HistoryVersion, LogEntry, RunQuery, RunState, TaskSu
 use tracing::instrument;
 use uuid::Uuid;
 
+use super::bulk::{self, BulkCall, BulkError, BulkReport, OperationRecord, OperationRow};
 use super::execute::{execute, stream_of, ExecError, RunStore};
 use super::{migrate, EventsQuery, LedgerError};
 use crate::auth::{TokenError, TokenRow, INSERT_TOKEN_SQL, REVOKE_TOKEN_SQL, TOKENS_SQL, TOKEN_EXISTS_SQL};
@@ -292,5 +295,105 @@ impl SqliteLedger {
             .await?;
         let ids = rows.0.iter().filter_map(|id| id.parse().ok()).collect();
         Ok((ids, rows.1))
+    }
+}
+
+impl SqliteLedger {
+    /// A bulk call as one writer unit: select, act on each run, record the
+    /// operation. Only the selection may refuse, before anything is written.
+    pub async fn bulk(
+        &self,
+        call: BulkCall,
+        metadata: Metadata,
+        operation_id: Option<Uuid>,
+    ) -> Result<BulkReport, BulkError> {
+        let storage = |e: rusqlite::Error| BulkError::Ledger(LedgerError::Storage(e.to_string()));
+        let result = self
+            .writer
+            .submit(move |tx| {
+                let head = read::head(tx.conn()).map_err(storage)?.0;
+                let matched = match call.query() {
+                    Some(q) => Some(runs::select(tx.conn(), &q, call.max_matches()).map_err(storage)?),
+                    None => None,
+                };
+                let ids = call.resolve(matched)?;
+                let (results, unknown_ids) =
+                    bulk::apply(&mut SqliteStore(tx), &call, &ids, &metadata).map_err(|e| match e {
+                        ExecError::Command(e) => BulkError::Ledger(LedgerError::Command(e)),
+                        ExecError::Storage(e) => BulkError::Ledger(LedgerError::Storage(e)),
+                    })?;
+                let report = BulkReport {
+                    operation_id,
+                    as_of: call.as_of.unwrap_or(head),
+                    selected: ids.len() - unknown_ids.len(),
+                    unknown_ids,
+                    affected: results.iter().filter(|r| r.outcome.is_ok()).count(),
+                    results,
+                };
+                if let Some(id) = operation_id {
+                    let conn = tx.writer();
+                    let id = id.to_string();
+                    conn.prepare_cached(bulk::INSERT_OPERATION_SQL)
+                        .and_then(|mut s| {
+                            s.execute(rusqlite::params![
+                                id,
+                                call.kind.as_str(),
+                                metadata.actor,
+                                metadata.request_id,
+                                call.selector.to_string(),
+                                report.as_of,
+                                report.selected as i64,
+                                report.affected as i64,
+                                runledger_events::Timestamp::now().to_rfc3339(),
+                            ])
+                        })
+                        .map_err(storage)?;
+                    let mut insert = conn.prepare_cached(bulk::INSERT_OPERATION_RUN_SQL).map_err(storage)?;
+                    for (seq, (run, new_run)) in bulk::changed_runs(&report.results).into_iter().enumerate() {
+                        insert
+                            .execute(rusqlite::params![id, seq as i64, run, new_run])
+                            .map_err(storage)?;
+                    }
+                }
+                Ok(report)
+            })
+            .await;
+        result.map_err(|e| match e {
+            WriteError::Refused(e) => e,
+            WriteError::Storage(e) => BulkError::Ledger(LedgerError::Storage(e.to_string())),
+            WriteError::Closed => BulkError::Ledger(LedgerError::Storage("the writer has stopped".into())),
+        })
+    }
+
+    pub async fn operation(&self, id: Uuid, limit: i64, offset: i64) -> Result<Option<OperationRecord>, LedgerError> {
+        let rows = self
+            .pool
+            .read(move |c| {
+                let id = id.to_string();
+                let row = c
+                    .prepare_cached(bulk::OPERATION_SQL)?
+                    .query_row([&id], |r| {
+                        Ok(OperationRow {
+                            id: r.get(0)?,
+                            kind: r.get(1)?,
+                            actor: r.get(2)?,
+                            request_id: r.get(3)?,
+                            selector: r.get(4)?,
+                            as_of: r.get(5)?,
+                            selected: r.get(6)?,
+                            affected: r.get(7)?,
+                            created_at: r.get(8)?,
+                        })
+                    })
+                    .optional()?;
+                let Some(row) = row else { return Ok(None) };
+                let runs = c
+                    .prepare_cached(bulk::OPERATION_RUNS_SQL)?
+                    .query_map(rusqlite::params![id, limit, offset], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<rusqlite::Result<Vec<(String, Option<String>)>>>()?;
+                Ok(Some((row, runs)))
+            })
+            .await?;
+        rows.map(|(row, runs)| row.into_record(runs)).transpose()
     }
 }

@@ -240,6 +240,21 @@ pub async fn store_many(conn: &mut PgConnection, rows: &[RunRow<'_>]) -> sqlx::R
 }
 
 /// A page of runs and the number of runs matching the filter.
+/// How many runs match the query, and — when there are at most `max` — their
+/// ids, in id order.
+pub async fn select(conn: &mut PgConnection, query: &RunQuery, max: usize) -> sqlx::Result<(i64, Option<Vec<Uuid>>)> {
+    let total: i64 = scalar(&query.count_sql()).fetch_one(&mut *conn).await?;
+    if total as usize > max {
+        return Ok((total, None));
+    }
+    let rows: Vec<String> = scalar(&query.ids_sql()).fetch_all(&mut *conn).await?;
+    let ids = rows
+        .iter()
+        .map(|id| id.parse::<Uuid>().map_err(|e| sqlx::Error::Decode(Box::new(e))))
+        .collect::<sqlx::Result<Vec<Uuid>>>()?;
+    Ok((total, Some(ids)))
+}
+
 pub async fn list(conn: &mut PgConnection, query: &RunQuery) -> sqlx::Result<(Vec<RunState>, i64)> {
     let runs = states(conn, &query.page_sql()).await?;
     let total: i64 = scalar(&query.count_sql()).fetch_one(conn).await?;

@@ -171,6 +171,29 @@ fn store_row(conn: &Connection, previous: Option<&RunState>, state: &RunState) -
     Ok(())
 }
 
+/// How many runs match the query, and — when there are at most `max` — their
+/// ids, in id order.
+pub fn select(conn: &Connection, query: &RunQuery, max: usize) -> rusqlite::Result<(i64, Option<Vec<Uuid>>)> {
+    let count = query.count_sql();
+    let total: i64 = conn
+        .prepare_cached(&count.sql)?
+        .query_row(rusqlite::params_from_iter(bind(&count.args)), |r| r.get(0))?;
+    if total as usize > max {
+        return Ok((total, None));
+    }
+    let ids = query.ids_sql();
+    let mut stmt = conn.prepare_cached(&ids.sql)?;
+    let rows = stmt.query_map(rusqlite::params_from_iter(bind(&ids.args)), |r| r.get::<_, String>(0))?;
+    let ids = rows
+        .map(|r| r.and_then(|id| id.parse::<Uuid>().map_err(|e| json_err_any(e.to_string()))))
+        .collect::<rusqlite::Result<Vec<Uuid>>>()?;
+    Ok((total, Some(ids)))
+}
+
+fn json_err_any(message: String) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, message.into())
+}
+
 /// A page of runs and the number of runs matching the filter.
 pub fn list(conn: &Connection, query: &RunQuery) -> rusqlite::Result<(Vec<RunState>, i64)> {
     let runs = query_states(conn, &query.page_sql())?;

@@ -1,0 +1,413 @@
+//! Bulk operations by selector through the real server, on both backends.
+
+mod common;
+
+use common::TestServer;
+use reqwest::Method;
+use runledger::http::HttpConfig;
+use serde_json::{json, Value};
+
+fn id(run: &Value) -> String {
+    run["id"].as_str().unwrap().to_owned()
+}
+
+async fn run_state(s: &TestServer, run: &str) -> Value {
+    s.get(&format!("/api/runs/{run}")).await.ok(200).clone()
+}
+
+async fn events_of(s: &TestServer, run: &str) -> Vec<Value> {
+    s.get(&format!("/api/runs/{run}/events")).await.ok(200)["events"]
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+async fn delete_and_restore_by_ids_and_by_filter(s: TestServer) {
+    let a = id(&s.run_through("a", json!({}), &["start", "end:failed:1"]).await);
+    let b = id(&s.run_through("a", json!({}), &["start", "end:failed:2"]).await);
+    let c = id(&s.run_through("b", json!({}), &["start", "end:success:0"]).await);
+    let unknown = "0195f2a0-0000-7000-8000-000000000000";
+
+    // Ids: duplicates count once, unknown ids are reported, not fatal.
+    let deleted = s
+        .post(
+            "/api/runs/bulk/delete",
+            json!({"ids": [a, b, a, unknown], "reason": "cleanup"}),
+        )
+        .await;
+    let body = deleted.ok(200).clone();
+    assert_eq!(body["affected"], 2);
+    assert_eq!(body["selected"], 2);
+    assert_eq!(body["unknown_ids"], json!([unknown]));
+    let operation = body["operation_id"].as_str().unwrap().to_owned();
+    assert_eq!(run_state(&s, &a).await["deleted"], true);
+    assert_eq!(run_state(&s, &c).await["deleted"], false);
+    // Its events share the operation's id.
+    for run in [&a, &b] {
+        let last = events_of(&s, run).await.pop().unwrap();
+        assert_eq!(last["type"], "run.deleted");
+        assert_eq!(last["metadata"]["operation_id"], operation.as_str());
+        assert_eq!(last["data"]["reason"], "cleanup");
+    }
+    let record = s.get(&format!("/api/operations/{operation}")).await.ok(200).clone();
+    assert_eq!(record["kind"], "delete");
+    assert_eq!(record["actor"], "anonymous");
+    assert_eq!(record["affected"], 2);
+    assert_eq!(record["selector"]["ids"].as_array().unwrap().len(), 4);
+    let mut changed: Vec<&str> = record["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["run_id"].as_str().unwrap())
+        .collect();
+    changed.sort();
+    let mut expected = vec![a.as_str(), b.as_str()];
+    expected.sort();
+    assert_eq!(changed, expected);
+
+    // Again: nothing left to change.
+    let again = s.post("/api/runs/bulk/delete", json!({"ids": [a, b]})).await;
+    assert_eq!(again.ok(200)["affected"], 0);
+
+    // By filter: restore what is deleted, except b.
+    let restored = s
+        .post(
+            "/api/runs/bulk/restore",
+            json!({"match_all": true, "filter": {"status": ["deleted"], "task_name": "a"}, "except_ids": [b]}),
+        )
+        .await;
+    assert_eq!(restored.ok(200)["affected"], 1);
+    assert_eq!(run_state(&s, &a).await["deleted"], false);
+    assert_eq!(run_state(&s, &b).await["deleted"], true);
+    // Restoring runs that are not deleted changes nothing.
+    let none = s
+        .post(
+            "/api/runs/bulk/restore",
+            json!({"match_all": true, "filter": {"task_name": "b"}}),
+        )
+        .await;
+    assert_eq!(none.ok(200)["affected"], 0);
+    assert_eq!(none.body["selected"], 1);
+    s.stop().await;
+}
+
+async fn cancel_retry_dlq_replay_and_rerun(s: TestServer) {
+    let pending = id(&s.create(json!({"task_name": "c"})).await);
+    let running = id(&s.run_through("c", json!({}), &["start"]).await);
+    let ended = id(&s.run_through("c", json!({}), &["start", "end:success:0"]).await);
+    let cancel = s
+        .post(
+            "/api/runs/bulk/cancel",
+            json!({"match_all": true, "filter": {"task_name": "c"}}),
+        )
+        .await;
+    let body = cancel.ok(200).clone();
+    assert_eq!(
+        (
+            body["total"].as_i64(),
+            body["canceled"].as_i64(),
+            body["failed"].as_i64()
+        ),
+        (Some(3), Some(2), Some(1))
+    );
+    for r in body["results"].as_array().unwrap() {
+        let expected = if r["id"] == ended.as_str() {
+            "failed"
+        } else {
+            "canceled"
+        };
+        assert_eq!(r["status"], expected, "{r}");
+        assert_eq!(r["error"].is_null(), expected == "canceled", "{r}");
+    }
+    for run in [&pending, &running] {
+        let state = run_state(&s, run).await;
+        assert_eq!(
+            (state["status"].as_str(), state["end_reason"].as_str()),
+            (Some("ended"), Some("stopped"))
+        );
+    }
+
+    // Retry every failed run; an unfinished one cannot be retried.
+    let f1 = id(&s
+        .run_through("r", json!({"payload": {"n": 1}}), &["start", "end:failed:1"])
+        .await);
+    let f2 = id(&s
+        .run_through("r", json!({"payload": {"n": 2}}), &["start", "end:failed:1"])
+        .await);
+    let open = id(&s.run_through("r", json!({}), &["start"]).await);
+    let retried = s
+        .post(
+            "/api/runs/bulk/retry",
+            json!({"ids": [f1, f2, open], "reason": "flaky network"}),
+        )
+        .await;
+    let body = retried.ok(200).clone();
+    assert_eq!(body["affected"], 2);
+    let new_runs = body["runs"].as_array().unwrap();
+    assert_eq!(new_runs.len(), 2);
+    for new_run in new_runs {
+        assert_eq!(new_run["triggered_by"], "retry");
+        assert_eq!(new_run["retry_attempt"], 1);
+        assert!([f1.as_str(), f2.as_str()].contains(&new_run["retry_of_run_id"].as_str().unwrap()));
+    }
+    assert_eq!(body["failed"][0]["id"], open.as_str());
+    let operation = body["operation_id"].as_str().unwrap();
+    let record = s.get(&format!("/api/operations/{operation}")).await.ok(200).clone();
+    assert!(record["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|r| r["new_run_id"].is_string()));
+
+    // Dead letters: the last attempt fails; dlq-replay retries and clears the flag.
+    let dead = id(&s
+        .run_through("d", json!({"max_attempts": 1}), &["start", "end:crashed:137"])
+        .await);
+    assert_eq!(run_state(&s, &dead).await["dead_lettered"], true);
+    let replayed = s
+        .post(
+            "/api/runs/bulk/dlq-replay",
+            json!({"match_all": true, "filter": {"status": "dead_letter"}}),
+        )
+        .await;
+    let body = replayed.ok(200).clone();
+    assert_eq!(body["affected"], 1);
+    assert_eq!(body["runs"][0]["retry_of_run_id"], dead.as_str());
+    assert_eq!(run_state(&s, &dead).await["dead_lettered"], false);
+    // Nothing is dead-lettered any more; a run that is not is refused, with its reason.
+    let none = s.post("/api/runs/bulk/dlq-replay", json!({"ids": [dead]})).await;
+    assert_eq!(none.ok(200)["affected"], 0);
+    assert!(none.body["failed"][0]["error"]
+        .as_str()
+        .unwrap()
+        .contains("dead-lettered"));
+    // The single-run endpoint does the same.
+    let dead2 = id(&s
+        .run_through("d", json!({"max_attempts": 1}), &["start", "end:failed:1"])
+        .await);
+    let one = s.post(&format!("/api/runs/{dead2}/dlq-replay"), json!({})).await;
+    assert_eq!(one.ok(202)["action"], "dlq_replay");
+    s.post(&format!("/api/runs/{dead2}/dlq-replay"), json!({}))
+        .await
+        .problem(409, "illegal_transition");
+
+    // Rerun: one new run per task, from the task's most recent selected run.
+    let rerun = s
+        .post(
+            "/api/runs/bulk/rerun",
+            json!({"match_all": true, "filter": {"task_name": "r", "status": "failed"}}),
+        )
+        .await;
+    let body = rerun.ok(200).clone();
+    let runs = body["runs"].as_object().unwrap();
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs["r"]["triggered_by"], "rerun");
+    assert_eq!(runs["r"]["payload"], json!({"n": 2}), "the most recent run's payload");
+    assert_eq!(runs["r"]["status"], "pending");
+    let both = s
+        .post("/api/runs/bulk/rerun", json!({"ids": [pending, running, dead]}))
+        .await;
+    let mut tasks: Vec<&String> = both.ok(200)["runs"].as_object().unwrap().keys().collect();
+    tasks.sort();
+    assert_eq!(tasks, ["c", "d"]);
+    assert_eq!(both.body["affected"], 2);
+    s.stop().await;
+}
+
+/// A dry run counts exactly and writes nothing; a call pinned to its
+/// `as_of` acts on exactly the runs that matched then, while other writes
+/// change what matches now.
+async fn dry_run_then_pinned_execution(s: TestServer) {
+    let mut runs = Vec::new();
+    for i in 0..5 {
+        runs.push(id(&s
+            .run_through("x", json!({}), &["start", &format!("end:failed:{i}")])
+            .await));
+    }
+    let before = s.event_count().await;
+    let selector = json!({"match_all": true, "filter": {"task_name": "x", "status": "failed"}});
+    let mut dry = selector.clone();
+    dry["dry_run"] = json!(true);
+    let counted = s.post("/api/runs/bulk/delete", dry).await;
+    let body = counted.ok(200).clone();
+    assert_eq!(body["affected"], 5);
+    assert_eq!(body["dry_run"], true);
+    assert!(body["operation_id"].is_null());
+    let as_of = body["as_of"].as_i64().unwrap();
+    assert_eq!(as_of, before);
+    assert_eq!(s.event_count().await, before, "a dry run writes nothing");
+
+    // Meanwhile: one of them is deleted by hand, two new runs match.
+    s.delete(&format!("/api/runs/{}", runs[0]), json!({})).await.ok(200);
+    let mut later = Vec::new();
+    for _ in 0..2 {
+        later.push(id(&s.run_through("x", json!({}), &["start", "end:failed:9"]).await));
+    }
+    // Writes go on while the pinned call runs.
+    let mut pinned = selector.clone();
+    pinned["as_of"] = json!(as_of);
+    let writes = async {
+        for _ in 0..5 {
+            s.create(json!({"task_name": "x"})).await;
+        }
+    };
+    let (deleted, ()) = tokio::join!(s.post("/api/runs/bulk/delete", pinned), writes);
+    let body = deleted.ok(200).clone();
+    assert_eq!(body["selected"], 5, "the runs that matched at {as_of}");
+    assert_eq!(body["affected"], 4, "one was deleted already");
+    assert_eq!(body["as_of"], as_of);
+    for run in &runs {
+        assert_eq!(run_state(&s, run).await["deleted"], true);
+    }
+    for run in &later {
+        assert_eq!(run_state(&s, run).await["deleted"], false, "matched only after {as_of}");
+    }
+    // By time as well as by position.
+    let at = events_of(&s, &runs[4]).await[2]["recorded_at"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut by_time = selector.clone();
+    by_time["as_of"] = json!(at);
+    by_time["dry_run"] = json!(true);
+    let counted = s.post("/api/runs/bulk/restore", by_time).await;
+    assert_eq!(counted.ok(200)["selected"], 5);
+    assert_eq!(counted.body["affected"], 5, "all five are deleted now");
+    s.stop().await;
+}
+
+async fn invalid_selectors_are_422_at_their_location_and_change_nothing(s: TestServer) {
+    let run = id(&s.run_through("t", json!({}), &["start"]).await);
+    let before = s.event_count().await;
+    let cases = [
+        (json!({}), "body"),
+        (json!({"ids": [run], "match_all": true}), "body.ids"),
+        (json!({"ids": []}), "body.ids"),
+        (json!({"ids": [run, "nope"]}), "body.ids[1]"),
+        (json!({"match_all": false}), "body.match_all"),
+        (json!({"ids": [run], "filter": {"task_name": "t"}}), "body.filter"),
+        (json!({"ids": [run], "except_ids": [run]}), "body.except_ids"),
+        (json!({"ids": [run], "as_of": 1}), "body.as_of"),
+        (
+            json!({"match_all": true, "filter": {"status": "bogus"}}),
+            "body.filter.status",
+        ),
+        (
+            json!({"match_all": true, "filter": {"created_after": "yesterday"}}),
+            "body.filter.created_after",
+        ),
+        (
+            json!({"match_all": true, "filter": {"colour": "red"}}),
+            "body.filter.colour",
+        ),
+        (json!({"match_all": true, "filter": {"limit": 5}}), "body.filter.limit"),
+        (
+            json!({"match_all": true, "filter": {"tag": ["nocolon"]}}),
+            "body.filter.tag",
+        ),
+        (
+            json!({"match_all": true, "filter": {"task_name": {"a": 1}}}),
+            "body.filter.task_name",
+        ),
+        (
+            json!({"match_all": true, "filter": {"exit_code_min": 5, "exit_code_max": 1}}),
+            "body.filter.exit_code_min",
+        ),
+        (json!({"match_all": true, "except_ids": ["x"]}), "body.except_ids[0]"),
+        (json!({"match_all": true, "as_of": "soon"}), "body.as_of"),
+        (json!({"match_all": true, "as_of": -1}), "body.as_of"),
+        (json!({"match_all": true, "colour": 1}), "body.colour"),
+        (json!({"match_all": true, "dry_run": "yes"}), "body.dry_run"),
+        (json!({"match_all": true, "reason": ""}), "body.reason"),
+    ];
+    for path in ["delete", "restore", "cancel", "retry", "dlq-replay", "rerun"] {
+        for (body, location) in &cases {
+            let reply = s.post(&format!("/api/runs/bulk/{path}"), body.clone()).await;
+            assert_eq!(reply.status, 422, "{path} {body}: {}", reply.body);
+            reply.invalid_at(location);
+        }
+        let malformed = s
+            .send_raw(
+                Method::POST,
+                &format!("/api/runs/bulk/{path}"),
+                "application/json",
+                "{\"ids\": [",
+            )
+            .await;
+        malformed.problem(400, "malformed_request");
+    }
+    assert_eq!(s.event_count().await, before);
+    s.get("/api/operations/nope").await.invalid_at("path.id");
+    s.get(&format!("/api/operations/{run}?limit=0"))
+        .await
+        .invalid_at("query.limit");
+    s.get(&format!("/api/operations/{run}"))
+        .await
+        .problem(404, "operation_not_found");
+    s.stop().await;
+}
+
+fn capped() -> HttpConfig {
+    HttpConfig {
+        bulk_cap: 3,
+        ..HttpConfig::default()
+    }
+}
+
+/// Above the cap a selection is refused whole, with its size.
+async fn selections_above_the_cap_are_refused_with_their_size(s: TestServer) {
+    let mut runs = Vec::new();
+    for _ in 0..5 {
+        runs.push(id(&s.create(json!({"task_name": "many"})).await));
+    }
+    let before = s.event_count().await;
+    let refused = s
+        .post(
+            "/api/runs/bulk/cancel",
+            json!({"match_all": true, "filter": {"task_name": "many"}}),
+        )
+        .await;
+    let body = refused.invalid_at("body").clone();
+    assert_eq!(body["errors"][0]["value"], 5);
+    assert!(body["detail"].as_str().unwrap().contains("5 runs"), "{body}");
+    let ids = s.post("/api/runs/bulk/cancel", json!({"ids": runs[..4]})).await;
+    ids.invalid_at("body.ids");
+    assert_eq!(s.event_count().await, before);
+    // except_ids can bring a selection under the cap.
+    let fits = s
+        .post(
+            "/api/runs/bulk/cancel",
+            json!({"match_all": true, "filter": {"task_name": "many"}, "except_ids": [runs[0], runs[1]]}),
+        )
+        .await;
+    assert_eq!(fits.ok(200)["canceled"], 3);
+    s.stop().await;
+}
+
+mod sqlite_capped {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn selections_above_the_cap_are_refused_with_their_size() {
+        super::selections_above_the_cap_are_refused_with_their_size(TestServer::sqlite_with(capped()).await).await
+    }
+}
+
+mod postgres_capped {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn selections_above_the_cap_are_refused_with_their_size() {
+        let name = "selections_above_the_cap_are_refused_with_their_size";
+        if let Some(s) = TestServer::postgres_with(name, capped()).await {
+            super::selections_above_the_cap_are_refused_with_their_size(s).await
+        }
+    }
+}
+
+backend_tests!(
+    delete_and_restore_by_ids_and_by_filter,
+    cancel_retry_dlq_replay_and_rerun,
+    dry_run_then_pinned_execution,
+    invalid_selectors_are_422_at_their_location_and_change_nothing,
+);
