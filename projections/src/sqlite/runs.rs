@@ -237,6 +237,10 @@ pub fn rebuild(conn: &Connection) -> Result<(u64, usize), crate::ReplayError> {
     let storage = |e: rusqlite::Error| crate::ReplayError::Storage(e.to_string());
     conn.execute_batch("DELETE FROM runs; DELETE FROM run_tags; DELETE FROM run_history;")
         .map_err(storage)?;
+    for table in crate::details::DETAIL_TABLES {
+        conn.execute_batch(&format!("DELETE FROM {}", table.name))
+            .map_err(storage)?;
+    }
     let mut replay = crate::Replay::default();
     // Only what the fold needs, decoded straight from the stored text.
     let mut stmt = conn
@@ -282,6 +286,7 @@ pub fn rebuild(conn: &Connection) -> Result<(u64, usize), crate::ReplayError> {
             if let Some(closed) = replay.apply_event(stream_id, &event, &at)? {
                 store_version(conn, &closed).map_err(storage)?;
             }
+            super::details::store(conn, &std::mem::take(&mut replay.details)).map_err(storage)?;
             after = position;
         }
         if !seen {
