@@ -25,7 +25,63 @@ async fn dump(s: &TestServer) -> Vec<String> {
         )
         .await,
     );
+    for sql in [
+        "SELECT run_id || '|' || sequence || '|' || position || '|' || record FROM run_checkpoints \
+         ORDER BY run_id, sequence",
+        "SELECT run_id || '|' || position || '|' || level || '|' || COALESCE(log_type, '-') || '|' || record \
+         FROM run_logs ORDER BY run_id, position",
+        "SELECT run_id || '|' || position || '|' || task_name || '|' || provider || '|' || model || '|' || \
+         prompt_tokens || '|' || completion_tokens || '|' || total_tokens || '|' || cost_microusd || '|' || record \
+         FROM run_usage ORDER BY run_id, position",
+        "SELECT run_id || '|' || position || '|' || tool_name || '|' || status || '|' || record FROM run_tool_calls \
+         ORDER BY run_id, position",
+        "SELECT run_id || '|' || position || '|' || output_key || '|' || record FROM run_outputs \
+         ORDER BY run_id, position",
+        "SELECT run_id || '|' || COALESCE(source_run_id, '-') FROM run_lineage ORDER BY run_id",
+    ] {
+        rows.extend(s.query_strings(sql).await);
+    }
     rows
+}
+
+/// Every kind of detail on a run: a checkpoint, log lines, usage, a tool
+/// call and an output, some after the end.
+async fn details(s: &TestServer) {
+    let run = s.run_through("detailed", json!({}), &["start"]).await;
+    let id = run["id"].as_str().unwrap();
+    for (detail, body) in [
+        ("checkpoints", json!({"source": "w", "state": {"step": 1}})),
+        ("checkpoints", json!({"state": [2]})),
+        (
+            "logs",
+            json!({"level": "warn", "type": "progress", "message": "half", "data": {"n": 1}}),
+        ),
+        (
+            "usage",
+            json!({"provider": "p", "model": "m", "prompt_tokens": 3, "completion_tokens": 4, "cost_microusd": 9}),
+        ),
+        (
+            "tool-calls",
+            json!({"tool_name": "t", "input": {"a": 1}, "duration_ms": 5, "status": "error"}),
+        ),
+        (
+            "outputs",
+            json!({"output_key": "k", "schema": {"type": "integer"}, "value": 7}),
+        ),
+        ("debug", json!({"enabled": true})),
+    ] {
+        let r = s.post(&format!("/api/runs/{id}/{detail}"), body).await;
+        assert!(r.status.is_success(), "{detail}: {}", r.body);
+    }
+    s.post(&format!("/api/runs/{id}/end"), json!({"end_reason": "success"}))
+        .await
+        .ok(200);
+    s.post(&format!("/api/runs/{id}/logs"), json!({"message": "flushed"}))
+        .await
+        .ok(201);
+    let parent = s.create(json!({"task_name": "detailed"})).await;
+    s.create(json!({"task_name": "detailed", "continuation_of": parent["id"]}))
+        .await;
 }
 
 /// A ledger with some history: ended, failed and retried, deleted, tagged runs.
@@ -102,6 +158,7 @@ async fn verify_reports_an_intact_chain_and_the_first_altered_position(mut s: Te
 
 async fn rebuild_replays_the_log_into_identical_projections(mut s: TestServer) {
     history(&s).await;
+    details(&s).await;
     // Concurrent writes to the same runs, so that one group commit holds
     // several appends of one run (each closing the version the one before
     // it opened).
@@ -135,14 +192,30 @@ async fn rebuild_replays_the_log_into_identical_projections(mut s: TestServer) {
         )
         .await;
     assert_eq!(broken, 0, "each version ends where the next begins");
+    for table in [
+        "run_checkpoints",
+        "run_logs",
+        "run_usage",
+        "run_tool_calls",
+        "run_outputs",
+        "run_lineage",
+    ] {
+        assert!(
+            s.query_i64(&format!("SELECT COUNT(*) FROM {table}")).await > 0,
+            "{table} has rows to rebuild"
+        );
+    }
     s.exec_sql("DELETE FROM run_tags").await.unwrap();
     s.exec_sql("DELETE FROM run_history WHERE version > 1").await.unwrap();
+    s.exec_sql("DELETE FROM run_logs").await.unwrap();
+    s.exec_sql("DELETE FROM run_lineage").await.unwrap();
+    s.exec_sql("UPDATE run_usage SET cost_microusd = 0").await.unwrap();
     s.exec_sql("UPDATE runs SET status = 'pending', state = '{}'")
         .await
         .unwrap();
     let out = s.cli(&["rebuild"]);
     assert!(out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("rebuilt 7 runs from"), "{}", text(&out));
+    assert!(text(&out).contains("rebuilt 10 runs from"), "{}", text(&out));
     assert_eq!(
         dump(&s).await,
         before,
@@ -153,6 +226,7 @@ async fn rebuild_replays_the_log_into_identical_projections(mut s: TestServer) {
 
 async fn export_then_import_round_trips_the_log_and_projections(mut s: TestServer) {
     history(&s).await;
+    details(&s).await;
     s.shutdown().await;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("export.ndjson");

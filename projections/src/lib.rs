@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 mod columns;
+pub mod details;
 mod log;
 pub mod postgres;
 mod query;
@@ -14,6 +15,7 @@ pub use columns::{
     HistoryVersion, RunRowValues, CLOSE_VERSION_SQL, CURRENT, HISTORY_COLUMNS, RUN_COLUMNS, RUN_UPSERT_SET,
     VERSION_AT_SQL,
 };
+pub use details::DetailRow;
 pub use log::{LogEntry, LogFilter};
 pub use query::{Arg, RunFilter, RunQuery, SortDirection, SortField, SqlQuery, StatusValue, TaskSummary};
 pub use replay::{Replay, ReplayError};

@@ -165,21 +165,22 @@ pub struct SqlQuery {
     pub args: Vec<Arg>,
 }
 
-struct Builder {
-    args: Vec<Arg>,
+#[derive(Default)]
+pub(crate) struct Builder {
+    pub(crate) args: Vec<Arg>,
 }
 
 impl Builder {
-    fn bind(&mut self, arg: Arg) -> String {
+    pub(crate) fn bind(&mut self, arg: Arg) -> String {
         self.args.push(arg);
         format!("${}", self.args.len())
     }
 
-    fn text(&mut self, value: &str) -> String {
+    pub(crate) fn text(&mut self, value: &str) -> String {
         self.bind(Arg::Text(value.to_owned()))
     }
 
-    fn int(&mut self, value: i64) -> String {
+    pub(crate) fn int(&mut self, value: i64) -> String {
         self.bind(Arg::Int(value))
     }
 }

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use runledger_events::{EventEnvelope, RunEvent};
 use uuid::Uuid;
 
-use crate::{ApplyError, EventContext, HistoryVersion, RunState};
+use crate::{ApplyError, DetailRow, EventContext, HistoryVersion, RunState};
 
 /// Run states folded from events given in position order, and every past
 /// version of them as the next event closes it.
@@ -15,6 +15,8 @@ pub struct Replay {
     /// Each run's state and the time (µs) its last event was recorded.
     runs: HashMap<Uuid, (RunState, i64)>,
     pub events: u64,
+    /// Detail rows of the events folded since the caller last took them.
+    pub details: Vec<DetailRow>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -38,7 +40,7 @@ impl Replay {
     }
 
     /// Folds one decoded event of `stream_id` at `at`; returns the run's
-    /// version it closed, if any.
+    /// version it closed, if any, and keeps the detail row it adds.
     pub fn apply_event(
         &mut self,
         stream_id: &str,
@@ -68,6 +70,8 @@ impl Replay {
         })?;
         *last_at = recorded_at;
         self.events += 1;
+        let detail = DetailRow::of(state, event, at).map_err(|e| ReplayError::Storage(e.to_string()))?;
+        self.details.extend(detail);
         Ok(closed)
     }
 

@@ -123,6 +123,9 @@ pub struct RunState {
     pub max_attempts: Option<i64>,
     pub timeout_secs: Option<i64>,
     pub debug_mode: bool,
+    /// The sequence of the run's last checkpoint (0: none yet).
+    #[serde(default)]
+    pub last_checkpoint_sequence: i64,
     pub dead_lettered: bool,
     pub deleted: bool,
     #[schema(value_type = Option<String>, format = DateTime)]
@@ -176,6 +179,7 @@ impl RunState {
             max_attempts: None,
             timeout_secs: None,
             debug_mode: false,
+            last_checkpoint_sequence: 0,
             dead_lettered: false,
             deleted: false,
             deleted_at: None,
@@ -277,14 +281,23 @@ impl RunState {
                 self.require(&[Pending], "reschedule")?;
                 self.scheduled_at = Some(r.scheduled_at);
             }
-            RunEvent::Checkpointed(_)
-            | RunEvent::UsageRecorded(_)
-            | RunEvent::ToolCalled(_)
-            | RunEvent::OutputRecorded(_) => {
-                self.require(&[Pending, Running, Paused], "record progress")?;
+            // A checkpoint is state to resume from, and an output part of
+            // the result: both are fixed once the run has ended.
+            RunEvent::Checkpointed(c) => {
+                self.require(&[Pending, Running, Paused], "checkpoint")?;
+                if c.sequence != self.last_checkpoint_sequence + 1 {
+                    return Err(self.illegal(&format!(
+                        "record checkpoint {} after checkpoint {}",
+                        c.sequence, self.last_checkpoint_sequence
+                    )));
+                }
+                self.last_checkpoint_sequence = c.sequence;
             }
-            // Log lines may arrive after the end from buffered shippers.
-            RunEvent::Logged(_) => {}
+            RunEvent::OutputRecorded(_) => self.require(&[Pending, Running, Paused], "record an output")?,
+            // Telemetry: log lines, usage and tool calls arrive after the end
+            // from buffered shippers, and cost that was incurred must not be
+            // lost, so they are taken in any state.
+            RunEvent::Logged(_) | RunEvent::UsageRecorded(_) | RunEvent::ToolCalled(_) => {}
             RunEvent::Ended(ended) => {
                 self.require(&[Pending, Running, Paused], "end")?;
                 self.status = Ended;

@@ -6,8 +6,8 @@
 use std::collections::{BTreeMap, HashMap};
 
 use runledger_events::{
-    EndReason, ExpectedVersion, Reason, RunCreated, RunEnded, RunEvent, RunRescheduled, RunRetried, RunStarted,
-    Timestamp, TriggeredBy,
+    EndReason, ExpectedVersion, Reason, RunCheckpointed, RunCreated, RunDebugModeSet, RunEnded, RunEvent, RunLogged,
+    RunOutputRecorded, RunRescheduled, RunRetried, RunStarted, RunToolCalled, RunUsageRecorded, Timestamp, TriggeredBy,
 };
 use runledger_projections::{EventContext, Refusal, RefusalKind, RunState};
 use serde_json::Value;
@@ -114,6 +114,16 @@ pub enum Action {
         reason: Option<String>,
         payload: Option<Value>,
     },
+    /// The sequence is the run's next one, assigned when deciding.
+    Checkpoint {
+        source: Option<String>,
+        state: Value,
+    },
+    Log(RunLogged),
+    RecordUsage(RunUsageRecorded),
+    RecordToolCall(RunToolCalled),
+    RecordOutput(RunOutputRecorded),
+    SetDebugMode(RunDebugModeSet),
 }
 
 /// A command on one existing run.
@@ -140,6 +150,8 @@ pub struct Loaded {
     pub idempotent_match: Option<RunState>,
     /// Referenced runs that do not exist.
     pub missing_references: Vec<(&'static str, Uuid)>,
+    /// For a create with `continuation_of`: the run it continues.
+    pub continued: Option<RunState>,
 }
 
 /// Events for one stream, appended only if the stream is still at `expected`.
@@ -165,6 +177,8 @@ pub enum Decision {
 pub enum Reply {
     Created(Uuid),
     Updated(Uuid),
+    /// A detail of the run (checkpoint, log line…) was recorded.
+    Recorded(Uuid),
     Retried {
         source: Uuid,
         new_run: Uuid,
@@ -179,6 +193,11 @@ pub enum Outcome {
     /// An idempotent create that matched an unfinished run.
     Existing(RunState),
     Updated(RunState),
+    /// The run after recording a detail, and the detail as the API shows it.
+    Recorded {
+        run: RunState,
+        record: Value,
+    },
     Retried {
         source: RunState,
         new_run: RunState,
@@ -254,6 +273,10 @@ fn decide_create(create: &CreateRun, loaded: &Loaded) -> Result<Decision, Comman
         external_execution_id: create.external_execution_id.clone(),
         replica_index: create.replica_index,
         debug_mode: create.debug_mode,
+        // A continuation is in the lineage of the run it continues, one
+        // step further from its root, as a retry is.
+        lineage_root: loaded.continued.as_ref().map(|c| c.lineage_root.unwrap_or(c.id)),
+        lineage_depth: loaded.continued.as_ref().map_or(0, |c| c.lineage_depth + 1),
         ..RunCreated::default()
     });
     check(&RunState::empty(run_id), std::slice::from_ref(&event))?;
@@ -282,7 +305,7 @@ fn decide_run(cmd: &RunCommand, loaded: &Loaded) -> Result<Decision, CommandErro
         }
     }
     let expected = ExpectedVersion::Exact(state.version);
-    let updated = |events: Vec<RunEvent>| -> Result<Decision, CommandError> {
+    let append = |events: Vec<RunEvent>, reply: Reply| -> Result<Decision, CommandError> {
         check(state, &events)?;
         Ok(Decision::Append {
             writes: vec![StreamWrite {
@@ -290,9 +313,11 @@ fn decide_run(cmd: &RunCommand, loaded: &Loaded) -> Result<Decision, CommandErro
                 expected,
                 events,
             }],
-            reply: Reply::Updated(cmd.run_id),
+            reply,
         })
     };
+    let updated = |events: Vec<RunEvent>| append(events, Reply::Updated(cmd.run_id));
+    let recorded = |event: RunEvent| append(vec![event], Reply::Recorded(cmd.run_id));
     match &cmd.action {
         Action::Start(started) => updated(vec![RunEvent::Started(started.clone())]),
         Action::Heartbeat => updated(vec![RunEvent::Heartbeat(Default::default())]),
@@ -330,6 +355,16 @@ fn decide_run(cmd: &RunCommand, loaded: &Loaded) -> Result<Decision, CommandErro
             reason,
             payload,
         } => decide_retry(state, expected, *action, reason.clone(), payload.clone()),
+        Action::Checkpoint { source, state: saved } => recorded(RunEvent::Checkpointed(RunCheckpointed {
+            sequence: state.last_checkpoint_sequence + 1,
+            source: source.clone(),
+            state: saved.clone(),
+        })),
+        Action::Log(line) => recorded(RunEvent::Logged(line.clone())),
+        Action::RecordUsage(usage) => recorded(RunEvent::UsageRecorded(usage.clone())),
+        Action::RecordToolCall(call) => recorded(RunEvent::ToolCalled(call.clone())),
+        Action::RecordOutput(output) => recorded(RunEvent::OutputRecorded(output.clone())),
+        Action::SetDebugMode(set) => updated(vec![RunEvent::DebugModeSet(set.clone())]),
     }
 }
 
@@ -401,12 +436,16 @@ pub fn retry_of(source: &RunState, new_run: Uuid, payload: Option<Value>) -> Run
     }
 }
 
-/// Folds the appended events of each write into the states they were decided
-/// against and builds the answer.
-pub fn outcome(reply: Reply, states: &HashMap<Uuid, RunState>) -> Option<Outcome> {
+/// Builds the answer from the runs after the append and the API's form of
+/// the last detail it recorded, if any.
+pub fn outcome(reply: Reply, states: &HashMap<Uuid, RunState>, record: Option<Value>) -> Option<Outcome> {
     Some(match reply {
         Reply::Created(id) => Outcome::Created(states.get(&id)?.clone()),
         Reply::Updated(id) => Outcome::Updated(states.get(&id)?.clone()),
+        Reply::Recorded(id) => Outcome::Recorded {
+            run: states.get(&id)?.clone(),
+            record: record?,
+        },
         Reply::Retried {
             source,
             new_run,

@@ -273,3 +273,80 @@ fn retry_of_an_unfinished_run_is_refused() {
     };
     assert!(matches!(when(&running, retry), Err(CommandError::Refused(_))));
 }
+
+fn checkpoint(n: i64) -> Action {
+    Action::Checkpoint {
+        source: None,
+        state: serde_json::json!({ "step": n }),
+    }
+}
+
+#[test]
+fn checkpoints_are_numbered_from_one_per_run() {
+    let run = given_run(|_| {}, &[Action::Start(Default::default()), checkpoint(1)]);
+    assert_eq!(run.last_checkpoint_sequence, 1);
+    let (writes, states) = when(&run, checkpoint(2)).unwrap();
+    match &writes[0].events[..] {
+        [RunEvent::Checkpointed(c)] => assert_eq!(c.sequence, 2),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(states[&run.id].last_checkpoint_sequence, 2);
+}
+
+#[test]
+fn telemetry_is_taken_after_the_end_but_checkpoints_and_outputs_are_not() {
+    let ended = given_run(|_| {}, &[Action::Start(Default::default()), end(EndReason::Success)]);
+    let telemetry = [
+        Action::Log(RunLogged {
+            level: "info".into(),
+            log_type: None,
+            message: "flushed late".into(),
+            data: None,
+        }),
+        Action::RecordUsage(RunUsageRecorded {
+            provider: "p".into(),
+            model: "m".into(),
+            prompt_tokens: 1,
+            completion_tokens: 2,
+            total_tokens: 3,
+            cost_microusd: 4,
+        }),
+        Action::RecordToolCall(RunToolCalled {
+            tool_name: "grep".into(),
+            input: None,
+            output: None,
+            duration_ms: Some(5),
+            status: "success".into(),
+        }),
+        Action::SetDebugMode(RunDebugModeSet { enabled: true }),
+    ];
+    for action in telemetry {
+        assert!(when(&ended, action.clone()).is_ok(), "{action:?}");
+    }
+    let output = Action::RecordOutput(RunOutputRecorded {
+        output_key: "k".into(),
+        schema: None,
+        value: serde_json::json!(1),
+    });
+    for action in [checkpoint(1), output] {
+        match when(&ended, action) {
+            Err(CommandError::Refused(r)) => assert_eq!(r.current_status, Some(RunStatus::Ended)),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn a_continuation_joins_the_lineage_of_the_run_it_continues() {
+    let first = given_run(|_| {}, &[]);
+    let mut c = create("etl");
+    c.continuation_of = Some(first.id);
+    let loaded = Loaded {
+        continued: Some(first.clone()),
+        ..Default::default()
+    };
+    let (writes, states) = execute(&Command::Create(c), &loaded).unwrap();
+    let next = &states[&writes[0].run_id];
+    assert_eq!(next.lineage_root, Some(first.id));
+    assert_eq!(next.lineage_depth, 1);
+}

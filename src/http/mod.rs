@@ -7,6 +7,8 @@ mod events;
 mod extract;
 mod metrics;
 mod run_commands;
+mod run_details;
+mod run_relations;
 mod runs;
 mod system;
 mod tasks;
@@ -102,6 +104,8 @@ pub fn api(
         .merge(runs::router())
         .merge(events::router())
         .merge(run_commands::router())
+        .merge(run_details::router())
+        .merge(run_relations::router())
         .merge(tasks::router())
         .merge(system::router())
         .merge(metrics::router())

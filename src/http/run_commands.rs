@@ -7,7 +7,7 @@ use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use runledger_events::{EndReason, Reason, RunEnded, RunRescheduled, RunStarted, TriggeredBy};
+use runledger_events::{EndReason, Reason, RunDebugModeSet, RunEnded, RunRescheduled, RunStarted, TriggeredBy};
 use runledger_projections::RunState;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -36,6 +36,7 @@ pub fn router() -> OpenApiRouter<Arc<Ledger>> {
         .routes(routes!(retry_run))
         .routes(routes!(replay_run))
         .routes(routes!(dlq_replay_run))
+        .routes(routes!(debug_run))
 }
 
 const MAX_REASON: usize = 1000;
@@ -105,11 +106,11 @@ fn check_map(
     map
 }
 
-fn optional_text(faults: &mut Faults, field: &str, raw: Option<String>, max: usize) -> Option<String> {
+pub(super) fn optional_text(faults: &mut Faults, field: &str, raw: Option<String>, max: usize) -> Option<String> {
     raw.and_then(|raw| faults.check(&format!("body.{field}"), &raw, |r| short_text(r, max)))
 }
 
-fn in_range(faults: &mut Faults, field: &str, value: Option<i64>, min: i64, max: i64) -> Option<i64> {
+pub(super) fn in_range(faults: &mut Faults, field: &str, value: Option<i64>, min: i64, max: i64) -> Option<i64> {
     let v = value?;
     if (min..=max).contains(&v) {
         Some(v)
@@ -424,6 +425,24 @@ transition!(
             scheduled_at: at.unwrap_or_else(runledger_events::Timestamp::now),
             reason,
         })
+    }
+);
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DebugRequest {
+    expected_version: Option<i64>,
+    enabled: bool,
+}
+
+transition!(
+    debug_run,
+    "/api/runs/{id}/debug",
+    DebugRequest,
+    "Turn a run's debug mode on or off (`debug_mode` on the run; retries inherit it). Allowed in any status.",
+    |f, b| {
+        let _ = &mut f;
+        Action::SetDebugMode(RunDebugModeSet { enabled: b.enabled })
     }
 );
 

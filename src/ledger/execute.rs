@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 
 use runledger_events::{run_stream_id, EventEnvelope, ExpectedVersion, Metadata, NewEvent};
-use runledger_projections::{EventContext, HistoryVersion, RunState};
+use runledger_projections::{DetailRow, EventContext, HistoryVersion, RunState};
 use uuid::Uuid;
 
 use crate::commands::{self, Command, CommandError, Decision, Loaded, Outcome};
@@ -31,6 +31,9 @@ pub trait RunStore {
     /// state after each event, oldest first, each but the last closed by the
     /// next); `previous` is the run before the append.
     fn store_run(&mut self, previous: Option<&RunState>, versions: &[HistoryVersion]) -> Result<(), String>;
+    /// Writes the detail rows (checkpoints, log lines, lineage…) of one
+    /// append's events, in append order.
+    fn store_details(&mut self, rows: &[DetailRow]) -> Result<(), String>;
 }
 
 #[derive(Debug)]
@@ -55,8 +58,10 @@ fn load(store: &mut impl RunStore, command: &Command) -> Result<Loaded, ExecErro
                     .map_err(ExecError::Storage)?;
             }
             for (field, id) in create.references() {
-                if store.load_run(id).map_err(ExecError::Storage)?.is_none() {
-                    loaded.missing_references.push((field, id));
+                match store.load_run(id).map_err(ExecError::Storage)? {
+                    None => loaded.missing_references.push((field, id)),
+                    Some(run) if field == "continuation_of" => loaded.continued = Some(run),
+                    Some(_) => {}
                 }
             }
         }
@@ -91,6 +96,7 @@ pub fn execute(store: &mut impl RunStore, command: &Command, metadata: &Metadata
     if let Some(target) = loaded.target {
         states.insert(target.id, target);
     }
+    let mut details: Vec<DetailRow> = Vec::new();
     for write in writes {
         let new_events: Vec<NewEvent> = write.events.iter().map(|e| e.to_new(Uuid::now_v7())).collect();
         let envelopes = store
@@ -101,10 +107,13 @@ pub fn execute(store: &mut impl RunStore, command: &Command, metadata: &Metadata
             .entry(write.run_id)
             .or_insert_with(|| RunState::empty(write.run_id));
         let mut versions: Vec<HistoryVersion> = Vec::with_capacity(envelopes.len());
+        let first_detail = details.len();
         for (event, envelope) in write.events.iter().zip(&envelopes) {
+            let at = EventContext::of(envelope);
             state
-                .apply(event, &EventContext::of(envelope))
+                .apply(event, &at)
                 .map_err(|r| ExecError::Storage(format!("decided event no longer applies: {r}")))?;
+            details.extend(DetailRow::of(state, event, &at).map_err(|e| ExecError::Storage(e.to_string()))?);
             let at = envelope.recorded_at.as_micros();
             if let Some(before) = versions.last_mut() {
                 before.close(envelope.position, at);
@@ -114,8 +123,19 @@ pub fn execute(store: &mut impl RunStore, command: &Command, metadata: &Metadata
         store
             .store_run(previous.as_ref(), &versions)
             .map_err(ExecError::Storage)?;
+        store
+            .store_details(&details[first_detail..])
+            .map_err(ExecError::Storage)?;
     }
-    commands::outcome(reply, &states).ok_or_else(|| ExecError::Storage("decided run missing after append".into()))
+    let record = details
+        .iter()
+        .rev()
+        .find_map(DetailRow::record)
+        .map(serde_json::from_str)
+        .transpose()
+        .map_err(|e| ExecError::Storage(e.to_string()))?;
+    commands::outcome(reply, &states, record)
+        .ok_or_else(|| ExecError::Storage("decided run missing after append".into()))
 }
 
 /// The stream of a run, as both backends name it.

@@ -26,6 +26,16 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "operations",
         include_str!("../../migrations/sqlite/0006_operations.sql"),
     ),
+    (
+        7,
+        "run_details",
+        include_str!("../../migrations/sqlite/0007_run_details.sql"),
+    ),
+    (
+        8,
+        "run_lineage",
+        include_str!("../../migrations/sqlite/0008_run_lineage.sql"),
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -54,8 +64,12 @@ pub fn sqlite(conn: &mut Connection) -> Result<usize, MigrateError> {
     if found > known {
         return Err(MigrateError::FromTheFuture { found, known });
     }
+    // Every known migration not yet applied, even one numbered below the
+    // newest applied: migrations written on different branches can land
+    // out of order.
+    let done = applied_versions(&tx)?;
     let mut applied = 0;
-    for (version, name, sql) in MIGRATIONS.iter().filter(|m| m.0 > found) {
+    for (version, name, sql) in MIGRATIONS.iter().filter(|m| !done.contains(&m.0)) {
         tx.execute_batch(sql)?;
         tx.execute(
             "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?1, ?2, ?3)",
@@ -67,11 +81,14 @@ pub fn sqlite(conn: &mut Connection) -> Result<usize, MigrateError> {
     Ok(applied)
 }
 
+fn applied_versions(conn: &Connection) -> rusqlite::Result<std::collections::HashSet<i64>> {
+    let mut stmt = conn.prepare("SELECT version FROM schema_migrations")?;
+    let versions = stmt.query_map([], |r| r.get(0))?;
+    versions.collect()
+}
+
 /// True when every known migration is applied.
 pub fn sqlite_is_current(conn: &Connection) -> rusqlite::Result<bool> {
-    let found: Option<i64> = conn
-        .query_row("SELECT MAX(version) FROM schema_migrations", [], |r| r.get(0))
-        .optional()?
-        .flatten();
-    Ok(found == MIGRATIONS.last().map(|m| m.0))
+    let done = applied_versions(conn)?;
+    Ok(MIGRATIONS.iter().all(|m| done.contains(&m.0)))
 }

@@ -3,6 +3,7 @@
 //! PostgreSQL (several nodes on one database).
 
 pub mod bulk;
+mod details;
 mod execute;
 pub mod migrate;
 mod postgres;
@@ -19,6 +20,7 @@ use uuid::Uuid;
 
 use crate::commands::{Command, CommandError, Outcome};
 
+pub use details::{DetailAnswers, DetailReads};
 pub use postgres::PgLedger;
 pub use sqlite::SqliteLedger;
 pub use time_travel::{Change, HistoryEntry};
@@ -108,17 +110,18 @@ impl Ledger {
         Ok(ledger)
     }
 
-    /// A ledger written before the history projection existed has runs but no
-    /// history: fill it (and the rest) from the log once, at start-up.
+    /// A ledger written before the history or the lineage projection
+    /// existed has runs but no rows there: fill them (and the rest) from the
+    /// log once, at start-up.
     async fn fill_new_projections(&self) -> anyhow::Result<()> {
-        const SQL: &str =
-            "SELECT COUNT(*) FROM (SELECT 1 FROM runs LIMIT 1) r WHERE NOT EXISTS (SELECT 1 FROM run_history)";
+        const SQL: &str = "SELECT COUNT(*) FROM (SELECT 1 FROM runs LIMIT 1) r \
+             WHERE NOT EXISTS (SELECT 1 FROM run_history) OR NOT EXISTS (SELECT 1 FROM run_lineage)";
         let missing: i64 = match self {
             Self::Sqlite(l) => l.count(SQL).await?,
             Self::Postgres(l) => l.count(SQL).await?,
         };
         if missing > 0 {
-            tracing::info!("the run history is empty: rebuilding the projections from the log");
+            tracing::info!("a projection is empty: rebuilding the projections from the log");
             let (events, runs) = self.rebuild().await?;
             tracing::info!(events, runs, "projections rebuilt");
         }

@@ -14,8 +14,9 @@ use std::sync::{Arc, Mutex};
 use runledger_events::chain::ChainReport;
 use runledger_events::postgres as log;
 use runledger_events::{EventEnvelope, ExpectedVersion, Metadata, NewEvent, Sealed, Sealer};
+use runledger_projections::postgres::details;
 use runledger_projections::postgres::runs::{self, Close, RunRow, Tags};
-use runledger_projections::{HistoryVersion, LogEntry, RunQuery, RunState, RunStatus, TaskSummary};
+use runledger_projections::{DetailRow, HistoryVersion, LogEntry, RunQuery, RunState, RunStatus, TaskSummary};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -23,7 +24,7 @@ use uuid::Uuid;
 
 use super::bulk::{self, BulkCall, BulkError, BulkReport, OperationRecord, OperationRow};
 use super::execute::{execute, stream_of, ExecError, RunStore};
-use super::{EventsQuery, LedgerError};
+use super::{DetailAnswers, DetailReads, EventsQuery, LedgerError};
 use crate::auth::{TokenError, TokenRow, INSERT_TOKEN_SQL, REVOKE_TOKEN_SQL, TOKENS_SQL};
 use crate::commands::{Command, Outcome};
 
@@ -133,6 +134,29 @@ impl PgLedger {
         let events = log::stream(&mut tx, &stream_of(q.run_id), q.after_version, q.limit, &q.types).await?;
         tx.commit().await?;
         Ok(Some(events))
+    }
+
+    pub async fn read_details(&self, reads: DetailReads) -> Result<Option<DetailAnswers>, LedgerError> {
+        // One REPEATABLE READ transaction, so the run and its details agree.
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            .execute(&mut *tx)
+            .await?;
+        if let Some(id) = reads.run_id {
+            if runs::load(&mut tx, &id).await?.is_none() {
+                return Ok(None);
+            }
+        }
+        let texts = match &reads.texts {
+            Some(q) => details::texts(&mut tx, q).await?,
+            None => Vec::new(),
+        };
+        let mut totals = Vec::with_capacity(reads.totals.len());
+        for q in &reads.totals {
+            totals.push(details::totals(&mut tx, q).await?);
+        }
+        tx.commit().await?;
+        Ok(Some(DetailAnswers { texts, totals }))
     }
 
     pub async fn read_log(&self, after: i64, limit: i64) -> Result<Vec<LogEntry>, LedgerError> {
@@ -306,6 +330,7 @@ async fn commit_batch(pool: &PgPool, jobs: &[Job]) -> Result<(Outcomes, i64), St
         changed: Vec::new(),
         closes: Vec::new(),
         history: Vec::new(),
+        details: Vec::new(),
     };
     let mut outcomes = Vec::with_capacity(jobs.len());
     for job in jobs {
@@ -329,6 +354,7 @@ async fn commit_batch(pool: &PgPool, jobs: &[Job]) -> Result<(Outcomes, i64), St
     runs::store_history(&mut tx, &store.closes, &store.history)
         .await
         .map_err(fail)?;
+    details::store_many(&mut tx, &store.details).await.map_err(fail)?;
     let position = store.sealer.position;
     if !store.sealed.is_empty() {
         log::notify(&mut tx, position).await.map_err(fail)?;
@@ -351,6 +377,8 @@ struct BatchStore {
     closes: Vec<Close>,
     /// The batch's versions of its runs, in append order.
     history: Vec<HistoryVersion>,
+    /// The batch's detail rows, in append order.
+    details: Vec<DetailRow>,
 }
 
 impl RunStore for BatchStore {
@@ -427,6 +455,11 @@ impl RunStore for BatchStore {
             None => self.changed.push((state.id, tags)),
         }
         self.runs.insert(state.id, Some(state.clone()));
+        Ok(())
+    }
+
+    fn store_details(&mut self, rows: &[DetailRow]) -> Result<(), String> {
+        self.details.extend_from_slice(rows);
         Ok(())
     }
 }
@@ -590,6 +623,7 @@ impl PgLedger {
             changed: Vec::new(),
             closes: Vec::new(),
             history: Vec::new(),
+            details: Vec::new(),
         };
         let (results, unknown_ids) = bulk::apply(&mut store, &call, &ids, &metadata).map_err(|e| match e {
             ExecError::Command(e) => BulkError::Ledger(LedgerError::Command(e)),
@@ -625,6 +659,9 @@ impl PgLedger {
         }
         for chunk in store.history.chunks(BULK_CHUNK) {
             runs::store_history(&mut tx, &[], chunk).await.map_err(storage)?;
+        }
+        for chunk in store.details.chunks(BULK_CHUNK) {
+            details::store_many(&mut tx, chunk).await.map_err(storage)?;
         }
         let id = id.to_string();
         sqlx::query(bulk::INSERT_OPERATION_SQL)

@@ -5,14 +5,14 @@ use std::sync::Arc;
 
 use runledger_events::sqlite::{insert_sealed, read, verify_chain, ChainReport, ReadPool, WriteError, WriteTx, Writer};
 use runledger_events::{run_stream_id, EventEnvelope, ExpectedVersion, Metadata, NewEvent, Sealed};
-use runledger_projections::sqlite::runs;
-use runledger_projections::{HistoryVersion, LogEntry, RunQuery, RunState, TaskSummary};
+use runledger_projections::sqlite::{details, runs};
+use runledger_projections::{DetailRow, HistoryVersion, LogEntry, RunQuery, RunState, TaskSummary};
 use tracing::instrument;
 use uuid::Uuid;
 
 use super::bulk::{self, BulkCall, BulkError, BulkReport, OperationRecord, OperationRow};
 use super::execute::{execute, stream_of, ExecError, RunStore};
-use super::{migrate, EventsQuery, LedgerError};
+use super::{migrate, DetailAnswers, DetailReads, EventsQuery, LedgerError};
 use crate::auth::{TokenError, TokenRow, INSERT_TOKEN_SQL, REVOKE_TOKEN_SQL, TOKENS_SQL, TOKEN_EXISTS_SQL};
 use crate::commands::{Command, Outcome};
 
@@ -172,6 +172,35 @@ impl SqliteLedger {
             .await?)
     }
 
+    pub async fn read_details(&self, reads: DetailReads) -> Result<Option<DetailAnswers>, LedgerError> {
+        Ok(self
+            .pool
+            .read(move |c| {
+                // One read transaction, so the run and its details agree.
+                c.execute_batch("BEGIN")?;
+                let result = (|| {
+                    if let Some(id) = reads.run_id {
+                        if runs::load(c, &id)?.is_none() {
+                            return Ok(None);
+                        }
+                    }
+                    let texts = match &reads.texts {
+                        Some(q) => details::texts(c, q)?,
+                        None => Vec::new(),
+                    };
+                    let totals = reads
+                        .totals
+                        .iter()
+                        .map(|q| details::totals(c, q))
+                        .collect::<rusqlite::Result<_>>()?;
+                    Ok(Some(DetailAnswers { texts, totals }))
+                })();
+                c.execute_batch("COMMIT")?;
+                result
+            })
+            .await?)
+    }
+
     pub async fn read_log(&self, after: i64, limit: i64) -> Result<Vec<LogEntry>, LedgerError> {
         Ok(self.pool.read(move |c| runs::log_page(c, after, limit)).await?)
     }
@@ -215,6 +244,10 @@ impl RunStore for SqliteStore<'_, '_> {
 
     fn store_run(&mut self, previous: Option<&RunState>, versions: &[HistoryVersion]) -> Result<(), String> {
         runs::store(self.0.writer(), previous, versions).map_err(|e| e.to_string())
+    }
+
+    fn store_details(&mut self, rows: &[DetailRow]) -> Result<(), String> {
+        details::store(self.0.writer(), rows).map_err(|e| e.to_string())
     }
 }
 

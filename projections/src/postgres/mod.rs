@@ -1,3 +1,4 @@
 //! The projection tables on PostgreSQL.
 
+pub mod details;
 pub mod runs;

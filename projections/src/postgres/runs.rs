@@ -324,6 +324,12 @@ pub async fn rebuild(conn: &mut PgConnection) -> Result<(u64, usize), String> {
         .execute(&mut *conn)
         .await
         .map_err(|e| e.to_string())?;
+    for table in crate::details::DETAIL_TABLES {
+        sqlx::raw_sql(&format!("DELETE FROM {}", table.name))
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
     let mut replay = crate::Replay::default();
     let mut after = 0;
     loop {
@@ -338,6 +344,11 @@ pub async fn rebuild(conn: &mut PgConnection) -> Result<(u64, usize), String> {
         }
         for chunk in closed.chunks(1000) {
             store_history(&mut *conn, &[], chunk).await.map_err(|e| e.to_string())?;
+        }
+        for chunk in std::mem::take(&mut replay.details).chunks(1000) {
+            super::details::store_many(&mut *conn, chunk)
+                .await
+                .map_err(|e| e.to_string())?;
         }
     }
     let events = replay.events;

@@ -1,3 +1,4 @@
 //! The projection tables on SQLite.
 
+pub mod details;
 pub mod runs;

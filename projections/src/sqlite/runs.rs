@@ -72,8 +72,12 @@ pub fn find_unfinished_by_idempotency_key(
 /// history, closing the version that was current before. `previous` is the
 /// run as it was before (None for a new run).
 pub fn store(conn: &Connection, previous: Option<&RunState>, versions: &[HistoryVersion]) -> rusqlite::Result<()> {
-    let Some(last) = versions.last() else { return Ok(()) };
-    store_row(conn, previous, &last.state)?;
+    let Some((last, earlier)) = versions.split_last() else {
+        return Ok(());
+    };
+    // The run's row and its current version hold the same state: serialize it once.
+    let values = RunRowValues::of(&last.state).map_err(json_err)?;
+    store_row(conn, previous, &last.state, &values)?;
     if let (Some(previous), Some(first)) = (previous, versions.first()) {
         conn.prepare_cached(CLOSE_VERSION_SQL)?.execute(params![
             first.state.position,
@@ -82,14 +86,19 @@ pub fn store(conn: &Connection, previous: Option<&RunState>, versions: &[History
             previous.version
         ])?;
     }
-    for version in versions {
+    for version in earlier {
         store_version(conn, version)?;
     }
-    Ok(())
+    insert_version(conn, &values, last)
 }
 
 /// Inserts one version into `run_history`.
 pub fn store_version(conn: &Connection, version: &HistoryVersion) -> rusqlite::Result<()> {
+    let values = RunRowValues::of(&version.state).map_err(json_err)?;
+    insert_version(conn, &values, version)
+}
+
+fn insert_version(conn: &Connection, v: &RunRowValues<'_>, version: &HistoryVersion) -> rusqlite::Result<()> {
     static INSERT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
         let marks: Vec<String> = (1..=22).map(|i| format!("?{i}")).collect();
         format!(
@@ -97,7 +106,6 @@ pub fn store_version(conn: &Connection, version: &HistoryVersion) -> rusqlite::R
             marks.join(", ")
         )
     });
-    let v = RunRowValues::of(&version.state).map_err(json_err)?;
     conn.prepare_cached(&INSERT)?.execute(params![
         v.id,
         v.project,
@@ -127,7 +135,12 @@ pub fn store_version(conn: &Connection, version: &HistoryVersion) -> rusqlite::R
 
 /// Writes `state` as the run's row. `previous` is the row as it was before
 /// (None for a new run); tags are rewritten only when they changed.
-fn store_row(conn: &Connection, previous: Option<&RunState>, state: &RunState) -> rusqlite::Result<()> {
+fn store_row(
+    conn: &Connection,
+    previous: Option<&RunState>,
+    state: &RunState,
+    v: &RunRowValues<'_>,
+) -> rusqlite::Result<()> {
     static UPSERT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
         let marks: Vec<String> = (1..=19).map(|i| format!("?{i}")).collect();
         format!(
@@ -135,7 +148,6 @@ fn store_row(conn: &Connection, previous: Option<&RunState>, state: &RunState) -
             marks.join(", ")
         )
     });
-    let v = RunRowValues::of(state).map_err(json_err)?;
     conn.prepare_cached(&UPSERT)?.execute(params![
         v.id,
         v.project,
@@ -260,6 +272,10 @@ pub fn rebuild(conn: &Connection) -> Result<(u64, usize), crate::ReplayError> {
     let storage = |e: rusqlite::Error| crate::ReplayError::Storage(e.to_string());
     conn.execute_batch("DELETE FROM runs; DELETE FROM run_tags; DELETE FROM run_history;")
         .map_err(storage)?;
+    for table in crate::details::DETAIL_TABLES {
+        conn.execute_batch(&format!("DELETE FROM {}", table.name))
+            .map_err(storage)?;
+    }
     let mut replay = crate::Replay::default();
     // Only what the fold needs, decoded straight from the stored text.
     let mut stmt = conn
@@ -305,6 +321,7 @@ pub fn rebuild(conn: &Connection) -> Result<(u64, usize), crate::ReplayError> {
             if let Some(closed) = replay.apply_event(stream_id, &event, &at)? {
                 store_version(conn, &closed).map_err(storage)?;
             }
+            super::details::store(conn, &std::mem::take(&mut replay.details)).map_err(storage)?;
             after = position;
         }
         if !seen {
@@ -314,8 +331,9 @@ pub fn rebuild(conn: &Connection) -> Result<(u64, usize), crate::ReplayError> {
     let events = replay.events;
     let current = replay.into_current();
     for version in &current {
-        store_row(conn, None, &version.state).map_err(storage)?;
-        store_version(conn, version).map_err(storage)?;
+        let values = RunRowValues::of(&version.state).map_err(|e| crate::ReplayError::Storage(e.to_string()))?;
+        store_row(conn, None, &version.state, &values).map_err(storage)?;
+        insert_version(conn, &values, version).map_err(storage)?;
     }
     Ok((events, current.len()))
 }
