@@ -411,3 +411,183 @@ backend_tests!(
     dry_run_then_pinned_execution,
     invalid_selectors_are_422_at_their_location_and_change_nothing,
 );
+
+/// The dead-letter queue lists only dead-lettered runs, with the list's
+/// filters (ANDed) and `as_of`; a replay takes a run out of it.
+async fn the_dead_letter_queue_lists_and_replays(s: TestServer) {
+    let dead_a = id(&s
+        .run_through("a", json!({"max_attempts": 1}), &["start", "end:failed:1"])
+        .await);
+    let dead_b = id(&s
+        .run_through("b", json!({"max_attempts": 1}), &["start", "end:timeout"])
+        .await);
+    let alive = id(&s
+        .run_through("a", json!({"max_attempts": 3}), &["start", "end:failed:1"])
+        .await);
+    let dlq = s.get("/api/runs/dlq").await.ok(200).clone();
+    assert_eq!(dlq["total"], 2);
+    let mut ids: Vec<&str> = dlq["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    ids.sort();
+    let mut expected = vec![dead_a.as_str(), dead_b.as_str()];
+    expected.sort();
+    assert_eq!(ids, expected);
+    assert!(!ids.contains(&alive.as_str()));
+    let a_only = s.get("/api/runs/dlq?task_name=a&status=failed").await;
+    assert_eq!(a_only.ok(200)["total"], 1);
+    assert_eq!(a_only.body["runs"][0]["id"], dead_a.as_str());
+    let position = s.event_count().await;
+    s.post(&format!("/api/runs/{dead_a}/dlq-replay"), json!({}))
+        .await
+        .ok(202);
+    assert_eq!(s.get("/api/runs/dlq").await.ok(200)["total"], 1);
+    // As it was before the replay.
+    assert_eq!(
+        s.get(&format!("/api/runs/dlq?as_of={position}")).await.ok(200)["total"],
+        2
+    );
+    s.get("/api/runs/dlq?status=nope").await.invalid_at("query.status");
+    s.get("/api/runs/dlq?colour=red").await.invalid_at("query.colour");
+    s.stop().await;
+}
+
+/// Restart: an unfinished run ends as `stopped` and is retried at once,
+/// with an optional new payload; an ended run is simply retried.
+async fn restart_cancels_and_retries(s: TestServer) {
+    let run = id(&s.run_through("job", json!({"payload": {"v": 1}}), &["start"]).await);
+    let reply = s
+        .post(
+            &format!("/api/runs/{run}/restart"),
+            json!({"reason": "stuck", "payload": {"v": 2}}),
+        )
+        .await;
+    let body = reply.ok(202).clone();
+    assert_eq!(body["action"], "restart");
+    let new_run = body["new_run_id"].as_str().unwrap().to_owned();
+    let source = run_state(&s, &run).await;
+    assert_eq!(
+        (source["status"].as_str(), source["end_reason"].as_str()),
+        (Some("ended"), Some("stopped"))
+    );
+    assert_eq!(source["error"], "restarted: stuck");
+    let types: Vec<String> = events_of(&s, &run)
+        .await
+        .iter()
+        .map(|e| e["type"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(&types[types.len() - 2..], ["run.ended", "run.retried"]);
+    let fresh = run_state(&s, &new_run).await;
+    assert_eq!(fresh["payload"], json!({"v": 2}));
+    assert_eq!(fresh["retry_of_run_id"], run.as_str());
+    assert_eq!(fresh["status"], "pending");
+    // An ended run: just the retry, with its own payload.
+    let again = s.post(&format!("/api/runs/{run}/restart"), json!({})).await;
+    let again = again.ok(202)["new_run_id"].as_str().unwrap().to_owned();
+    assert_eq!(run_state(&s, &again).await["payload"], json!({"v": 1}));
+
+    let before = s.event_count().await;
+    s.post("/api/runs/0195f2a0-0000-7000-8000-000000000000/restart", json!({}))
+        .await
+        .problem(404, "run_not_found");
+    s.post("/api/runs/nope/restart", json!({})).await.invalid_at("path.id");
+    s.post(&format!("/api/runs/{run}/restart"), json!({"failed_only": true}))
+        .await
+        .invalid_at("body.failed_only");
+    s.post(&format!("/api/runs/{run}/restart"), json!({"reason": 5}))
+        .await
+        .invalid_at("body.reason");
+    assert_eq!(s.event_count().await, before);
+    s.stop().await;
+}
+
+/// `failed_only` retries a run's failed children, in one operation.
+async fn retry_failed_only_retries_the_failed_children(s: TestServer) {
+    let parent = id(&s.run_through("pipeline", json!({}), &["start"]).await);
+    let child = |end: &'static str| {
+        let steps: Vec<&str> = if end.is_empty() {
+            vec!["start"]
+        } else {
+            vec!["start", end]
+        };
+        let extra = json!({"parent_run_id": parent});
+        let s = &s;
+        async move { id(&s.run_through("step", extra, &steps).await) }
+    };
+    let failed = child("end:failed:1").await;
+    let timed_out = child("end:timeout").await;
+    let ok = child("end:success:0").await;
+    let running = child("").await;
+    let reply = s
+        .post(
+            &format!("/api/runs/{parent}/retry"),
+            json!({"failed_only": true, "reason": "rerun failed steps"}),
+        )
+        .await;
+    let body = reply.ok(202).clone();
+    let new_ids: Vec<String> = body["new_run_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(new_ids.len(), 2);
+    let mut sources = Vec::new();
+    for new_id in &new_ids {
+        let run = run_state(&s, new_id).await;
+        assert_eq!(run["parent_run_id"], parent.as_str(), "the retry stays a child");
+        sources.push(run["retry_of_run_id"].as_str().unwrap().to_owned());
+    }
+    sources.sort();
+    let mut expected = vec![failed.clone(), timed_out.clone()];
+    expected.sort();
+    assert_eq!(sources, expected);
+    for untouched in [&ok, &running, &parent] {
+        assert!(events_of(&s, untouched)
+            .await
+            .iter()
+            .all(|e| e["type"] != "run.retried"));
+    }
+    let operation = body["operation_id"].as_str().unwrap();
+    assert_eq!(
+        s.get(&format!("/api/operations/{operation}")).await.ok(200)["affected"],
+        2
+    );
+
+    // No failed children: nothing to do, said so.
+    let lonely = id(&s.run_through("solo", json!({}), &["start", "end:success:0"]).await);
+    let none = s
+        .post(&format!("/api/runs/{lonely}/retry"), json!({"failed_only": true}))
+        .await;
+    assert_eq!(none.ok(202)["new_run_ids"], json!([]));
+    let before = s.event_count().await;
+    s.post(
+        &format!("/api/runs/{parent}/retry"),
+        json!({"failed_only": true, "payload": {}}),
+    )
+    .await
+    .invalid_at("body.payload");
+    s.post(
+        "/api/runs/0195f2a0-0000-7000-8000-000000000000/retry",
+        json!({"failed_only": true}),
+    )
+    .await
+    .problem(404, "run_not_found");
+    s.post(&format!("/api/runs/{parent}/retry"), json!({"failed_only": "yes"}))
+        .await
+        .invalid_at("body.failed_only");
+    assert_eq!(s.event_count().await, before);
+    s.stop().await;
+}
+
+mod operate {
+    use super::*;
+    backend_tests!(
+        the_dead_letter_queue_lists_and_replays,
+        restart_cancels_and_retries,
+        retry_failed_only_retries_the_failed_children,
+    );
+}

@@ -62,6 +62,8 @@ pub struct RunFilter {
     pub parent_run_id: Option<Uuid>,
     /// Deleted runs are hidden unless this is set or `statuses` asks for them.
     pub include_deleted: bool,
+    /// Only dead-lettered runs (the dead-letter queue), whatever else matches.
+    pub dead_lettered_only: bool,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -254,6 +256,9 @@ impl RunFilter {
             parts.push(format!(
                 "EXISTS (SELECT 1 FROM run_tags t WHERE t.run_id = {table}.id AND t.key = {k} AND t.value = {v})"
             ));
+        }
+        if self.dead_lettered_only {
+            parts.push("dead_lettered".to_owned());
         }
         if let Some(parent) = &self.parent_run_id {
             parts.push(format!("parent_run_id = {}", b.text(&parent.to_string())));

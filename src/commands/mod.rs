@@ -86,6 +86,8 @@ pub enum RetryAction {
     Replay,
     /// A retry of a dead-lettered run that also clears its flag.
     DlqReplay,
+    /// Ends the run first (as `stopped`) if it has not ended, then retries it.
+    Restart,
 }
 
 impl RetryAction {
@@ -94,6 +96,7 @@ impl RetryAction {
             Self::Retry => "retry",
             Self::Replay => "replay",
             Self::DlqReplay => "dlq_replay",
+            Self::Restart => "restart",
         }
     }
 }
@@ -378,19 +381,31 @@ fn decide_retry(
     payload: Option<Value>,
 ) -> Result<Decision, CommandError> {
     let new_run = Uuid::now_v7();
-    let retried = RunEvent::Retried(RunRetried {
+    let mut events = Vec::with_capacity(2);
+    if action == RetryAction::Restart && source.status != runledger_projections::RunStatus::Ended {
+        events.push(RunEvent::Ended(RunEnded {
+            end_reason: EndReason::Stopped,
+            exit_code: None,
+            error: Some(match &reason {
+                Some(why) => format!("restarted: {why}"),
+                None => "restarted".to_owned(),
+            }),
+            result: None,
+        }));
+    }
+    events.push(RunEvent::Retried(RunRetried {
         new_run_id: new_run,
         action: action.as_str().into(),
         reason,
-    });
-    check(source, std::slice::from_ref(&retried))?;
+    }));
+    check(source, &events)?;
     let created = RunEvent::Created(retry_of(source, new_run, payload));
     Ok(Decision::Append {
         writes: vec![
             StreamWrite {
                 run_id: source.id,
                 expected,
-                events: vec![retried],
+                events,
             },
             StreamWrite {
                 run_id: new_run,

@@ -45,7 +45,7 @@ use crate::ledger::Ledger;
         (name = "bulk", description = "Operations on many runs at once, by selector, in one transaction"),
         (name = "operations", description = "Health and readiness"),
     ),
-    components(schemas(Problem, FieldError))
+    components(schemas(Problem, FieldError, run_commands::RetryChildrenAccepted))
 )]
 struct ApiDoc;
 

@@ -36,6 +36,7 @@ pub fn router() -> OpenApiRouter<Arc<Ledger>> {
         .routes(routes!(retry_run))
         .routes(routes!(replay_run))
         .routes(routes!(dlq_replay_run))
+        .routes(routes!(restart_run))
         .routes(routes!(debug_run))
 }
 
@@ -294,6 +295,40 @@ pub struct RetryRequest {
     /// Replaces the source run's payload on the new run.
     #[schema(value_type = Option<Object>)]
     payload: Option<Value>,
+    /// Retry the run's ended children that failed (end reason failed,
+    /// timeout or crashed) instead of the run itself, in one transaction:
+    /// the answer lists the new runs (`new_run_ids`). Not with `payload`.
+    failed_only: Option<bool>,
+}
+
+/// Body of `POST /api/runs/{id}/restart`.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RestartRequest {
+    /// At most 1000 characters.
+    reason: Option<String>,
+    /// Replaces the run's payload on the new run.
+    #[schema(value_type = Option<Object>)]
+    payload: Option<Value>,
+}
+
+/// The answer of a `failed_only` retry.
+#[derive(Serialize, ToSchema)]
+pub struct RetryChildrenAccepted {
+    /// The parent run.
+    #[schema(value_type = String)]
+    run_id: Uuid,
+    /// One new run per failed child, in the children's id order.
+    #[schema(value_type = Vec<String>)]
+    new_run_ids: Vec<Uuid>,
+    /// The bulk operation that made them (`GET /api/operations/{id}`).
+    #[schema(value_type = Option<String>)]
+    operation_id: Option<Uuid>,
+    /// Always `retry`.
+    action: &'static str,
+    /// Always `accepted`.
+    status: &'static str,
+    message: String,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -489,7 +524,18 @@ async fn retry(
     let mut f = Faults::default();
     let run_id = f.path_id(id);
     let reason = optional_text(&mut f, "reason", body.reason, MAX_REASON);
+    let failed_only = body.failed_only.unwrap_or(false);
+    if failed_only && body.payload.is_some() {
+        f.add(
+            "body.payload",
+            "cannot be combined with failed_only (each child keeps its own payload)",
+            None,
+        );
+    }
     f.finish()?;
+    if failed_only {
+        return retry_failed_children(ledger, meta, run_id.expect("checked"), reason).await;
+    }
     let command = Command::Run(RunCommand {
         run_id: run_id.expect("checked"),
         expected_version: None,
@@ -506,10 +552,10 @@ async fn retry(
             Json(RetryAccepted {
                 run_id: source.id,
                 new_run_id: new_run.id,
-                action: if action == RetryAction::DlqReplay {
-                    "dlq_replay"
-                } else {
-                    "retry"
+                action: match action {
+                    RetryAction::DlqReplay => "dlq_replay",
+                    RetryAction::Restart => "restart",
+                    RetryAction::Retry | RetryAction::Replay => "retry",
                 },
                 status: "accepted",
                 message: format!(
@@ -542,6 +588,99 @@ async fn retry_run(
     JsonBody(body): JsonBody<RetryRequest>,
 ) -> Result<Response, ApiError> {
     retry(&ledger, meta, &id, body, RetryAction::Retry).await
+}
+
+/// `failed_only`: retries the ended children of `parent` that failed, as one
+/// bulk operation (so in one transaction, under one operation id).
+async fn retry_failed_children(
+    ledger: &Ledger,
+    meta: runledger_events::Metadata,
+    parent: Uuid,
+    reason: Option<String>,
+) -> Result<Response, ApiError> {
+    use crate::ledger::bulk::{BulkCall, BulkError, BulkKind, Selection};
+    use runledger_events::EndReason;
+    use runledger_projections::{RunFilter, StatusValue};
+    if ledger.get_run(parent).await?.is_none() {
+        return Err(ApiError::run_not_found(parent));
+    }
+    let filter = RunFilter {
+        parent_run_id: Some(parent),
+        statuses: [EndReason::Failed, EndReason::Timeout, EndReason::Crashed]
+            .into_iter()
+            .map(StatusValue::EndReason)
+            .collect(),
+        include_deleted: false,
+        ..RunFilter::default()
+    };
+    let call = BulkCall {
+        kind: BulkKind::Retry,
+        selection: Selection::Match {
+            filter,
+            except: Vec::new(),
+        },
+        as_of: None,
+        dry_run: false,
+        reason,
+        cap: super::bulk::DEFAULT_BULK_CAP,
+        selector: serde_json::json!({"parent_run_id": parent, "failed_only": true}),
+    };
+    let report = ledger.bulk(call, meta).await.map_err(|e| match e {
+        BulkError::TooMany { selected, cap } => ApiError::invalid_one(
+            "body.failed_only",
+            format!("the run has {selected} failed children, more than the {cap} one call may retry"),
+            None,
+        ),
+        BulkError::Ledger(e) => e.into(),
+    })?;
+    let new_run_ids: Vec<Uuid> = report
+        .results
+        .iter()
+        .filter_map(|r| match &r.outcome {
+            Ok(Some(Outcome::Retried { new_run, .. })) => Some(new_run.id),
+            _ => None,
+        })
+        .collect();
+    let message = format!(
+        "{} failed children of run {parent} retried; the failed runs are preserved",
+        new_run_ids.len()
+    );
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(RetryChildrenAccepted {
+            run_id: parent,
+            new_run_ids,
+            operation_id: report.operation_id,
+            action: "retry",
+            status: "accepted",
+            message,
+        }),
+    )
+        .into_response())
+}
+
+/// Cancel a run that has not ended (it ends as `stopped`) and retry it at
+/// once, optionally with a new payload; an ended run is simply retried.
+#[utoipa::path(post, path = "/api/runs/{id}/restart", tag = "runs",
+    params(("id" = String, Path, description = "Run id")),
+    request_body = RestartRequest,
+    responses(
+        (status = 202, body = RetryAccepted),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 422, body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn restart_run(
+    State(ledger): State<Arc<Ledger>>,
+    Path(id): Path<String>,
+    RequestMeta(meta): RequestMeta,
+    JsonBody(body): JsonBody<RestartRequest>,
+) -> Result<Response, ApiError> {
+    let body = RetryRequest {
+        reason: body.reason,
+        payload: body.payload,
+        failed_only: None,
+    };
+    retry(&ledger, meta, &id, body, RetryAction::Restart).await
 }
 
 /// Replay a dead-lettered run: a retry that also clears the run's

@@ -18,6 +18,7 @@ use crate::ledger::{EventsQuery, Ledger};
 pub fn router() -> OpenApiRouter<Arc<Ledger>> {
     OpenApiRouter::new()
         .routes(routes!(list_runs))
+        .routes(routes!(list_dlq))
         .routes(routes!(get_run))
         .routes(routes!(run_events))
         .routes(routes!(list_task_runs))
@@ -189,6 +190,7 @@ pub fn run_query(params: &mut QueryParams) -> RunQuery {
             tags,
             parent_run_id,
             include_deleted,
+            dead_lettered_only: false,
         },
         sort_field,
         sort_direction,
@@ -218,6 +220,23 @@ async fn list_runs(State(ledger): State<Arc<Ledger>>, mut params: QueryParams) -
     let query = run_query(&mut params);
     let as_of = params.parsed("as_of", parse_as_of);
     params.finish()?;
+    list(&ledger, query, as_of).await
+}
+
+/// The dead-letter queue: runs that failed on their last attempt and have
+/// not been replayed, with every filter, sort and `as_of` of `GET /api/runs`.
+/// `POST /api/runs/{id}/dlq-replay` (or `/bulk/dlq-replay`) replays them.
+#[utoipa::path(get, path = "/api/runs/dlq", tag = "runs", params(ListRunsParams),
+    responses(
+        (status = 200, body = RunList),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 422, body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn list_dlq(State(ledger): State<Arc<Ledger>>, mut params: QueryParams) -> Result<Json<RunList>, ApiError> {
+    let mut query = run_query(&mut params);
+    let as_of = params.parsed("as_of", parse_as_of);
+    params.finish()?;
+    query.filter.dead_lettered_only = true;
     list(&ledger, query, as_of).await
 }
 
