@@ -130,6 +130,10 @@ pub struct ServeArgs {
     /// with 422 and its size).
     #[arg(long, env = "RUNLEDGER_BULK_MAX_RUNS", default_value_t = 100_000)]
     pub bulk_max_runs: usize,
+    /// How long the response to a POST sent with an `Idempotency-Key` header
+    /// is kept (and replayed to a retry), in seconds.
+    #[arg(long, env = "RUNLEDGER_IDEMPOTENCY_TTL_SECS", default_value_t = 86_400)]
+    pub idempotency_ttl_secs: u64,
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -296,6 +300,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         cors_origins: args.cors_origins,
         rate_limit,
         bulk_cap: args.bulk_max_runs,
+        idempotency_ttl: std::time::Duration::from_secs(args.idempotency_ttl_secs),
         ..HttpConfig::default()
     };
     http::serve(ledger, config, listener, shutdown_signal()).await?;

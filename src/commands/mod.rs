@@ -6,8 +6,9 @@
 use std::collections::{BTreeMap, HashMap};
 
 use runledger_events::{
-    EndReason, ExpectedVersion, Reason, RunCheckpointed, RunCreated, RunDebugModeSet, RunEnded, RunEvent, RunLogged,
-    RunOutputRecorded, RunRescheduled, RunRetried, RunStarted, RunToolCalled, RunUsageRecorded, Timestamp, TriggeredBy,
+    Empty, EndReason, ExpectedVersion, Reason, RunCheckpointed, RunCreated, RunDebugModeSet, RunEnded, RunEvent,
+    RunLogged, RunOutputRecorded, RunRescheduled, RunRetried, RunStarted, RunToolCalled, RunUsageRecorded, Timestamp,
+    TriggeredBy,
 };
 use runledger_projections::{EventContext, Refusal, RefusalKind, RunState};
 use serde_json::Value;
@@ -127,6 +128,8 @@ pub enum Action {
     RecordToolCall(RunToolCalled),
     RecordOutput(RunOutputRecorded),
     SetDebugMode(RunDebugModeSet),
+    /// Frees the run's idempotency key, so a create with it makes a new run.
+    ResetIdempotencyKey,
 }
 
 /// A command on one existing run.
@@ -368,6 +371,7 @@ fn decide_run(cmd: &RunCommand, loaded: &Loaded) -> Result<Decision, CommandErro
         Action::RecordToolCall(call) => recorded(RunEvent::ToolCalled(call.clone())),
         Action::RecordOutput(output) => recorded(RunEvent::OutputRecorded(output.clone())),
         Action::SetDebugMode(set) => updated(vec![RunEvent::DebugModeSet(set.clone())]),
+        Action::ResetIdempotencyKey => updated(vec![RunEvent::IdempotencyKeyReset(Empty {})]),
     }
 }
 

@@ -350,3 +350,16 @@ fn a_continuation_joins_the_lineage_of_the_run_it_continues() {
     assert_eq!(next.lineage_root, Some(first.id));
     assert_eq!(next.lineage_depth, 1);
 }
+
+#[test]
+fn resetting_an_idempotency_key_frees_it_and_needs_one() {
+    let keyed = given_run(|c| c.idempotency_key = Some("k".into()), &[]);
+    let (writes, states) = when(&keyed, Action::ResetIdempotencyKey).unwrap();
+    assert_eq!(types(&writes), ["run.idempotency_key_reset"]);
+    assert_eq!(states[&keyed.id].idempotency_key, None);
+    let reset = states[&keyed.id].clone();
+    assert!(matches!(
+        when(&reset, Action::ResetIdempotencyKey),
+        Err(CommandError::Refused(_))
+    ));
+}

@@ -64,6 +64,13 @@ pub enum ApiError {
         detail: String,
         errors: Vec<FieldError>,
     },
+    /// 422 with its own code: valid on its own, refused in context (an
+    /// idempotency key reused for a different request).
+    Unprocessable {
+        code: &'static str,
+        detail: String,
+        errors: Vec<FieldError>,
+    },
     NotFound {
         code: &'static str,
         detail: String,
@@ -127,6 +134,9 @@ impl ApiError {
                 detail.clone(),
                 errors.clone(),
             ),
+            Self::Unprocessable { code, detail, errors } => {
+                (StatusCode::UNPROCESSABLE_ENTITY, *code, detail.clone(), errors.clone())
+            }
             Self::NotFound { code, detail } => (StatusCode::NOT_FOUND, *code, detail.clone(), vec![]),
             Self::Conflict { code, detail, .. } => (StatusCode::CONFLICT, *code, detail.clone(), vec![]),
             Self::UnsupportedMediaType(detail) => (
@@ -243,6 +253,26 @@ fn render(problem: &Problem) -> Response {
 pub async fn problems(request: Request, next: Next) -> Response {
     let path = request.uri().path().to_owned();
     let response = next.run(request).await;
+    finish(response, path).await
+}
+
+/// Marks a response that is final as sent: `problems` leaves it alone. The
+/// idempotency layer finishes responses itself, so what it stores is what
+/// the client got, and marks the responses it replays.
+#[derive(Clone, Copy, Debug)]
+pub struct Finished;
+
+/// The response as the client gets it (see `problems`), marked finished.
+pub async fn finish(response: Response, path: String) -> Response {
+    if response.extensions().get::<Finished>().is_some() {
+        return response;
+    }
+    let mut response = render_problems(response, path).await;
+    response.extensions_mut().insert(Finished);
+    response
+}
+
+async fn render_problems(response: Response, path: String) -> Response {
     let status = response.status();
     let problem = match response.extensions().get::<Problem>() {
         Some(problem) => problem.clone(),

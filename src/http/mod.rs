@@ -5,6 +5,7 @@ mod bulk;
 mod error;
 mod events;
 mod extract;
+mod idempotency;
 mod metrics;
 mod run_commands;
 mod run_details;
@@ -50,6 +51,8 @@ use crate::ledger::Ledger;
 struct ApiDoc;
 
 const REQUEST_ID: axum::http::HeaderName = axum::http::HeaderName::from_static("x-request-id");
+/// A reservation outlives the longest request by this much.
+const IDEMPOTENCY_LEASE_MARGIN: Duration = Duration::from_secs(30);
 
 /// HTTP settings.
 #[derive(Clone, Debug)]
@@ -71,6 +74,8 @@ pub struct HttpConfig {
     pub rate_limit: Option<RateLimit>,
     /// The most runs one bulk call may select.
     pub bulk_cap: usize,
+    /// How long the response to a POST with an `Idempotency-Key` is kept.
+    pub idempotency_ttl: Duration,
 }
 
 impl Default for HttpConfig {
@@ -87,6 +92,7 @@ impl Default for HttpConfig {
                 burst: std::num::NonZeroU32::new(5_000).expect("non-zero"),
             }),
             bulk_cap: bulk::DEFAULT_BULK_CAP,
+            idempotency_ttl: Duration::from_secs(86_400),
         }
     }
 }
@@ -100,6 +106,12 @@ pub fn api(
     open_allowed: bool,
 ) -> (Router, utoipa::openapi::OpenApi) {
     let gate = Arc::new(auth::Gate::new(ledger.clone(), open_allowed, config.rate_limit));
+    let idempotency = Arc::new(idempotency::Idempotency {
+        ledger: ledger.clone(),
+        ttl: config.idempotency_ttl,
+        lease: config.request_timeout + IDEMPOTENCY_LEASE_MARGIN,
+        max_body_bytes: config.max_body_bytes,
+    });
     let (router, mut openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(runs::router())
         .merge(events::router())
@@ -114,6 +126,8 @@ pub fn api(
     auth::document(&mut openapi);
     let router = router
         .with_state(ledger)
+        // Inside the auth guard: keys belong to the caller it names.
+        .route_layer(middleware::from_fn_with_state(idempotency, idempotency::guard))
         // After routing, so that it knows the route template.
         .route_layer(middleware::from_fn_with_state(gate, auth::guard))
         .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi.clone()))
@@ -163,6 +177,7 @@ fn cors(origins: &[String]) -> tower_http::cors::CorsLayer {
             axum::http::HeaderName::from_static("x-ratelimit-remaining"),
             axum::http::HeaderName::from_static("x-ratelimit-reset"),
             axum::http::header::LOCATION,
+            idempotency::IDEMPOTENT_REPLAYED,
         ])
 }
 

@@ -38,6 +38,7 @@ pub fn router() -> OpenApiRouter<Arc<Ledger>> {
         .routes(routes!(dlq_replay_run))
         .routes(routes!(restart_run))
         .routes(routes!(debug_run))
+        .routes(routes!(reset_idempotency_key))
 }
 
 const MAX_REASON: usize = 1000;
@@ -512,6 +513,34 @@ async fn delete_run(
     let action = Action::Delete(reason(&mut f, body.reason));
     f.finish()?;
     run_command(&ledger, meta, run_id.expect("checked"), expected_version, action).await
+}
+
+/// Free a run's `idempotency_key` (it becomes null), so that a create with
+/// that key makes a new run. Refused with 409 when the run has no key.
+#[utoipa::path(delete, path = "/api/runs/{id}/idempotency-key", tag = "runs",
+    params(("id" = String, Path, description = "Run id")),
+    responses(
+        (status = 200, body = RunState),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The run has no idempotency key", body = Problem, content_type = "application/problem+json"),
+        (status = 422, body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn reset_idempotency_key(
+    State(ledger): State<Arc<Ledger>>,
+    Path(id): Path<String>,
+    RequestMeta(meta): RequestMeta,
+) -> Result<Json<RunState>, ApiError> {
+    let mut f = Faults::default();
+    let run_id = f.path_id(&id);
+    f.finish()?;
+    run_command(
+        &ledger,
+        meta,
+        run_id.expect("checked"),
+        None,
+        Action::ResetIdempotencyKey,
+    )
+    .await
 }
 
 async fn retry(

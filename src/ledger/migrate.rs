@@ -36,6 +36,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "run_lineage",
         include_str!("../../migrations/sqlite/0008_run_lineage.sql"),
     ),
+    (
+        9,
+        "idempotency_keys",
+        include_str!("../../migrations/sqlite/0009_idempotency_keys.sql"),
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]

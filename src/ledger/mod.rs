@@ -5,6 +5,7 @@
 pub mod bulk;
 mod details;
 mod execute;
+mod idempotency;
 pub mod migrate;
 mod postgres;
 mod sqlite;
@@ -21,6 +22,7 @@ use uuid::Uuid;
 use crate::commands::{Command, CommandError, Outcome};
 
 pub use details::{DetailAnswers, DetailReads};
+pub use idempotency::{Reservation, StoredResponse};
 pub use postgres::PgLedger;
 pub use sqlite::SqliteLedger;
 pub use time_travel::{Change, HistoryEntry};

@@ -24,6 +24,7 @@ use uuid::Uuid;
 
 use super::bulk::{self, BulkCall, BulkError, BulkReport, OperationRecord, OperationRow};
 use super::execute::{execute, stream_of, ExecError, RunStore};
+use super::idempotency::{self, KeyRow, Reservation, StoredResponse};
 use super::{DetailAnswers, DetailReads, EventsQuery, LedgerError};
 use crate::auth::{TokenError, TokenRow, INSERT_TOKEN_SQL, REVOKE_TOKEN_SQL, TOKENS_SQL};
 use crate::commands::{Command, Outcome};
@@ -716,5 +717,93 @@ impl PgLedger {
             .fetch_all(&mut *conn)
             .await?;
         row.into_record(runs).map(Some)
+    }
+}
+
+/// An `idempotency_keys` row as `FIND_SQL` reads it.
+type KeyColumns = (String, Option<i32>, Option<String>, Option<Vec<u8>>, i64);
+
+/// Idempotency keys, straight through the pool: the unique primary key
+/// decides which of two concurrent requests holds a key.
+impl PgLedger {
+    pub async fn reserve_idempotency_key(
+        &self,
+        actor: String,
+        key: String,
+        hash: String,
+        lease: std::time::Duration,
+    ) -> Result<Reservation, LedgerError> {
+        // A holder may release between our insert and our read; a few
+        // rounds settle it, and a key that keeps changing hands is busy.
+        for _ in 0..3 {
+            let now = idempotency::now_millis();
+            sqlx::query(idempotency::DROP_EXPIRED_SQL)
+                .bind(&actor)
+                .bind(&key)
+                .bind(now)
+                .execute(&self.pool)
+                .await?;
+            let inserted = sqlx::query(idempotency::RESERVE_SQL)
+                .bind(&actor)
+                .bind(&key)
+                .bind(&hash)
+                .bind(idempotency::millis_after(now, lease))
+                .execute(&self.pool)
+                .await?;
+            if inserted.rows_affected() == 1 {
+                sqlx::query(idempotency::PURGE_SQL)
+                    .bind(now)
+                    .bind(idempotency::PURGE_BATCH)
+                    .execute(&self.pool)
+                    .await?;
+                return Ok(Reservation::Reserved);
+            }
+            let row: Option<KeyColumns> = sqlx::query_as(idempotency::FIND_SQL)
+                .bind(&actor)
+                .bind(&key)
+                .fetch_optional(&self.pool)
+                .await?;
+            if let Some((request_sha256, status, headers, body, expires_at)) = row {
+                if expires_at > now {
+                    let row = KeyRow {
+                        request_sha256,
+                        status: status.map(i64::from),
+                        headers,
+                        body,
+                        expires_at,
+                    };
+                    return row.answer(&hash);
+                }
+            }
+        }
+        Ok(Reservation::InProgress)
+    }
+
+    pub async fn complete_idempotency_key(
+        &self,
+        actor: String,
+        key: String,
+        response: StoredResponse,
+        ttl: std::time::Duration,
+    ) -> Result<(), LedgerError> {
+        sqlx::query(idempotency::COMPLETE_SQL)
+            .bind(i32::from(response.status))
+            .bind(idempotency::headers_json(&response.headers))
+            .bind(response.body)
+            .bind(idempotency::millis_after(idempotency::now_millis(), ttl))
+            .bind(actor)
+            .bind(key)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn release_idempotency_key(&self, actor: String, key: String) -> Result<(), LedgerError> {
+        sqlx::query(idempotency::RELEASE_SQL)
+            .bind(actor)
+            .bind(key)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 }

@@ -12,6 +12,7 @@ use uuid::Uuid;
 
 use super::bulk::{self, BulkCall, BulkError, BulkReport, OperationRecord, OperationRow};
 use super::execute::{execute, stream_of, ExecError, RunStore};
+use super::idempotency::{self, KeyRow, Reservation, StoredResponse};
 use super::{migrate, DetailAnswers, DetailReads, EventsQuery, LedgerError};
 use crate::auth::{TokenError, TokenRow, INSERT_TOKEN_SQL, REVOKE_TOKEN_SQL, TOKENS_SQL, TOKEN_EXISTS_SQL};
 use crate::commands::{Command, Outcome};
@@ -428,5 +429,107 @@ impl SqliteLedger {
             })
             .await?;
         rows.map(|(row, runs)| row.into_record(runs)).transpose()
+    }
+}
+
+fn key_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<KeyRow> {
+    Ok(KeyRow {
+        request_sha256: r.get(0)?,
+        status: r.get(1)?,
+        headers: r.get(2)?,
+        body: r.get(3)?,
+        expires_at: r.get(4)?,
+    })
+}
+
+fn ledger_write_error(e: WriteError<LedgerError>) -> LedgerError {
+    match e {
+        WriteError::Refused(e) => e,
+        WriteError::Storage(e) => LedgerError::Storage(e.to_string()),
+        WriteError::Closed => LedgerError::Storage("the writer has stopped".into()),
+    }
+}
+
+/// Idempotency keys go through the writer, like every other write, so they
+/// never wait on the database lock against it.
+impl SqliteLedger {
+    pub async fn reserve_idempotency_key(
+        &self,
+        actor: String,
+        key: String,
+        hash: String,
+        lease: std::time::Duration,
+    ) -> Result<Reservation, LedgerError> {
+        self.writer
+            .submit(move |tx| {
+                let now = idempotency::now_millis();
+                let row = tx
+                    .conn()
+                    .prepare_cached(idempotency::FIND_SQL)?
+                    .query_row(rusqlite::params![actor, key], key_row)
+                    .optional()?;
+                // A live row answers without writing; the unit may still refuse.
+                if let Some(row) = row.filter(|r| r.expires_at > now) {
+                    return row.answer(&hash);
+                }
+                let conn = tx.writer();
+                conn.prepare_cached(idempotency::DROP_EXPIRED_SQL)?
+                    .execute(rusqlite::params![actor, key, now])?;
+                conn.prepare_cached(idempotency::PURGE_SQL)?
+                    .execute(rusqlite::params![now, idempotency::PURGE_BATCH])?;
+                let inserted = conn
+                    .prepare_cached(idempotency::RESERVE_SQL)?
+                    .execute(rusqlite::params![
+                        actor,
+                        key,
+                        hash,
+                        idempotency::millis_after(now, lease)
+                    ])?;
+                Ok(if inserted == 1 {
+                    Reservation::Reserved
+                } else {
+                    Reservation::InProgress
+                })
+            })
+            .await
+            .map_err(ledger_write_error)
+    }
+
+    pub async fn complete_idempotency_key(
+        &self,
+        actor: String,
+        key: String,
+        response: StoredResponse,
+        ttl: std::time::Duration,
+    ) -> Result<(), LedgerError> {
+        self.writer
+            .submit(move |tx| {
+                let expires_at = idempotency::millis_after(idempotency::now_millis(), ttl);
+                tx.writer()
+                    .prepare_cached(idempotency::COMPLETE_SQL)?
+                    .execute(rusqlite::params![
+                        i64::from(response.status),
+                        idempotency::headers_json(&response.headers),
+                        response.body,
+                        expires_at,
+                        actor,
+                        key
+                    ])?;
+                Ok(())
+            })
+            .await
+            .map_err(ledger_write_error)
+    }
+
+    pub async fn release_idempotency_key(&self, actor: String, key: String) -> Result<(), LedgerError> {
+        self.writer
+            .submit(move |tx| {
+                tx.writer()
+                    .prepare_cached(idempotency::RELEASE_SQL)?
+                    .execute(rusqlite::params![actor, key])?;
+                Ok(())
+            })
+            .await
+            .map_err(ledger_write_error)
     }
 }
