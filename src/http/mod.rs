@@ -2,6 +2,7 @@
 
 mod auth;
 mod bulk;
+mod debug_bundle;
 mod error;
 mod events;
 mod extract;
@@ -71,6 +72,8 @@ pub struct HttpConfig {
     pub rate_limit: Option<RateLimit>,
     /// The most runs one bulk call may select.
     pub bulk_cap: usize,
+    /// The most events (and children) a run's debug bundle may hold.
+    pub bundle_max_events: usize,
 }
 
 impl Default for HttpConfig {
@@ -87,6 +90,7 @@ impl Default for HttpConfig {
                 burst: std::num::NonZeroU32::new(5_000).expect("non-zero"),
             }),
             bulk_cap: bulk::DEFAULT_BULK_CAP,
+            bundle_max_events: debug_bundle::DEFAULT_BUNDLE_MAX_EVENTS,
         }
     }
 }
@@ -106,6 +110,7 @@ pub fn api(
         .merge(run_commands::router())
         .merge(run_details::router())
         .merge(run_relations::router())
+        .merge(debug_bundle::router())
         .merge(tasks::router())
         .merge(system::router())
         .merge(metrics::router())
@@ -124,6 +129,7 @@ pub fn api(
         ))
         .layer(Extension(streams))
         .layer(Extension(bulk::BulkCap(config.bulk_cap)))
+        .layer(Extension(debug_bundle::BundleCap(config.bundle_max_events)))
         .layer(middleware::from_fn(error::problems))
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
