@@ -313,15 +313,14 @@ async fn import_bundle(args: &ImportArgs, text: &str) -> anyhow::Result<()> {
             bundle::BUNDLE_VERSION
         );
     }
-    if let Some(failure) = bundle
-        .verification
-        .first_failure
-        .filter(|_| !bundle.verification.verified)
-    {
+    if !bundle.verification.verified {
+        let at = bundle
+            .verification
+            .first_failure
+            .map(|f| format!(" (position {}: {})", f.position, f.reason))
+            .unwrap_or_default();
         anyhow::bail!(
-            "{file}: the server that wrote this bundle found its events do not verify (position {}: {}); refusing to import",
-            failure.position,
-            failure.reason
+            "{file}: the server that wrote this bundle found its events do not verify{at}; refusing to import"
         );
     }
     let ledger = Ledger::open(&args.database.database_url).await?;
