@@ -10,7 +10,7 @@ use tokio::net::TcpListener;
 
 use crate::auth::Scope;
 use crate::http::{self, HttpConfig};
-use crate::ledger::{DatabaseUrl, Ledger};
+use crate::ledger::{bundle, DatabaseUrl, Ledger};
 
 #[derive(Parser, Debug)]
 #[command(name = "runledger", version, about = "An event-sourced ledger for job runs")]
@@ -32,7 +32,8 @@ pub enum Cmd {
     Rebuild(DatabaseArgs),
     /// Write the log's events after a position as NDJSON, as stored.
     Export(ExportArgs),
-    /// Load an NDJSON export into an empty ledger (the chain is checked first).
+    /// Load an NDJSON export, or one run's debug bundle, into an empty ledger
+    /// (the chain is checked first; a bundle's events are re-sealed as 1..n).
     Import(ImportArgs),
     /// Create, list and revoke API tokens.
     Token(TokenArgs),
@@ -90,7 +91,8 @@ pub struct ExportArgs {
 pub struct ImportArgs {
     #[command(flatten)]
     pub database: DatabaseArgs,
-    /// An NDJSON file written by `runledger export`.
+    /// An NDJSON file written by `runledger export`, or a debug bundle
+    /// (`GET /api/runs/{id}/debug-bundle`).
     pub file: std::path::PathBuf,
 }
 
@@ -134,6 +136,10 @@ pub struct ServeArgs {
     /// is kept (and replayed to a retry), in seconds.
     #[arg(long, env = "RUNLEDGER_IDEMPOTENCY_TTL_SECS", default_value_t = 86_400)]
     pub idempotency_ttl_secs: u64,
+    /// The most events (or children) a run's debug bundle may hold; a larger
+    /// run's bundle is refused with 422, never truncated.
+    #[arg(long, env = "RUNLEDGER_BUNDLE_MAX_EVENTS", default_value_t = 100_000)]
+    pub bundle_max_events: usize,
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -247,21 +253,86 @@ async fn export(args: ExportArgs) -> anyhow::Result<()> {
 }
 
 async fn import(args: ImportArgs) -> anyhow::Result<()> {
-    use std::io::BufRead;
-    let file = std::io::BufReader::new(std::fs::File::open(&args.file)?);
+    let text = std::fs::read_to_string(&args.file).map_err(|e| anyhow::anyhow!("{}: {e}", args.file.display()))?;
+    // A bundle is one JSON object with a `format`; an export is one event per
+    // line, and events have no `format`.
+    let first = serde_json::Deserializer::from_str(&text)
+        .into_iter::<serde_json::Value>()
+        .next();
+    if let Some(Ok(serde_json::Value::Object(first))) = first {
+        if first.contains_key("format") {
+            return import_bundle(&args, &text).await;
+        }
+    }
     let mut envelopes = Vec::new();
-    for (i, line) in file.lines().enumerate() {
-        let line = line?;
+    for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
-        let envelope = serde_json::from_str(&line)
+        let envelope = serde_json::from_str(line)
             .map_err(|e| anyhow::anyhow!("{}:{}: not an exported event: {e}", args.file.display(), i + 1))?;
         envelopes.push(envelope);
     }
     let ledger = Ledger::open(&args.database.database_url).await?;
     let (events, runs) = ledger.import(envelopes).await?;
     println!("imported {events} events ({runs} runs)");
+    Ok(())
+}
+
+/// The parts of a debug bundle that import needs; the rest (details,
+/// lineage, children) is rebuilt from the events or stays in the file.
+#[derive(serde::Deserialize)]
+struct BundleFile {
+    format: String,
+    version: u32,
+    run: BundleRun,
+    events: Vec<runledger_events::EventEnvelope>,
+    verification: bundle::Verification,
+}
+
+#[derive(serde::Deserialize)]
+struct BundleRun {
+    id: uuid::Uuid,
+}
+
+/// Loads a debug bundle's run into an empty ledger. Its events are re-sealed
+/// as positions 1..n of a new chain (one run's events are not a contiguous
+/// log); every other field is kept, and the original positions and hashes
+/// remain in the bundle file.
+async fn import_bundle(args: &ImportArgs, text: &str) -> anyhow::Result<()> {
+    let file = args.file.display();
+    let bundle: BundleFile =
+        serde_json::from_str(text).map_err(|e| anyhow::anyhow!("{file}: not a runledger debug bundle: {e}"))?;
+    if bundle.format != bundle::BUNDLE_FORMAT {
+        anyhow::bail!(
+            "{file}: format {:?} is not {:?}; expected a debug bundle or an NDJSON export",
+            bundle.format,
+            bundle::BUNDLE_FORMAT
+        );
+    }
+    if bundle.version != bundle::BUNDLE_VERSION {
+        anyhow::bail!(
+            "{file}: bundle version {} is not supported (this runledger reads version {})",
+            bundle.version,
+            bundle::BUNDLE_VERSION
+        );
+    }
+    if !bundle.verification.verified {
+        let at = bundle
+            .verification
+            .first_failure
+            .map(|f| format!(" (position {}: {})", f.position, f.reason))
+            .unwrap_or_default();
+        anyhow::bail!(
+            "{file}: the server that wrote this bundle found its events do not verify{at}; refusing to import"
+        );
+    }
+    let ledger = Ledger::open(&args.database.database_url).await?;
+    let (events, _) = ledger.import_run_events(bundle.run.id, bundle.events).await?;
+    println!(
+        "imported run {} from a debug bundle: {events} events, re-sealed as positions 1..{events} of a new chain (the original positions and hashes remain in the bundle)",
+        bundle.run.id
+    );
     Ok(())
 }
 
@@ -301,6 +372,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         rate_limit,
         bulk_cap: args.bulk_max_runs,
         idempotency_ttl: std::time::Duration::from_secs(args.idempotency_ttl_secs),
+        bundle_max_events: args.bundle_max_events,
         ..HttpConfig::default()
     };
     http::serve(ledger, config, listener, shutdown_signal()).await?;

@@ -37,13 +37,11 @@ impl Sealed {
         }
     }
 
-    /// Checks this event as the next link of `walk` (see `ChainWalk::step`).
-    pub fn check(&self, walk: &mut ChainWalk) -> bool {
+    fn input<'a>(&'a self, event_id: &'a str) -> HashInput<'a> {
         let e = &self.envelope;
-        let event_id = e.event_id.to_string();
-        let stored = HashInput {
+        HashInput {
             position: e.position,
-            event_id: &event_id,
+            event_id,
             stream_id: &e.stream_id,
             stream_version: e.stream_version,
             event_type: &e.event_type,
@@ -52,8 +50,20 @@ impl Sealed {
             metadata: &self.metadata,
             recorded_at: &self.recorded_at,
             prev_hash: &e.prev_hash,
-        };
-        walk.step(&stored, &e.hash)
+        }
+    }
+
+    /// Checks this event as the next link of `walk` (see `ChainWalk::step`).
+    pub fn check(&self, walk: &mut ChainWalk) -> bool {
+        let event_id = self.envelope.event_id.to_string();
+        walk.step(&self.input(&event_id), &self.envelope.hash)
+    }
+
+    /// Whether the stored `hash` is the hash of the stored fields and
+    /// `prev_hash`: false when the event was altered after it was sealed.
+    pub fn hash_matches(&self) -> bool {
+        let event_id = self.envelope.event_id.to_string();
+        self.input(&event_id).hash() == self.envelope.hash
     }
 }
 
@@ -64,6 +74,23 @@ impl Sealer {
             hash,
             recorded_at,
         }
+    }
+
+    /// Seals an already recorded event again as the next position of this
+    /// log: everything is kept (id, stream and version, type, data, metadata,
+    /// time) but its position and its place in the chain. For loading a
+    /// subset of another log, such as one run's events.
+    pub fn reseal(&mut self, mut envelope: EventEnvelope) -> Sealed {
+        envelope.position = self.position + 1;
+        envelope.prev_hash = self.hash.clone();
+        let mut sealed = Sealed::from_envelope(envelope);
+        let event_id = sealed.envelope.event_id.to_string();
+        let hash = sealed.input(&event_id).hash();
+        sealed.envelope.hash = hash.clone();
+        self.position = sealed.envelope.position;
+        self.hash = hash;
+        self.recorded_at = Some(sealed.envelope.recorded_at);
+        sealed
     }
 
     /// Seals `events` as the next versions of `stream_id`, whose current

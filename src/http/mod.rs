@@ -2,6 +2,7 @@
 
 mod auth;
 mod bulk;
+mod debug_bundle;
 mod error;
 mod events;
 mod extract;
@@ -76,6 +77,8 @@ pub struct HttpConfig {
     pub bulk_cap: usize,
     /// How long the response to a POST with an `Idempotency-Key` is kept.
     pub idempotency_ttl: Duration,
+    /// The most events (and children) a run's debug bundle may hold.
+    pub bundle_max_events: usize,
 }
 
 impl Default for HttpConfig {
@@ -93,6 +96,7 @@ impl Default for HttpConfig {
             }),
             bulk_cap: bulk::DEFAULT_BULK_CAP,
             idempotency_ttl: Duration::from_secs(86_400),
+            bundle_max_events: debug_bundle::DEFAULT_BUNDLE_MAX_EVENTS,
         }
     }
 }
@@ -118,6 +122,7 @@ pub fn api(
         .merge(run_commands::router())
         .merge(run_details::router())
         .merge(run_relations::router())
+        .merge(debug_bundle::router())
         .merge(tasks::router())
         .merge(system::router())
         .merge(metrics::router())
@@ -138,6 +143,7 @@ pub fn api(
         ))
         .layer(Extension(streams))
         .layer(Extension(bulk::BulkCap(config.bulk_cap)))
+        .layer(Extension(debug_bundle::BundleCap(config.bundle_max_events)))
         .layer(middleware::from_fn(error::problems))
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {

@@ -3,6 +3,7 @@
 //! PostgreSQL (several nodes on one database).
 
 pub mod bulk;
+pub mod bundle;
 mod details;
 mod execute;
 mod idempotency;

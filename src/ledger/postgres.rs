@@ -522,6 +522,10 @@ impl PgLedger {
         Ok(log::after(&mut *self.pool.acquire().await?, after, limit).await?)
     }
 
+    pub async fn events_at(&self, positions: Vec<i64>) -> Result<Vec<EventEnvelope>, LedgerError> {
+        Ok(log::at_positions(&mut *self.pool.acquire().await?, &positions).await?)
+    }
+
     /// Replays the log into fresh projections, holding the append lock so no
     /// node appends meanwhile. Returns (events, runs).
     pub async fn rebuild(&self) -> Result<(u64, usize), LedgerError> {

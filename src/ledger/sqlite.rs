@@ -261,6 +261,10 @@ impl SqliteLedger {
         Ok(self.pool.read(move |c| read::after(c, after, limit)).await?)
     }
 
+    pub async fn events_at(&self, positions: Vec<i64>) -> Result<Vec<EventEnvelope>, LedgerError> {
+        Ok(self.pool.read(move |c| read::at_positions(c, &positions)).await?)
+    }
+
     /// Replays the log into fresh projections, in the writer's transaction
     /// (so no append interleaves). Returns (events, runs).
     pub async fn rebuild(&self) -> Result<(u64, usize), LedgerError> {

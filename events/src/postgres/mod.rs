@@ -169,6 +169,17 @@ pub async fn after(conn: &mut PgConnection, after: i64, limit: i64) -> sqlx::Res
     rows.iter().map(envelope).collect()
 }
 
+/// The events at these positions (those that exist), in position order.
+pub async fn at_positions(conn: &mut PgConnection, positions: &[i64]) -> sqlx::Result<Vec<EventEnvelope>> {
+    let rows = sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM events WHERE position = ANY($1::bigint[]) ORDER BY position"
+    ))
+    .bind(positions)
+    .fetch_all(conn)
+    .await?;
+    rows.iter().map(envelope).collect()
+}
+
 /// Walks the whole log in position order and checks the hash chain (see
 /// `chain::ChainWalk`), in pages so memory stays bounded.
 pub async fn verify_chain(conn: &mut PgConnection) -> sqlx::Result<crate::chain::ChainReport> {

@@ -88,6 +88,16 @@ pub fn after(conn: &Connection, after: i64, limit: i64) -> rusqlite::Result<Vec<
     rows.collect()
 }
 
+/// The events at these positions (those that exist), in position order.
+pub fn at_positions(conn: &Connection, positions: &[i64]) -> rusqlite::Result<Vec<EventEnvelope>> {
+    let list = serde_json::to_string(positions).expect("integers serialize");
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM events WHERE position IN (SELECT value FROM json_each(?1)) ORDER BY position"
+    ))?;
+    let rows = stmt.query_map([list], envelope_from_row)?;
+    rows.collect()
+}
+
 fn push_type_filter(sql: &mut String, args: &mut Vec<SqlValue>, types: &[String]) {
     if types.is_empty() {
         return;
