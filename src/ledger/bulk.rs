@@ -164,10 +164,33 @@ impl BulkCall {
 }
 
 /// Runs the call over `ids` against `store`, inside the backend's
-/// transaction. A refused run is a result, not a failure of the call: each
-/// command refuses before it writes, so the others go on. Returns the
-/// results and the unknown ids.
-pub(super) fn apply(
+/// transaction whose log head was `head`, and reports it.
+pub(super) fn report(
+    store: &mut impl RunStore,
+    call: &BulkCall,
+    ids: &[Uuid],
+    metadata: &Metadata,
+    operation_id: Option<Uuid>,
+    head: i64,
+) -> Result<BulkReport, BulkError> {
+    let (results, unknown_ids) = apply(store, call, ids, metadata).map_err(|e| match e {
+        ExecError::Command(e) => BulkError::Ledger(LedgerError::Command(e)),
+        ExecError::Storage(e) => BulkError::Ledger(LedgerError::Storage(e)),
+    })?;
+    Ok(BulkReport {
+        operation_id,
+        as_of: call.as_of.unwrap_or(head),
+        selected: ids.len() - unknown_ids.len(),
+        unknown_ids,
+        affected: results.iter().filter(|r| r.outcome.is_ok()).count(),
+        results,
+    })
+}
+
+/// Runs the call over `ids` against `store`. A refused run is a result, not
+/// a failure of the call: each command refuses before it writes, so the
+/// others go on. Returns the results and the unknown ids.
+fn apply(
     store: &mut impl RunStore,
     call: &BulkCall,
     ids: &[Uuid],

@@ -324,15 +324,7 @@ async fn commit_batch(pool: &PgPool, jobs: &[Job]) -> Result<(Outcomes, i64), St
     {
         known.insert(state.id, Some(state));
     }
-    let mut store = BatchStore {
-        runs: known,
-        sealer,
-        sealed: Vec::new(),
-        changed: Vec::new(),
-        closes: Vec::new(),
-        history: Vec::new(),
-        details: Vec::new(),
-    };
+    let mut store = BatchStore::new(known, sealer);
     let mut outcomes = Vec::with_capacity(jobs.len());
     for job in jobs {
         outcomes.push(match execute(&mut store, &job.command, &job.metadata) {
@@ -380,6 +372,20 @@ struct BatchStore {
     history: Vec<HistoryVersion>,
     /// The batch's detail rows, in append order.
     details: Vec<DetailRow>,
+}
+
+impl BatchStore {
+    fn new(runs: HashMap<Uuid, Option<RunState>>, sealer: Sealer) -> Self {
+        Self {
+            runs,
+            sealer,
+            sealed: Vec::new(),
+            changed: Vec::new(),
+            closes: Vec::new(),
+            history: Vec::new(),
+            details: Vec::new(),
+        }
+    }
 }
 
 impl RunStore for BatchStore {
@@ -621,27 +627,8 @@ impl PgLedger {
                 known.insert(state.id, Some(state));
             }
         }
-        let mut store = BatchStore {
-            runs: known,
-            sealer,
-            sealed: Vec::new(),
-            changed: Vec::new(),
-            closes: Vec::new(),
-            history: Vec::new(),
-            details: Vec::new(),
-        };
-        let (results, unknown_ids) = bulk::apply(&mut store, &call, &ids, &metadata).map_err(|e| match e {
-            ExecError::Command(e) => BulkError::Ledger(LedgerError::Command(e)),
-            ExecError::Storage(e) => BulkError::Ledger(LedgerError::Storage(e)),
-        })?;
-        let report = BulkReport {
-            operation_id,
-            as_of: call.as_of.unwrap_or(head),
-            selected: ids.len() - unknown_ids.len(),
-            unknown_ids,
-            affected: results.iter().filter(|r| r.outcome.is_ok()).count(),
-            results,
-        };
+        let mut store = BatchStore::new(known, sealer);
+        let report = bulk::report(&mut store, &call, &ids, &metadata, operation_id, head)?;
         let Some(id) = operation_id else {
             tx.rollback().await.map_err(storage)?;
             return Ok(report);

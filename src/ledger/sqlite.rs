@@ -355,19 +355,7 @@ impl SqliteLedger {
                     None => None,
                 };
                 let ids = call.resolve(matched)?;
-                let (results, unknown_ids) =
-                    bulk::apply(&mut SqliteStore(tx), &call, &ids, &metadata).map_err(|e| match e {
-                        ExecError::Command(e) => BulkError::Ledger(LedgerError::Command(e)),
-                        ExecError::Storage(e) => BulkError::Ledger(LedgerError::Storage(e)),
-                    })?;
-                let report = BulkReport {
-                    operation_id,
-                    as_of: call.as_of.unwrap_or(head),
-                    selected: ids.len() - unknown_ids.len(),
-                    unknown_ids,
-                    affected: results.iter().filter(|r| r.outcome.is_ok()).count(),
-                    results,
-                };
+                let report = bulk::report(&mut SqliteStore(tx), &call, &ids, &metadata, operation_id, head)?;
                 if let Some(id) = operation_id {
                     let conn = tx.writer();
                     let id = id.to_string();

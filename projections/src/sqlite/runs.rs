@@ -1,7 +1,7 @@
 //! The runs table on SQLite: written in the writer's transaction, read from
 //! the read pool.
 
-use rusqlite::{params, types::Value as SqlValue, Connection, OptionalExtension};
+use rusqlite::{params, types::Value as SqlValue, Connection, OptionalExtension, ToSql};
 use uuid::Uuid;
 
 use runledger_events::{RunEvent, Timestamp};
@@ -106,31 +106,40 @@ fn insert_version(conn: &Connection, v: &RunRowValues<'_>, version: &HistoryVers
             marks.join(", ")
         )
     });
-    conn.prepare_cached(&INSERT)?.execute(params![
-        v.id,
-        v.project,
-        v.task_name,
-        v.status,
-        v.end_reason,
-        v.exit_code,
-        v.triggered_by,
-        v.retry_attempt,
-        v.parent_run_id,
-        v.idempotency_key,
-        v.dead_lettered,
-        v.deleted,
-        v.created_at,
-        v.start_at,
-        v.end_at,
-        v.duration_ms,
-        v.version,
-        v.position,
-        v.state,
-        version.valid_to,
-        version.valid_from_at,
-        version.valid_to_at,
-    ])?;
+    let mut values = row_params(v);
+    values.extend([
+        &version.valid_to as &dyn ToSql,
+        &version.valid_from_at,
+        &version.valid_to_at,
+    ]);
+    conn.prepare_cached(&INSERT)?
+        .execute(rusqlite::params_from_iter(values))?;
     Ok(())
+}
+
+/// The `runs` columns of a row, in `RUN_COLUMNS` order, for binding.
+fn row_params<'a>(v: &'a RunRowValues<'_>) -> Vec<&'a dyn ToSql> {
+    vec![
+        &v.id,
+        &v.project,
+        &v.task_name,
+        &v.status,
+        &v.end_reason,
+        &v.exit_code,
+        &v.triggered_by,
+        &v.retry_attempt,
+        &v.parent_run_id,
+        &v.idempotency_key,
+        &v.dead_lettered,
+        &v.deleted,
+        &v.created_at,
+        &v.start_at,
+        &v.end_at,
+        &v.duration_ms,
+        &v.version,
+        &v.position,
+        &v.state,
+    ]
 }
 
 /// Writes `state` as the run's row. `previous` is the row as it was before
@@ -148,27 +157,8 @@ fn store_row(
             marks.join(", ")
         )
     });
-    conn.prepare_cached(&UPSERT)?.execute(params![
-        v.id,
-        v.project,
-        v.task_name,
-        v.status,
-        v.end_reason,
-        v.exit_code,
-        v.triggered_by,
-        v.retry_attempt,
-        v.parent_run_id,
-        v.idempotency_key,
-        v.dead_lettered,
-        v.deleted,
-        v.created_at,
-        v.start_at,
-        v.end_at,
-        v.duration_ms,
-        v.version,
-        v.position,
-        v.state,
-    ])?;
+    conn.prepare_cached(&UPSERT)?
+        .execute(rusqlite::params_from_iter(row_params(v)))?;
     if previous.map(|p| &p.tags) != Some(&state.tags) {
         let id = state.id.to_string();
         if previous.is_some() {
