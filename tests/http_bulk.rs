@@ -579,6 +579,9 @@ async fn retry_failed_only_retries_the_failed_children(s: TestServer) {
     s.post(&format!("/api/runs/{parent}/retry"), json!({"failed_only": "yes"}))
         .await
         .invalid_at("body.failed_only");
+    s.post(&format!("/api/runs/{parent}/dlq-replay"), json!({"failed_only": true}))
+        .await
+        .invalid_at("body.failed_only");
     assert_eq!(s.event_count().await, before);
     s.stop().await;
 }

@@ -554,6 +554,13 @@ async fn retry(
     let run_id = f.path_id(id);
     let reason = optional_text(&mut f, "reason", body.reason, MAX_REASON);
     let failed_only = body.failed_only.unwrap_or(false);
+    if failed_only && !matches!(action, RetryAction::Retry | RetryAction::Replay) {
+        f.add(
+            "body.failed_only",
+            "applies to retry and replay only; a dead-lettered run is replayed itself",
+            None,
+        );
+    }
     if failed_only && body.payload.is_some() {
         f.add(
             "body.payload",

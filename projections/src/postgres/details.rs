@@ -122,8 +122,7 @@ fn bind_all<'q, O>(
 
 /// The first column of every row, as text.
 pub async fn texts(conn: &mut PgConnection, q: &SqlQuery) -> sqlx::Result<Vec<String>> {
-    let rows: Vec<(String,)> = bind_all(sqlx::query_as(&q.sql), &q.args).fetch_all(conn).await?;
-    Ok(rows.into_iter().map(|(t,)| t).collect())
+    super::runs::scalar(q).fetch_all(conn).await
 }
 
 type TotalsRow = (Option<String>, Option<String>, i64, i64, i64, i64, i64);

@@ -15,7 +15,7 @@ fn decode(text: &str) -> sqlx::Result<RunState> {
     serde_json::from_str(text).map_err(|e| sqlx::Error::Decode(Box::new(e)))
 }
 
-fn scalar<'q, T>(q: &'q SqlQuery) -> QueryScalar<'q, Postgres, T, PgArguments>
+pub(crate) fn scalar<'q, T>(q: &'q SqlQuery) -> QueryScalar<'q, Postgres, T, PgArguments>
 where
     (T,): for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>,
 {
@@ -247,7 +247,7 @@ pub async fn select(conn: &mut PgConnection, query: &RunQuery, max: usize) -> sq
     if total as usize > max {
         return Ok((total, None));
     }
-    let rows: Vec<String> = scalar(&query.ids_sql()).fetch_all(&mut *conn).await?;
+    let rows = super::details::texts(&mut *conn, &query.ids_sql()).await?;
     let ids = rows
         .iter()
         .map(|id| id.parse::<Uuid>().map_err(|e| sqlx::Error::Decode(Box::new(e))))

@@ -6,7 +6,7 @@ use std::sync::LazyLock;
 use rusqlite::{params, Connection};
 
 use crate::details::{DetailRow, UsageTotals, CHECKPOINTS, LINEAGE, LOGS, OUTPUTS, TOOL_CALLS, USAGE};
-use crate::{Arg, SqlQuery};
+use crate::SqlQuery;
 
 static INSERTS: LazyLock<[String; 6]> = LazyLock::new(|| {
     [
@@ -87,21 +87,8 @@ pub fn store(conn: &Connection, rows: &[DetailRow]) -> rusqlite::Result<()> {
     Ok(())
 }
 
-fn bind(args: &[Arg]) -> Vec<rusqlite::types::Value> {
-    args.iter()
-        .map(|a| match a {
-            Arg::Int(i) => rusqlite::types::Value::Integer(*i),
-            Arg::Text(t) => rusqlite::types::Value::Text(t.clone()),
-        })
-        .collect()
-}
-
-/// The first column of every row, as text.
-pub fn texts(conn: &Connection, q: &SqlQuery) -> rusqlite::Result<Vec<String>> {
-    let mut stmt = conn.prepare_cached(&q.sql)?;
-    let rows = stmt.query_map(rusqlite::params_from_iter(bind(&q.args)), |r| r.get::<_, String>(0))?;
-    rows.collect()
-}
+use super::bind;
+pub use super::texts;
 
 /// Rows of `usage_totals_sql`.
 pub fn totals(conn: &Connection, q: &SqlQuery) -> rusqlite::Result<Vec<UsageTotals>> {

@@ -1,7 +1,7 @@
 //! The runs table on SQLite: written in the writer's transaction, read from
 //! the read pool.
 
-use rusqlite::{params, types::Value as SqlValue, Connection, OptionalExtension, ToSql};
+use rusqlite::{params, Connection, OptionalExtension, ToSql};
 use uuid::Uuid;
 
 use runledger_events::{RunEvent, Timestamp};
@@ -19,14 +19,7 @@ fn decode(text: String) -> rusqlite::Result<RunState> {
     serde_json::from_str(&text).map_err(json_err)
 }
 
-fn bind(args: &[Arg]) -> Vec<SqlValue> {
-    args.iter()
-        .map(|a| match a {
-            Arg::Int(i) => SqlValue::Integer(*i),
-            Arg::Text(t) => SqlValue::Text(t.clone()),
-        })
-        .collect()
-}
+use super::{bind, texts};
 
 fn query_states(conn: &Connection, q: &SqlQuery) -> rusqlite::Result<Vec<RunState>> {
     let mut stmt = conn.prepare_cached(&q.sql)?;
@@ -183,11 +176,9 @@ pub fn select(conn: &Connection, query: &RunQuery, max: usize) -> rusqlite::Resu
     if total as usize > max {
         return Ok((total, None));
     }
-    let ids = query.ids_sql();
-    let mut stmt = conn.prepare_cached(&ids.sql)?;
-    let rows = stmt.query_map(rusqlite::params_from_iter(bind(&ids.args)), |r| r.get::<_, String>(0))?;
-    let ids = rows
-        .map(|r| r.and_then(|id| id.parse::<Uuid>().map_err(|e| json_err_any(e.to_string()))))
+    let ids = texts(conn, &query.ids_sql())?
+        .iter()
+        .map(|id| id.parse::<Uuid>().map_err(|e| json_err_any(e.to_string())))
         .collect::<rusqlite::Result<Vec<Uuid>>>()?;
     Ok((total, Some(ids)))
 }
