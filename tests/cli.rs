@@ -21,7 +21,7 @@ async fn dump(s: &TestServer) -> Vec<String> {
     rows.extend(
         s.query_strings(
             "SELECT id || '|' || version || '|' || status || '|' || position || '|' || valid_to || '|' || \
-             valid_from_at || '|' || COALESCE(valid_to_at, -1) || '|' || state FROM run_history ORDER BY id, version",
+             valid_from_at || '|' || COALESCE(valid_to_at, -1) || '|' || changes FROM run_history ORDER BY id, version",
         )
         .await,
     );
@@ -221,6 +221,28 @@ async fn rebuild_replays_the_log_into_identical_projections(mut s: TestServer) {
         before,
         "rebuilt projections differ from the ones kept live"
     );
+    s.stop().await;
+}
+
+/// What a database from before a projection existed (or before its format
+/// changed, as migration 10 did to `run_history`) looks like: the projection
+/// empty while runs exist. The server rebuilds it at start-up.
+async fn a_server_rebuilds_an_empty_history_at_start_up(mut s: TestServer) {
+    history(&s).await;
+    details(&s).await;
+    s.shutdown().await;
+    let before = dump(&s).await;
+    s.exec_sql("DELETE FROM run_history").await.unwrap();
+    s.exec_sql("DELETE FROM run_lineage").await.unwrap();
+    assert_ne!(dump(&s).await, before);
+    let node = common::Node::start(&s.database_url());
+    let run = s.query_strings("SELECT id FROM runs ORDER BY id LIMIT 1").await;
+    let reply = reqwest::get(format!("{}/api/runs/{}/history", node.base, run[0]))
+        .await
+        .expect("request");
+    assert_eq!(reply.status().as_u16(), 200);
+    drop(node);
+    assert_eq!(dump(&s).await, before, "the rebuilt projections differ");
     s.stop().await;
 }
 
@@ -438,5 +460,6 @@ backend_tests!(
     tokens_from_the_cli_guard_a_server_on_any_address,
     verify_reports_an_intact_chain_and_the_first_altered_position,
     rebuild_replays_the_log_into_identical_projections,
+    a_server_rebuilds_an_empty_history_at_start_up,
     export_then_import_round_trips_the_log_and_projections,
 );

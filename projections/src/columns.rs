@@ -1,7 +1,7 @@
 //! The runs table's row for a run state, written once for both backends:
 //! which field goes to which column, the column list and the upsert.
 
-use crate::RunState;
+use crate::{RunChanges, RunState};
 
 /// The columns of `runs`, in the order of `RunRowValues`.
 pub const RUN_COLUMNS: &str = "id, project, task_name, status, end_reason, exit_code, triggered_by, \
@@ -42,8 +42,19 @@ pub struct RunRowValues<'a> {
 }
 
 impl<'a> RunRowValues<'a> {
+    /// The row of `runs`: `state` is the whole run.
     pub fn of(s: &'a RunState) -> Result<Self, serde_json::Error> {
-        Ok(Self {
+        Ok(Self::with_state(s, serde_json::to_string(s)?))
+    }
+
+    /// The row of `run_history` for the version `s`: `state` holds only
+    /// what changed since creation (`RunChanges`).
+    pub fn version_of(s: &'a RunState) -> Result<Self, serde_json::Error> {
+        Ok(Self::with_state(s, RunChanges::json(s)?))
+    }
+
+    fn with_state(s: &'a RunState, state: String) -> Self {
+        Self {
             id: s.id.to_string(),
             project: &s.project,
             task_name: &s.task_name,
@@ -62,27 +73,32 @@ impl<'a> RunRowValues<'a> {
             duration_ms: s.duration_ms,
             version: s.version,
             position: s.position,
-            state: serde_json::to_string(s)?,
-        })
+            state,
+        }
     }
 }
 
 /// The columns of `run_history`: those of `runs` (`position` is where the
-/// version starts), then where and when it stops.
+/// version starts; `changes` in place of `state`), then where and when it
+/// stops.
 pub const HISTORY_COLUMNS: &str = "id, project, task_name, status, end_reason, exit_code, triggered_by, \
      retry_attempt, parent_run_id, idempotency_key, dead_lettered, deleted, created_at, start_at, end_at, \
-     duration_ms, version, position, state, valid_to, valid_from_at, valid_to_at";
+     duration_ms, version, position, changes, valid_to, valid_from_at, valid_to_at";
+
+/// What a query of `run_history` selects for each version: the run's current
+/// state and the version's changes, for `RunChanges::decode`.
+pub const HISTORY_STATE: &str = "(SELECT r.state FROM runs r WHERE r.id = run_history.id), run_history.changes";
 
 /// The run's version valid at a position: binds the run id, then the position.
-pub const VERSION_AT_SQL: &str = "SELECT state FROM run_history WHERE id = $1 AND position <= $2 AND valid_to > $2";
+pub const VERSION_AT_SQL: &str = "SELECT (SELECT r.state FROM runs r WHERE r.id = run_history.id), \
+     run_history.changes FROM run_history WHERE id = $1 AND position <= $2 AND valid_to > $2";
 
 /// `valid_to` of a run's current version.
 pub const CURRENT: i64 = i64::MAX;
 
 /// Closes a run's version when the run's next event arrives: binds
-/// `valid_to`, `valid_to_at`, the run id and the closed version.
-pub const CLOSE_VERSION_SQL: &str =
-    "UPDATE run_history SET valid_to = $1, valid_to_at = $2 WHERE id = $3 AND version = $4";
+/// `valid_to`, `valid_to_at` and the closed version's position (its key).
+pub const CLOSE_VERSION_SQL: &str = "UPDATE run_history SET valid_to = $1, valid_to_at = $2 WHERE position = $3";
 
 /// One version of a run: its state after one event, valid from that event
 /// (recorded at `valid_from_at`, µs) until the run's next one.

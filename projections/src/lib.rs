@@ -2,6 +2,7 @@
 //! the tables that fold maintains and serves queries from.
 #![forbid(unsafe_code)]
 
+mod changes;
 mod columns;
 pub mod details;
 mod log;
@@ -11,11 +12,19 @@ mod replay;
 mod run_state;
 pub mod sqlite;
 
+pub use changes::RunChanges;
 pub use columns::{
     HistoryVersion, RunRowValues, CLOSE_VERSION_SQL, CURRENT, HISTORY_COLUMNS, RUN_COLUMNS, RUN_UPSERT_SET,
     VERSION_AT_SQL,
 };
 pub use details::DetailRow;
+
+/// Every table the log's fold fills: what a rebuild empties and fills again.
+pub fn projection_tables() -> impl Iterator<Item = &'static str> {
+    ["runs", "run_tags", "run_history"]
+        .into_iter()
+        .chain(details::DETAIL_TABLES.iter().map(|t| t.name))
+}
 pub use log::{LogEntry, LogFilter};
 pub use query::{Arg, RunFilter, RunQuery, SortDirection, SortField, SqlQuery, StatusValue, TaskSummary};
 pub use replay::{Replay, ReplayError};

@@ -290,7 +290,8 @@ impl RunQuery {
         }
     }
 
-    /// The page: the `state` column of each matching row, in order.
+    /// The page: the state of each matching row, in order (for a past
+    /// version, the current state and its changes: `RunChanges::decode`).
     pub fn page_sql(&self) -> SqlQuery {
         let table = self.table();
         let mut b = Builder { args: Vec::new() };
@@ -299,9 +300,14 @@ impl RunQuery {
         let column = self.sort_field.column();
         let limit = b.int(self.limit);
         let offset = b.int(self.offset);
+        let state = if self.as_of.is_some() {
+            crate::columns::HISTORY_STATE
+        } else {
+            "state"
+        };
         SqlQuery {
             sql: format!(
-                "SELECT state FROM {table}{filter} ORDER BY {column} {dir} NULLS LAST, id {dir} LIMIT {limit} OFFSET {offset}"
+                "SELECT {state} FROM {table}{filter} ORDER BY {column} {dir} NULLS LAST, id {dir} LIMIT {limit} OFFSET {offset}"
             ),
             args: b.args,
         }

@@ -251,6 +251,8 @@ impl RunState {
                 message: format!("run {} does not exist", self.id),
             });
         }
+        #[cfg(debug_assertions)]
+        let before = self.clone();
         match event {
             RunEvent::Created(_) => unreachable!("handled above"),
             RunEvent::Started(started) => {
@@ -347,6 +349,12 @@ impl RunState {
             }
         }
         self.touch(at);
+        #[cfg(debug_assertions)]
+        debug_assert!(
+            crate::RunChanges::only_changes_differ(&before, self),
+            "{} changed a field RunChanges does not hold: history could not restore it",
+            event.event_type()
+        );
         Ok(())
     }
 

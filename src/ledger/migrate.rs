@@ -41,6 +41,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "idempotency_keys",
         include_str!("../../migrations/sqlite/0009_idempotency_keys.sql"),
     ),
+    (
+        10,
+        "run_history_changes",
+        include_str!("../../migrations/sqlite/0010_run_history_changes.sql"),
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -149,7 +149,7 @@ impl PgLedger {
             }
         }
         let texts = match &reads.texts {
-            Some(q) => details::texts(&mut tx, q).await?,
+            Some(q) => runs::scalars(&mut tx, q).await?,
             None => Vec::new(),
         };
         let mut totals = Vec::with_capacity(reads.totals.len());
@@ -441,8 +441,7 @@ impl RunStore for BatchStore {
             {
                 Some(pending) => pending.close(first.state.position, first.valid_from_at),
                 None => self.closes.push(Close {
-                    run_id: previous.id.to_string(),
-                    version: previous.version,
+                    position: previous.position,
                     valid_to: first.state.position,
                     valid_to_at: first.valid_from_at,
                 }),

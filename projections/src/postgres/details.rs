@@ -6,7 +6,7 @@ use std::sync::LazyLock;
 use sqlx::PgConnection;
 
 use crate::details::{DetailRow, DetailTable, UsageTotals, CHECKPOINTS, LINEAGE, LOGS, OUTPUTS, TOOL_CALLS, USAGE};
-use crate::{Arg, SqlQuery};
+use crate::SqlQuery;
 
 /// In the order of `kinds` in `store_many`.
 const TABLES: [&DetailTable; 6] = [&CHECKPOINTS, &LOGS, &USAGE, &TOOL_CALLS, &OUTPUTS, &LINEAGE];
@@ -107,29 +107,13 @@ pub async fn store_many(conn: &mut PgConnection, rows: &[DetailRow]) -> sqlx::Re
     Ok(())
 }
 
-fn bind_all<'q, O>(
-    mut query: sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>,
-    args: &'q [Arg],
-) -> sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments> {
-    for arg in args {
-        query = match arg {
-            Arg::Int(i) => query.bind(*i),
-            Arg::Text(t) => query.bind(t.as_str()),
-        };
-    }
-    query
-}
-
-/// The first column of every row, as text.
-pub async fn texts(conn: &mut PgConnection, q: &SqlQuery) -> sqlx::Result<Vec<String>> {
-    super::runs::scalar(q).fetch_all(conn).await
-}
-
 type TotalsRow = (Option<String>, Option<String>, i64, i64, i64, i64, i64);
 
 /// Rows of `usage_totals_sql`.
 pub async fn totals(conn: &mut PgConnection, q: &SqlQuery) -> sqlx::Result<Vec<UsageTotals>> {
-    let rows: Vec<TotalsRow> = bind_all(sqlx::query_as(&q.sql), &q.args).fetch_all(conn).await?;
+    let rows: Vec<TotalsRow> = sqlx::query_as_with(&q.sql, super::runs::arguments(&q.args)?)
+        .fetch_all(conn)
+        .await?;
     Ok(rows
         .into_iter()
         .map(

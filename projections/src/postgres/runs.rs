@@ -1,37 +1,60 @@
 //! The runs table on PostgreSQL: written in batches in the appender's
 //! transaction, read with the same SQL as SQLite.
 
-use sqlx::postgres::PgArguments;
-use sqlx::query::QueryScalar;
-use sqlx::{PgConnection, Postgres};
+use sqlx::postgres::{PgArguments, PgRow};
+use sqlx::{Arguments, PgConnection, Postgres, Row};
 use uuid::Uuid;
 
 use crate::{
-    Arg, HistoryVersion, RunQuery, RunRowValues, RunState, SqlQuery, TaskSummary, HISTORY_COLUMNS, RUN_COLUMNS,
-    RUN_UPSERT_SET,
+    Arg, HistoryVersion, RunChanges, RunQuery, RunRowValues, RunState, SqlQuery, TaskSummary, HISTORY_COLUMNS,
+    RUN_COLUMNS, RUN_UPSERT_SET,
 };
 
 fn decode(text: &str) -> sqlx::Result<RunState> {
     serde_json::from_str(text).map_err(|e| sqlx::Error::Decode(Box::new(e)))
 }
 
-pub(crate) fn scalar<'q, T>(q: &'q SqlQuery) -> QueryScalar<'q, Postgres, T, PgArguments>
-where
-    (T,): for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>,
-{
-    let mut query = sqlx::query_scalar(&q.sql);
-    for arg in &q.args {
-        query = match arg {
-            Arg::Int(i) => query.bind(*i),
-            Arg::Text(t) => query.bind(t.as_str()),
-        };
+/// The bind values of `args`, in order.
+pub(crate) fn arguments(args: &[Arg]) -> sqlx::Result<PgArguments> {
+    let mut out = PgArguments::default();
+    for arg in args {
+        match arg {
+            Arg::Int(i) => out.add(*i),
+            Arg::Text(t) => out.add(t.as_str()),
+        }
+        .map_err(sqlx::Error::Encode)?;
     }
-    query
+    Ok(out)
+}
+
+/// The one value `q` selects.
+async fn count(conn: &mut PgConnection, q: &SqlQuery) -> sqlx::Result<i64> {
+    sqlx::query_scalar_with(&q.sql, arguments(&q.args)?)
+        .fetch_one(conn)
+        .await
+}
+
+/// The first column of every row of `q`.
+pub async fn scalars<T>(conn: &mut PgConnection, q: &SqlQuery) -> sqlx::Result<Vec<T>>
+where
+    (T,): for<'r> sqlx::FromRow<'r, PgRow>,
+    T: Send + Unpin,
+{
+    sqlx::query_scalar_with(&q.sql, arguments(&q.args)?)
+        .fetch_all(conn)
+        .await
+}
+
+/// A row of a query of states: `state`, and `changes` if it selects them.
+fn state_row(row: &PgRow) -> sqlx::Result<RunState> {
+    let state: &str = row.try_get(0)?;
+    let changes: Option<&str> = if row.len() > 1 { row.try_get(1)? } else { None };
+    RunChanges::decode(state, changes).map_err(|e| sqlx::Error::Decode(Box::new(e)))
 }
 
 async fn states(conn: &mut PgConnection, q: &SqlQuery) -> sqlx::Result<Vec<RunState>> {
-    let rows: Vec<String> = scalar(q).fetch_all(conn).await?;
-    rows.iter().map(|s| decode(s)).collect()
+    let rows = sqlx::query_with(&q.sql, arguments(&q.args)?).fetch_all(conn).await?;
+    rows.iter().map(state_row).collect()
 }
 
 pub async fn load(conn: &mut PgConnection, id: &Uuid) -> sqlx::Result<Option<RunState>> {
@@ -44,12 +67,12 @@ pub async fn load(conn: &mut PgConnection, id: &Uuid) -> sqlx::Result<Option<Run
 
 /// The run as it was at `position` (its version valid there), if it existed.
 pub async fn load_as_of(conn: &mut PgConnection, id: &Uuid, position: i64) -> sqlx::Result<Option<RunState>> {
-    let row: Option<String> = sqlx::query_scalar(crate::VERSION_AT_SQL)
+    let row = sqlx::query(crate::VERSION_AT_SQL)
         .bind(id.to_string())
         .bind(position)
         .fetch_optional(conn)
         .await?;
-    row.as_deref().map(decode).transpose()
+    row.as_ref().map(state_row).transpose()
 }
 
 pub async fn load_many(conn: &mut PgConnection, ids: &[Uuid]) -> sqlx::Result<Vec<RunState>> {
@@ -99,8 +122,8 @@ pub struct RunRow<'a> {
 
 /// A run's version that a later event ended, stored before this batch.
 pub struct Close {
-    pub run_id: String,
-    pub version: i64,
+    /// Where the version starts: its key.
+    pub position: i64,
     pub valid_to: i64,
     pub valid_to_at: i64,
 }
@@ -110,10 +133,11 @@ pub struct Close {
 pub async fn store_history(conn: &mut PgConnection, closes: &[Close], versions: &[HistoryVersion]) -> sqlx::Result<()> {
     if !closes.is_empty() {
         sqlx::query(
-            "UPDATE run_history h SET valid_to = c.valid_to, valid_to_at = c.valid_to_at              FROM UNNEST($1::text[], $2::bigint[], $3::bigint[], $4::bigint[]) AS c(id, version, valid_to, valid_to_at)              WHERE h.id = c.id AND h.version = c.version",
+            "UPDATE run_history h SET valid_to = c.valid_to, valid_to_at = c.valid_to_at \
+             FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[]) AS c(position, valid_to, valid_to_at) \
+             WHERE h.position = c.position",
         )
-        .bind(closes.iter().map(|c| c.run_id.as_str()).collect::<Vec<_>>())
-        .bind(closes.iter().map(|c| c.version).collect::<Vec<_>>())
+        .bind(closes.iter().map(|c| c.position).collect::<Vec<_>>())
         .bind(closes.iter().map(|c| c.valid_to).collect::<Vec<_>>())
         .bind(closes.iter().map(|c| c.valid_to_at).collect::<Vec<_>>())
         .execute(&mut *conn)
@@ -124,7 +148,7 @@ pub async fn store_history(conn: &mut PgConnection, closes: &[Close], versions: 
     }
     let values = versions
         .iter()
-        .map(|v| RunRowValues::of(&v.state))
+        .map(|v| RunRowValues::version_of(&v.state))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
     static INSERT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
@@ -239,15 +263,14 @@ pub async fn store_many(conn: &mut PgConnection, rows: &[RunRow<'_>]) -> sqlx::R
     Ok(())
 }
 
-/// A page of runs and the number of runs matching the filter.
 /// How many runs match the query, and — when there are at most `max` — their
 /// ids, in id order.
 pub async fn select(conn: &mut PgConnection, query: &RunQuery, max: usize) -> sqlx::Result<(i64, Option<Vec<Uuid>>)> {
-    let total: i64 = scalar(&query.count_sql()).fetch_one(&mut *conn).await?;
+    let total = count(&mut *conn, &query.count_sql()).await?;
     if total as usize > max {
         return Ok((total, None));
     }
-    let rows = super::details::texts(&mut *conn, &query.ids_sql()).await?;
+    let rows: Vec<String> = scalars(&mut *conn, &query.ids_sql()).await?;
     let ids = rows
         .iter()
         .map(|id| id.parse::<Uuid>().map_err(|e| sqlx::Error::Decode(Box::new(e))))
@@ -255,9 +278,10 @@ pub async fn select(conn: &mut PgConnection, query: &RunQuery, max: usize) -> sq
     Ok((total, Some(ids)))
 }
 
+/// A page of runs and the number of runs matching the filter.
 pub async fn list(conn: &mut PgConnection, query: &RunQuery) -> sqlx::Result<(Vec<RunState>, i64)> {
     let runs = states(conn, &query.page_sql()).await?;
-    let total: i64 = scalar(&query.count_sql()).fetch_one(conn).await?;
+    let total = count(conn, &query.count_sql()).await?;
     Ok((runs, total))
 }
 
@@ -265,17 +289,11 @@ pub async fn list(conn: &mut PgConnection, query: &RunQuery) -> sqlx::Result<(Ve
 pub async fn tasks(conn: &mut PgConnection, limit: i64, offset: i64) -> sqlx::Result<(Vec<TaskSummary>, i64)> {
     let keys = TaskSummary::count_keys();
     let q = TaskSummary::counts_sql(limit, offset);
-    let mut query = sqlx::query(&q.sql);
-    for arg in &q.args {
-        query = match arg {
-            Arg::Int(i) => query.bind(*i),
-            Arg::Text(t) => query.bind(t.as_str()),
-        };
-    }
-    let rows = query.fetch_all(&mut *conn).await?;
+    let rows = sqlx::query_with(&q.sql, arguments(&q.args)?)
+        .fetch_all(&mut *conn)
+        .await?;
     let mut out = Vec::with_capacity(rows.len());
     for row in rows {
-        use sqlx::Row;
         let task_name: String = row.try_get(0)?;
         let mut counts = std::collections::BTreeMap::new();
         for (i, key) in keys.iter().enumerate() {
@@ -320,12 +338,8 @@ pub async fn log_page(conn: &mut PgConnection, after: i64, limit: i64) -> sqlx::
 /// Drops the projection tables' rows and replays the whole log into them.
 /// Run inside a transaction that holds the append lock. Returns (events, runs).
 pub async fn rebuild(conn: &mut PgConnection) -> Result<(u64, usize), String> {
-    sqlx::raw_sql("DELETE FROM runs; DELETE FROM run_tags; DELETE FROM run_history;")
-        .execute(&mut *conn)
-        .await
-        .map_err(|e| e.to_string())?;
-    for table in crate::details::DETAIL_TABLES {
-        sqlx::raw_sql(&format!("DELETE FROM {}", table.name))
+    for table in crate::projection_tables() {
+        sqlx::raw_sql(&format!("DELETE FROM {table}"))
             .execute(&mut *conn)
             .await
             .map_err(|e| e.to_string())?;

@@ -7,8 +7,8 @@ use uuid::Uuid;
 use runledger_events::{RunEvent, Timestamp};
 
 use crate::{
-    Arg, HistoryVersion, RunQuery, RunRowValues, RunState, SqlQuery, TaskSummary, CLOSE_VERSION_SQL, HISTORY_COLUMNS,
-    RUN_COLUMNS, RUN_UPSERT_SET,
+    Arg, HistoryVersion, RunChanges, RunQuery, RunRowValues, RunState, SqlQuery, TaskSummary, CLOSE_VERSION_SQL,
+    HISTORY_COLUMNS, RUN_COLUMNS, RUN_UPSERT_SET,
 };
 
 fn json_err(e: serde_json::Error) -> rusqlite::Error {
@@ -21,10 +21,20 @@ fn decode(text: String) -> rusqlite::Result<RunState> {
 
 use super::{bind, texts};
 
+/// A row of a query of states: `state`, and `changes` if it selects them.
+fn state_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RunState> {
+    let state = row.get_ref(0)?.as_str()?;
+    let changes = match row.as_ref().column_count() {
+        1 => None,
+        _ => row.get_ref(1)?.as_str_or_null()?,
+    };
+    RunChanges::decode(state, changes).map_err(json_err)
+}
+
 fn query_states(conn: &Connection, q: &SqlQuery) -> rusqlite::Result<Vec<RunState>> {
     let mut stmt = conn.prepare_cached(&q.sql)?;
-    let rows = stmt.query_map(rusqlite::params_from_iter(bind(&q.args)), |r| r.get::<_, String>(0))?;
-    rows.map(|r| r.and_then(decode)).collect()
+    let rows = stmt.query_map(rusqlite::params_from_iter(bind(&q.args)), state_row)?;
+    rows.collect()
 }
 
 pub fn load(conn: &Connection, id: &Uuid) -> rusqlite::Result<Option<RunState>> {
@@ -38,10 +48,8 @@ pub fn load(conn: &Connection, id: &Uuid) -> rusqlite::Result<Option<RunState>> 
 /// The run as it was at `position` (its version valid there), if it existed.
 pub fn load_as_of(conn: &Connection, id: &Uuid, position: i64) -> rusqlite::Result<Option<RunState>> {
     conn.prepare_cached(crate::VERSION_AT_SQL)?
-        .query_row(params![id.to_string(), position], |r| r.get::<_, String>(0))
-        .optional()?
-        .map(decode)
-        .transpose()
+        .query_row(params![id.to_string(), position], state_row)
+        .optional()
 }
 
 /// An unfinished run of `task_name` created with `key`.
@@ -65,33 +73,22 @@ pub fn find_unfinished_by_idempotency_key(
 /// history, closing the version that was current before. `previous` is the
 /// run as it was before (None for a new run).
 pub fn store(conn: &Connection, previous: Option<&RunState>, versions: &[HistoryVersion]) -> rusqlite::Result<()> {
-    let Some((last, earlier)) = versions.split_last() else {
+    let Some(last) = versions.last() else {
         return Ok(());
     };
-    // The run's row and its current version hold the same state: serialize it once.
-    let values = RunRowValues::of(&last.state).map_err(json_err)?;
-    store_row(conn, previous, &last.state, &values)?;
+    store_row(conn, previous, &last.state)?;
     if let (Some(previous), Some(first)) = (previous, versions.first()) {
         conn.prepare_cached(CLOSE_VERSION_SQL)?.execute(params![
             first.state.position,
             first.valid_from_at,
-            previous.id.to_string(),
-            previous.version
+            previous.position
         ])?;
     }
-    for version in earlier {
-        store_version(conn, version)?;
-    }
-    insert_version(conn, &values, last)
+    versions.iter().try_for_each(|version| store_version(conn, version))
 }
 
 /// Inserts one version into `run_history`.
 pub fn store_version(conn: &Connection, version: &HistoryVersion) -> rusqlite::Result<()> {
-    let values = RunRowValues::of(&version.state).map_err(json_err)?;
-    insert_version(conn, &values, version)
-}
-
-fn insert_version(conn: &Connection, v: &RunRowValues<'_>, version: &HistoryVersion) -> rusqlite::Result<()> {
     static INSERT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
         let marks: Vec<String> = (1..=22).map(|i| format!("?{i}")).collect();
         format!(
@@ -99,7 +96,8 @@ fn insert_version(conn: &Connection, v: &RunRowValues<'_>, version: &HistoryVers
             marks.join(", ")
         )
     });
-    let mut values = row_params(v);
+    let v = RunRowValues::version_of(&version.state).map_err(json_err)?;
+    let mut values = row_params(&v);
     values.extend([
         &version.valid_to as &dyn ToSql,
         &version.valid_from_at,
@@ -137,12 +135,7 @@ fn row_params<'a>(v: &'a RunRowValues<'_>) -> Vec<&'a dyn ToSql> {
 
 /// Writes `state` as the run's row. `previous` is the row as it was before
 /// (None for a new run); tags are rewritten only when they changed.
-fn store_row(
-    conn: &Connection,
-    previous: Option<&RunState>,
-    state: &RunState,
-    v: &RunRowValues<'_>,
-) -> rusqlite::Result<()> {
+fn store_row(conn: &Connection, previous: Option<&RunState>, state: &RunState) -> rusqlite::Result<()> {
     static UPSERT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
         let marks: Vec<String> = (1..=19).map(|i| format!("?{i}")).collect();
         format!(
@@ -150,8 +143,9 @@ fn store_row(
             marks.join(", ")
         )
     });
+    let v = RunRowValues::of(state).map_err(json_err)?;
     conn.prepare_cached(&UPSERT)?
-        .execute(rusqlite::params_from_iter(row_params(v)))?;
+        .execute(rusqlite::params_from_iter(row_params(&v)))?;
     if previous.map(|p| &p.tags) != Some(&state.tags) {
         let id = state.id.to_string();
         if previous.is_some() {
@@ -251,12 +245,11 @@ pub fn log_page(conn: &Connection, after: i64, limit: i64) -> rusqlite::Result<V
 /// Run inside the write transaction. Returns (events, runs).
 pub fn rebuild(conn: &Connection) -> Result<(u64, usize), crate::ReplayError> {
     let storage = |e: rusqlite::Error| crate::ReplayError::Storage(e.to_string());
-    conn.execute_batch("DELETE FROM runs; DELETE FROM run_tags; DELETE FROM run_history;")
-        .map_err(storage)?;
-    for table in crate::details::DETAIL_TABLES {
-        conn.execute_batch(&format!("DELETE FROM {}", table.name))
-            .map_err(storage)?;
+    let _cache = RebuildCache::raise(conn).map_err(storage)?;
+    for table in crate::projection_tables() {
+        conn.execute_batch(&format!("DELETE FROM {table}")).map_err(storage)?;
     }
+    let indexes = drop_indexes(conn).map_err(storage)?;
     let mut replay = crate::Replay::default();
     // Only what the fold needs, decoded straight from the stored text.
     let mut stmt = conn
@@ -310,11 +303,65 @@ pub fn rebuild(conn: &Connection) -> Result<(u64, usize), crate::ReplayError> {
         }
     }
     let events = replay.events;
-    let current = replay.into_current();
+    let mut current = replay.into_current();
     for version in &current {
-        let values = RunRowValues::of(&version.state).map_err(|e| crate::ReplayError::Storage(e.to_string()))?;
-        store_row(conn, None, &version.state, &values).map_err(storage)?;
-        insert_version(conn, &values, version).map_err(storage)?;
+        store_row(conn, None, &version.state).map_err(storage)?;
+    }
+    // History in key order: appended, like the closed versions before.
+    current.sort_by_key(|v| v.state.position);
+    for version in &current {
+        store_version(conn, version).map_err(storage)?;
+    }
+    for sql in &indexes {
+        conn.execute_batch(sql).map_err(storage)?;
     }
     Ok((events, current.len()))
+}
+
+/// Drops the secondary indexes of the projection tables and returns the
+/// statements that make them again: a rebuild fills the tables first and
+/// then sorts each index once, instead of inserting into every index row by
+/// row. Keys (the tables' own and `UNIQUE` ones) stay: upserts need them.
+fn drop_indexes(conn: &Connection) -> rusqlite::Result<Vec<String>> {
+    let mut stmt = conn.prepare(
+        "SELECT name, sql FROM sqlite_schema WHERE type = 'index' AND sql IS NOT NULL AND tbl_name = ?1 ORDER BY name",
+    )?;
+    let mut made = Vec::new();
+    for table in crate::projection_tables() {
+        let indexes = stmt
+            .query_map([table], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        for (name, sql) in indexes {
+            conn.execute_batch(&format!("DROP INDEX \"{name}\""))?;
+            made.push(sql);
+        }
+    }
+    Ok(made)
+}
+
+/// The write connection's page cache for the length of a rebuild: large
+/// enough that the pages a rebuild dirties stay in memory until it commits,
+/// instead of spilling to the WAL and being read back. The size before comes
+/// back when the rebuild ends, however it ends.
+struct RebuildCache<'c> {
+    conn: &'c Connection,
+    before: i64,
+}
+
+impl<'c> RebuildCache<'c> {
+    /// In KiB (`PRAGMA cache_size` takes a size in KiB as a negative number).
+    const KIB: i64 = 512 * 1024;
+
+    fn raise(conn: &'c Connection) -> rusqlite::Result<Self> {
+        let before = conn.query_row("PRAGMA cache_size", [], |r| r.get(0))?;
+        conn.pragma_update(None, "cache_size", -Self::KIB)?;
+        Ok(Self { conn, before })
+    }
+}
+
+impl Drop for RebuildCache<'_> {
+    fn drop(&mut self) {
+        // Only fails on a closed connection, which has no cache to restore.
+        let _ = self.conn.pragma_update(None, "cache_size", self.before);
+    }
 }
