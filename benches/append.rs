@@ -12,12 +12,13 @@
 //! `cargo bench --bench append`; `RUNLEDGER_BENCH_EVENTS` sets the events per
 //! many-writer case (default 100000).
 
+#[path = "common/mod.rs"]
+mod common;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use runledger::commands::{Command, CreateRun};
-use runledger::domain::TaskName;
 use runledger::ledger::{DatabaseUrl, Ledger};
 use runledger_events::chain::{canonical_json, HashInput, GENESIS_HASH};
 use runledger_events::sqlite::{self, Writer};
@@ -59,30 +60,26 @@ async fn log_append(writers: usize, total: usize, run_length: usize) -> f64 {
     let writer = Arc::new(Writer::start(&path).unwrap());
     let per = total / writers;
     let start = Instant::now();
-    let tasks: Vec<_> = (0..writers)
-        .map(|_| {
-            let writer = writer.clone();
-            tokio::spawn(async move {
-                let mut stream = format!("run-{}", Uuid::now_v7());
-                let meta = Metadata::actor("bench");
-                for i in 0..per {
-                    if i % run_length == 0 && i > 0 {
-                        stream = format!("run-{}", Uuid::now_v7());
-                    }
-                    let e = [event(i)];
-                    let meta = meta.clone();
-                    let stream = stream.clone();
-                    writer
-                        .submit(move |tx| tx.append(&stream, ExpectedVersion::Any, &e, &meta))
-                        .await
-                        .expect("append");
+    common::concurrently(writers, |_| {
+        let writer = writer.clone();
+        async move {
+            let mut stream = format!("run-{}", Uuid::now_v7());
+            let meta = Metadata::actor("bench");
+            for i in 0..per {
+                if i % run_length == 0 && i > 0 {
+                    stream = format!("run-{}", Uuid::now_v7());
                 }
-            })
-        })
-        .collect();
-    for t in tasks {
-        t.await.unwrap();
-    }
+                let e = [event(i)];
+                let meta = meta.clone();
+                let stream = stream.clone();
+                writer
+                    .submit(move |tx| tx.append(&stream, ExpectedVersion::Any, &e, &meta))
+                    .await
+                    .expect("append");
+            }
+        }
+    })
+    .await;
     let rate = (per * writers) as f64 / start.elapsed().as_secs_f64();
     let (batches, units, _, commit_us) = writer.stats().snapshot();
     eprintln!(
@@ -98,25 +95,11 @@ async fn command_path(writers: usize, total: usize) -> f64 {
     let ledger = Arc::new(Ledger::open(&DatabaseUrl::Sqlite(path)).await.unwrap());
     let per = total / writers;
     let start = Instant::now();
-    let tasks: Vec<_> = (0..writers)
-        .map(|w| {
-            let ledger = ledger.clone();
-            tokio::spawn(async move {
-                let task = TaskName::parse(&format!("bench-{}", w % 16)).unwrap();
-                for _ in 0..per {
-                    let mut create = CreateRun::new(task.clone());
-                    create.tags.insert("env".into(), "bench".into());
-                    ledger
-                        .execute(Command::Create(create), Metadata::actor("bench"))
-                        .await
-                        .expect("create");
-                }
-            })
-        })
-        .collect();
-    for t in tasks {
-        t.await.unwrap();
-    }
+    common::concurrently(writers, |w| {
+        let ledger = ledger.clone();
+        async move { common::create_runs(&ledger, w, per).await }
+    })
+    .await;
     (per * writers) as f64 / start.elapsed().as_secs_f64()
 }
 

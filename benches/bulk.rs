@@ -6,6 +6,9 @@
 //! handlers call. `cargo bench --bench bulk`; `RUNLEDGER_BENCH_RUNS` sets the
 //! number of runs (default 100000).
 
+#[path = "common/mod.rs"]
+mod common;
+
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -36,22 +39,18 @@ fn main() {
         );
         let writers = 64;
         let made = Instant::now();
-        let tasks: Vec<_> = (0..writers)
-            .map(|w| {
-                let ledger = ledger.clone();
-                tokio::spawn(async move {
-                    let meta = Metadata::actor("bench");
-                    for i in 0..runs / writers {
-                        let mut create = CreateRun::new(TaskName::parse(&format!("task-{}", w % 20)).unwrap());
-                        create.payload = Some(serde_json::json!({"writer": w, "n": i}));
-                        ledger.execute(Command::Create(create), meta.clone()).await.unwrap();
-                    }
-                })
-            })
-            .collect();
-        for t in tasks {
-            t.await.unwrap();
-        }
+        common::concurrently(writers, |w| {
+            let ledger = ledger.clone();
+            async move {
+                let meta = Metadata::actor("bench");
+                for i in 0..runs / writers {
+                    let mut create = CreateRun::new(TaskName::parse(&format!("task-{}", w % 20)).unwrap());
+                    create.payload = Some(serde_json::json!({"writer": w, "n": i}));
+                    ledger.execute(Command::Create(create), meta.clone()).await.unwrap();
+                }
+            }
+        })
+        .await;
         let total = runs / writers * writers;
         println!("setup: {total} runs created in {:.1} s", made.elapsed().as_secs_f64());
         let call = |kind, filter: RunFilter| BulkCall {

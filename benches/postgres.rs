@@ -11,13 +11,13 @@
 //! (falls back to RUNLEDGER_TEST_POSTGRES_URL); `RUNLEDGER_BENCH_EVENTS` sets
 //! the events per case (default 50000).
 
+#[path = "common/mod.rs"]
+mod common;
+
 use std::sync::Arc;
 use std::time::Instant;
 
-use runledger::commands::{Command, CreateRun};
-use runledger::domain::TaskName;
 use runledger::ledger::Ledger;
-use runledger_events::Metadata;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Connection};
 use uuid::Uuid;
@@ -48,26 +48,12 @@ async fn nodes(base: &PgConnectOptions, nodes: usize, writers: usize, total: usi
     }
     let per = total / (nodes * writers);
     let start = Instant::now();
-    let mut tasks = Vec::new();
-    for ledger in &ledgers {
-        for w in 0..writers {
-            let ledger = ledger.clone();
-            tasks.push(tokio::spawn(async move {
-                let task = TaskName::parse(&format!("bench-{}", w % 16)).unwrap();
-                for _ in 0..per {
-                    let mut create = CreateRun::new(task.clone());
-                    create.tags.insert("env".into(), "bench".into());
-                    ledger
-                        .execute(Command::Create(create), Metadata::actor("bench"))
-                        .await
-                        .expect("create");
-                }
-            }));
-        }
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
+    // Writer i runs on node i % nodes.
+    common::concurrently(nodes * writers, |i| {
+        let ledger = ledgers[i % nodes].clone();
+        async move { common::create_runs(&ledger, i / nodes, per).await }
+    })
+    .await;
     let rate = (per * nodes * writers) as f64 / start.elapsed().as_secs_f64();
     drop(ledgers);
     drop_schema(base, &schema).await;

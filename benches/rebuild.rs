@@ -6,6 +6,9 @@
 //! `RUNLEDGER_BENCH_DB` keeps the ledger in that file and reuses it when it
 //! already holds events (to profile or compare rebuilds without re-making it).
 
+#[path = "common/mod.rs"]
+mod common;
+
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -58,40 +61,36 @@ fn main() {
 /// Makes `runs` runs of 8 events each through the command path, from 64 writers.
 async fn make(ledger: &Arc<Ledger>, runs: usize) {
     let writers = 64;
-    let tasks: Vec<_> = (0..writers)
-        .map(|w| {
-            let ledger = ledger.clone();
-            tokio::spawn(async move {
-                let meta = Metadata::actor("bench");
-                for _ in 0..runs / writers {
-                    let mut create = CreateRun::new(TaskName::parse(&format!("task-{}", w % 20)).unwrap());
-                    create.tags.insert("env".into(), "bench".into());
-                    let run = match ledger.execute(Command::Create(create), meta.clone()).await.unwrap() {
-                        runledger::commands::Outcome::Created(run) => run,
-                        other => panic!("{other:?}"),
+    common::concurrently(writers, |w| {
+        let ledger = ledger.clone();
+        async move {
+            let meta = Metadata::actor("bench");
+            for _ in 0..runs / writers {
+                let mut create = CreateRun::new(TaskName::parse(&format!("task-{}", w % 20)).unwrap());
+                create.tags.insert("env".into(), "bench".into());
+                let run = match ledger.execute(Command::Create(create), meta.clone()).await.unwrap() {
+                    runledger::commands::Outcome::Created(run) => run,
+                    other => panic!("{other:?}"),
+                };
+                let end = RunEnded {
+                    end_reason: EndReason::Success,
+                    exit_code: Some(0),
+                    error: None,
+                    result: None,
+                };
+                let mut actions = vec![Action::Start(Default::default())];
+                actions.extend(std::iter::repeat_n(Action::Heartbeat, 5));
+                actions.push(Action::End(end));
+                for action in actions {
+                    let cmd = RunCommand {
+                        run_id: run.id,
+                        expected_version: None,
+                        action,
                     };
-                    let end = RunEnded {
-                        end_reason: EndReason::Success,
-                        exit_code: Some(0),
-                        error: None,
-                        result: None,
-                    };
-                    let mut actions = vec![Action::Start(Default::default())];
-                    actions.extend(std::iter::repeat_n(Action::Heartbeat, 5));
-                    actions.push(Action::End(end));
-                    for action in actions {
-                        let cmd = RunCommand {
-                            run_id: run.id,
-                            expected_version: None,
-                            action,
-                        };
-                        ledger.execute(Command::Run(cmd), meta.clone()).await.unwrap();
-                    }
+                    ledger.execute(Command::Run(cmd), meta.clone()).await.unwrap();
                 }
-            })
-        })
-        .collect();
-    for t in tasks {
-        t.await.unwrap();
-    }
+            }
+        }
+    })
+    .await;
 }
