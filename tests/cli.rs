@@ -41,6 +41,19 @@ async fn dump(s: &TestServer) -> Vec<String> {
     ] {
         rows.extend(s.query_strings(sql).await);
     }
+    // The indexes too: a SQLite rebuild drops them while it fills the tables.
+    let indexes = if s.database_url().starts_with("sqlite") {
+        "SELECT name || ' ' || sql FROM sqlite_schema WHERE type = 'index' AND sql IS NOT NULL ORDER BY name"
+    } else {
+        "SELECT indexname || ' ' || replace(indexdef, current_schema() || '.', '') FROM pg_indexes \
+         WHERE schemaname = current_schema() ORDER BY indexname"
+    };
+    let indexes = s.query_strings(indexes).await;
+    assert!(
+        indexes.iter().any(|i| i.starts_with("run_history_valid ")),
+        "{indexes:?}"
+    );
+    rows.extend(indexes);
     rows
 }
 

@@ -90,8 +90,9 @@ pub const HISTORY_COLUMNS: &str = "id, project, task_name, status, end_reason, e
 pub const HISTORY_STATE: &str = "(SELECT r.state FROM runs r WHERE r.id = run_history.id), run_history.changes";
 
 /// The run's version valid at a position: binds the run id, then the position.
-pub const VERSION_AT_SQL: &str = "SELECT (SELECT r.state FROM runs r WHERE r.id = run_history.id), \
-     run_history.changes FROM run_history WHERE id = $1 AND position <= $2 AND valid_to > $2";
+pub static VERSION_AT_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!("SELECT {HISTORY_STATE} FROM run_history WHERE id = $1 AND position <= $2 AND valid_to > $2")
+});
 
 /// `valid_to` of a run's current version.
 pub const CURRENT: i64 = i64::MAX;

@@ -67,7 +67,7 @@ pub async fn load(conn: &mut PgConnection, id: &Uuid) -> sqlx::Result<Option<Run
 
 /// The run as it was at `position` (its version valid there), if it existed.
 pub async fn load_as_of(conn: &mut PgConnection, id: &Uuid, position: i64) -> sqlx::Result<Option<RunState>> {
-    let row = sqlx::query(crate::VERSION_AT_SQL)
+    let row = sqlx::query(&crate::VERSION_AT_SQL)
         .bind(id.to_string())
         .bind(position)
         .fetch_optional(conn)

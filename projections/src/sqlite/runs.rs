@@ -15,10 +15,6 @@ fn json_err(e: serde_json::Error) -> rusqlite::Error {
     rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
 }
 
-fn decode(text: String) -> rusqlite::Result<RunState> {
-    serde_json::from_str(&text).map_err(json_err)
-}
-
 use super::{bind, texts};
 
 /// A row of a query of states: `state`, and `changes` if it selects them.
@@ -39,15 +35,13 @@ fn query_states(conn: &Connection, q: &SqlQuery) -> rusqlite::Result<Vec<RunStat
 
 pub fn load(conn: &Connection, id: &Uuid) -> rusqlite::Result<Option<RunState>> {
     conn.prepare_cached("SELECT state FROM runs WHERE id = ?1")?
-        .query_row([id.to_string()], |r| r.get::<_, String>(0))
-        .optional()?
-        .map(decode)
-        .transpose()
+        .query_row([id.to_string()], state_row)
+        .optional()
 }
 
 /// The run as it was at `position` (its version valid there), if it existed.
 pub fn load_as_of(conn: &Connection, id: &Uuid, position: i64) -> rusqlite::Result<Option<RunState>> {
-    conn.prepare_cached(crate::VERSION_AT_SQL)?
+    conn.prepare_cached(&crate::VERSION_AT_SQL)?
         .query_row(params![id.to_string(), position], state_row)
         .optional()
 }
@@ -62,10 +56,8 @@ pub fn find_unfinished_by_idempotency_key(
         "SELECT state FROM runs WHERE task_name = ?1 AND idempotency_key = ?2 AND status <> 'ended' \
          ORDER BY created_at DESC LIMIT 1",
     )?
-    .query_row([task_name, key], |r| r.get::<_, String>(0))
-    .optional()?
-    .map(decode)
-    .transpose()
+    .query_row([task_name, key], state_row)
+    .optional()
 }
 
 /// Writes one append's versions of a run (oldest first, each but the last
