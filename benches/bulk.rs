@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use runledger::commands::{Command, CreateRun};
 use runledger::domain::TaskName;
-use runledger::ledger::bulk::{BulkCall, BulkKind, Selection};
+use runledger::ledger::bulk::{BulkCall, BulkKind, Selector};
 use runledger::ledger::{DatabaseUrl, Ledger};
 use runledger_events::Metadata;
 use runledger_projections::RunFilter;
@@ -55,7 +55,7 @@ fn main() {
         println!("setup: {total} runs created in {:.1} s", made.elapsed().as_secs_f64());
         let call = |kind, filter: RunFilter| BulkCall {
             kind,
-            selection: Selection::Match { filter, except: Vec::new() },
+            selection: Selector::Match { filter, except: Vec::new() },
             as_of: None,
             dry_run: false,
             reason: Some("bench".into()),

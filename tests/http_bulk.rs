@@ -79,7 +79,7 @@ async fn delete_and_restore_by_ids_and_by_filter(s: TestServer) {
     assert_eq!(restored.ok(200)["affected"], 1);
     assert_eq!(run_state(&s, &a).await["deleted"], false);
     assert_eq!(run_state(&s, &b).await["deleted"], true);
-    // Restoring runs that are not deleted changes nothing.
+    // A restore by filter selects among deleted runs: none of task b is.
     let none = s
         .post(
             "/api/runs/bulk/restore",
@@ -87,7 +87,13 @@ async fn delete_and_restore_by_ids_and_by_filter(s: TestServer) {
         )
         .await;
     assert_eq!(none.ok(200)["affected"], 0);
-    assert_eq!(none.body["selected"], 1);
+    assert_eq!(none.body["selected"], 0);
+    // Restoring a named run that is not deleted changes nothing.
+    let named = s.post("/api/runs/bulk/restore", json!({"ids": [c]})).await;
+    assert_eq!(
+        (named.ok(200)["selected"].as_i64(), named.body["affected"].as_i64()),
+        (Some(1), Some(0))
+    );
     s.stop().await;
 }
 
@@ -96,10 +102,7 @@ async fn cancel_retry_dlq_replay_and_rerun(s: TestServer) {
     let running = id(&s.run_through("c", json!({}), &["start"]).await);
     let ended = id(&s.run_through("c", json!({}), &["start", "end:success:0"]).await);
     let cancel = s
-        .post(
-            "/api/runs/bulk/cancel",
-            json!({"match_all": true, "filter": {"task_name": "c"}}),
-        )
+        .post("/api/runs/bulk/cancel", json!({"ids": [pending, running, ended]}))
         .await;
     let body = cancel.ok(200).clone();
     assert_eq!(
@@ -263,7 +266,7 @@ async fn dry_run_then_pinned_execution(s: TestServer) {
         assert_eq!(run_state(&s, run).await["deleted"], false, "matched only after {as_of}");
     }
     // By time as well as by position.
-    let at = events_of(&s, &runs[4]).await[2]["recorded_at"]
+    let at = events_of(&s, &runs[4]).await[3]["recorded_at"]
         .as_str()
         .unwrap()
         .to_owned();

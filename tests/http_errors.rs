@@ -343,7 +343,6 @@ async fn each_invalid_list_parameter_is_422_at_its_location(s: TestServer) {
         ("limit=1001", "query.limit"),
         ("limit=abc", "query.limit"),
         ("limit=-1", "query.limit"),
-        ("limit=", "query.limit"),
         ("offset=-1", "query.offset"),
         ("offset=x", "query.offset"),
         ("sort_field=size", "query.sort_field"),
@@ -370,7 +369,6 @@ async fn each_invalid_list_parameter_is_422_at_its_location(s: TestServer) {
         ("tag=env:prod&tag=team", "query.tag"),
         ("parent_run_id=123", "query.parent_run_id"),
         ("include_deleted=maybe", "query.include_deleted"),
-        ("include_deleted=", "query.include_deleted"),
         ("retries_only=yes", "query.retries_only"),
         ("task_name=bad%20name", "query.task_name"),
         ("limit=5&limit=6", "query.limit"),
@@ -408,11 +406,13 @@ async fn each_invalid_list_parameter_is_422_at_its_location(s: TestServer) {
     s.stop().await;
 }
 
+/// Every fault of the values is reported at once (a parameter the route
+/// does not read is refused before any value is read: see http_contract).
 async fn every_fault_of_a_query_is_reported_at_once(s: TestServer) {
     let reply = s
         .get(
             "/api/runs?limit=0&offset=-1&sort_field=size&sort_direction=up&status=done\
-             &include_deleted=maybe&tag=env&exit_code_min=9&exit_code_max=1&limt=5",
+             &include_deleted=maybe&tag=env&exit_code_min=9&exit_code_max=1",
         )
         .await;
     let body = reply.problem(422, "validation_failed");
@@ -422,7 +422,6 @@ async fn every_fault_of_a_query_is_reported_at_once(s: TestServer) {
             "query.exit_code_min",
             "query.include_deleted",
             "query.limit",
-            "query.limt",
             "query.offset",
             "query.sort_direction",
             "query.sort_field",

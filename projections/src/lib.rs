@@ -26,6 +26,6 @@ pub fn projection_tables() -> impl Iterator<Item = &'static str> {
         .chain(details::DETAIL_TABLES.iter().map(|t| t.name))
 }
 pub use log::{LogEntry, LogFilter};
-pub use query::{Arg, RunFilter, RunQuery, SortDirection, SortField, SqlQuery, StatusValue, TaskSummary};
+pub use query::{Arg, Candidates, RunFilter, RunQuery, SortDirection, SortField, SqlQuery, StatusValue, TaskSummary};
 pub use replay::{Replay, ReplayError};
 pub use run_state::{ApplyError, EventContext, Refusal, RefusalKind, RunState, RunStatus};

@@ -64,6 +64,36 @@ pub struct RunFilter {
     pub include_deleted: bool,
     /// Only dead-lettered runs (the dead-letter queue), whatever else matches.
     pub dead_lettered_only: bool,
+    /// Only the runs a command can act on, whatever else matches.
+    pub candidates: Option<Candidates>,
+}
+
+/// The runs a command can act on: a bulk selection by filter selects among
+/// these only, so that what it counts is what it changes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Candidates {
+    /// Runs that are not deleted (delete).
+    Live,
+    /// Soft-deleted runs (restore), whatever `include_deleted` says.
+    Deleted,
+    /// Runs that have not ended (cancel).
+    Unfinished,
+    /// Runs that have ended (retry).
+    Ended,
+    /// Dead-lettered runs (dead-letter replay).
+    DeadLettered,
+}
+
+impl Candidates {
+    fn condition(self) -> &'static str {
+        match self {
+            Self::Live => "NOT deleted",
+            Self::Deleted => "deleted",
+            Self::Unfinished => "status <> 'ended'",
+            Self::Ended => "status = 'ended'",
+            Self::DeadLettered => "dead_lettered",
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -216,9 +246,13 @@ impl RunFilter {
                 .collect();
             parts.push(format!("({})", any.join(" OR ")));
         }
-        let asks_for_deleted = self.statuses.contains(&StatusValue::Deleted);
+        let asks_for_deleted =
+            self.statuses.contains(&StatusValue::Deleted) || self.candidates == Some(Candidates::Deleted);
         if !self.include_deleted && !asks_for_deleted {
             parts.push("NOT deleted".to_owned());
+        }
+        if let Some(candidates) = self.candidates {
+            parts.push(candidates.condition().to_owned());
         }
         if let Some(project) = &self.project {
             parts.push(format!("project = {}", b.text(project)));

@@ -332,7 +332,10 @@ impl RunState {
                 self.deleted_at = None;
             }
             RunEvent::Retried(retried) => {
-                self.require(&[Ended], "retry an unfinished run")?;
+                // A rerun starts the task again from a run in any phase.
+                if retried.action != "rerun" {
+                    self.require(&[Ended], "retry an unfinished run")?;
+                }
                 if retried.action == "dlq_replay" {
                     if !self.dead_lettered {
                         return Err(self.illegal("replay a run that is not dead-lettered"));

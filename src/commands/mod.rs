@@ -89,6 +89,9 @@ pub enum RetryAction {
     DlqReplay,
     /// Ends the run first (as `stopped`) if it has not ended, then retries it.
     Restart,
+    /// A new run of the source's task (`triggered_by: rerun`), from a run in
+    /// any phase; the source only gains `run.retried`, naming it.
+    Rerun,
 }
 
 impl RetryAction {
@@ -98,6 +101,7 @@ impl RetryAction {
             Self::Replay => "replay",
             Self::DlqReplay => "dlq_replay",
             Self::Restart => "restart",
+            Self::Rerun => "rerun",
         }
     }
 }
@@ -403,7 +407,11 @@ fn decide_retry(
         reason,
     }));
     check(source, &events)?;
-    let created = RunEvent::Created(retry_of(source, new_run, payload));
+    let mut created = retry_of(source, new_run, payload);
+    if action == RetryAction::Rerun {
+        created.triggered_by = TriggeredBy::Rerun;
+    }
+    let created = RunEvent::Created(created);
     Ok(Decision::Append {
         writes: vec![
             StreamWrite {

@@ -17,7 +17,7 @@ use super::error::{ApiError, Problem};
 use super::extract::{parse_uuid, Faults, JsonBody, QueryParams, RequestMeta};
 use super::runs::{parse_as_of, resolve, run_query, AsOf};
 use crate::commands::Outcome;
-use crate::ledger::bulk::{BulkCall, BulkError, BulkKind, BulkReport, OperationRecord, Selection};
+use crate::ledger::bulk::{BulkCall, BulkError, BulkKind, BulkReport, OperationRecord, Selector};
 use crate::ledger::Ledger;
 
 /// The most runs one bulk call may select, unless configured otherwise.
@@ -121,6 +121,82 @@ fn ids_at(f: &mut Faults, field: &str, ids: &[String]) -> Vec<Uuid> {
     out
 }
 
+impl Selector {
+    /// The selector of a bulk request: `ids`, or `match_all: true` with an
+    /// optional `filter` (the list parameters of `GET /api/runs`, parsed by
+    /// the same rules) and `except_ids`. Faults are recorded in `f`.
+    pub fn parse(body: &BulkRequest, cap: usize, f: &mut Faults) -> Option<Self> {
+        match (&body.ids, body.match_all) {
+            (Some(_), Some(true)) => {
+                f.add("body.ids", "give either ids or match_all, never both", None);
+                None
+            }
+            (Some(ids), _) => {
+                if ids.is_empty() {
+                    f.add("body.ids", "must name at least one run", None);
+                }
+                if ids.len() > cap {
+                    f.add(
+                        "body.ids",
+                        format!("{} ids; at most {cap} in one call", ids.len()),
+                        None,
+                    );
+                }
+                for (field, given) in [
+                    ("filter", body.filter.is_some()),
+                    ("except_ids", body.except_ids.is_some()),
+                ] {
+                    if given {
+                        f.add(format!("body.{field}"), "applies to match_all selectors only", None);
+                    }
+                }
+                if body.as_of.is_some() {
+                    f.add(
+                        "body.as_of",
+                        "applies to match_all selectors only; ids name their runs",
+                        None,
+                    );
+                }
+                Some(Self::Ids(ids_at(f, "ids", ids)))
+            }
+            (None, Some(true)) => {
+                let mut pairs = body.filter.as_ref().map(|m| filter_pairs(m, f)).unwrap_or_default();
+                pairs.retain(|(name, value)| {
+                    let paging = ["limit", "offset", "sort_field", "sort_direction"].contains(&name.as_str());
+                    if paging {
+                        f.add(
+                            format!("body.filter.{name}"),
+                            "is not a filter: a bulk call acts on every selected run",
+                            Some(Value::String(value.clone())),
+                        );
+                    }
+                    !paging
+                });
+                let mut params = QueryParams::from_pairs("body.filter", pairs);
+                let query = run_query(&mut params);
+                if let Err(ApiError::Invalid { errors, .. }) = params.finish() {
+                    for e in errors {
+                        f.add(e.location, e.message, e.value);
+                    }
+                }
+                let except = ids_at(f, "except_ids", body.except_ids.as_deref().unwrap_or_default());
+                Some(Self::Match {
+                    filter: query.filter,
+                    except,
+                })
+            }
+            (None, Some(false)) => {
+                f.add("body.match_all", "must be true to select by filter (or give ids)", None);
+                None
+            }
+            (None, None) => {
+                f.add("body", "give a selector: ids, or match_all: true with a filter", None);
+                None
+            }
+        }
+    }
+}
+
 async fn call(
     ledger: &Ledger,
     cap: usize,
@@ -132,78 +208,7 @@ async fn call(
     let selector = serde_json::json!({
         "ids": body.ids, "match_all": body.match_all, "filter": body.filter, "except_ids": body.except_ids,
     });
-    let selection = match (&body.ids, body.match_all) {
-        (Some(_), Some(true)) => {
-            f.add("body.ids", "give either ids or match_all, never both", None);
-            None
-        }
-        (Some(ids), _) => {
-            if ids.is_empty() {
-                f.add("body.ids", "must name at least one run", None);
-            }
-            if ids.len() > cap {
-                f.add(
-                    "body.ids",
-                    format!("{} ids; at most {cap} in one call", ids.len()),
-                    None,
-                );
-            }
-            for (field, given) in [
-                ("filter", body.filter.is_some()),
-                ("except_ids", body.except_ids.is_some()),
-            ] {
-                if given {
-                    f.add(format!("body.{field}"), "applies to match_all selectors only", None);
-                }
-            }
-            if body.as_of.is_some() {
-                f.add(
-                    "body.as_of",
-                    "applies to match_all selectors only; ids name their runs",
-                    None,
-                );
-            }
-            Some(Selection::Ids(ids_at(&mut f, "ids", ids)))
-        }
-        (None, Some(true)) => {
-            let mut pairs = body
-                .filter
-                .as_ref()
-                .map(|m| filter_pairs(m, &mut f))
-                .unwrap_or_default();
-            pairs.retain(|(name, value)| {
-                let paging = ["limit", "offset", "sort_field", "sort_direction"].contains(&name.as_str());
-                if paging {
-                    f.add(
-                        format!("body.filter.{name}"),
-                        "is not a filter: a bulk call acts on every selected run",
-                        Some(Value::String(value.clone())),
-                    );
-                }
-                !paging
-            });
-            let mut params = QueryParams::from_pairs("body.filter", pairs);
-            let query = run_query(&mut params);
-            if let Err(ApiError::Invalid { errors, .. }) = params.finish() {
-                for e in errors {
-                    f.add(e.location, e.message, e.value);
-                }
-            }
-            let except = ids_at(&mut f, "except_ids", body.except_ids.as_deref().unwrap_or_default());
-            Some(Selection::Match {
-                filter: query.filter,
-                except,
-            })
-        }
-        (None, Some(false)) => {
-            f.add("body.match_all", "must be true to select by filter (or give ids)", None);
-            None
-        }
-        (None, None) => {
-            f.add("body", "give a selector: ids, or match_all: true with a filter", None);
-            None
-        }
-    };
+    let selection = Selector::parse(&body, cap, &mut f);
     let as_of = body.as_of.as_ref().and_then(|v| {
         let raw = match v {
             Value::String(s) => s.clone(),
@@ -414,7 +419,6 @@ fn new_runs(report: &BulkReport) -> Vec<RunState> {
         .iter()
         .filter_map(|r| match &r.outcome {
             Ok(Some(Outcome::Retried { new_run, .. })) => Some(new_run.clone()),
-            Ok(Some(Outcome::Created(run))) => Some(run.clone()),
             _ => None,
         })
         .collect()

@@ -212,13 +212,14 @@ impl QueryParams {
         format!("{}.{name}", self.origin)
     }
 
-    /// Every value given for `name`.
+    /// Every value given for `name`. An empty value means the parameter was
+    /// not given (HTML forms send their empty fields).
     pub fn many(&mut self, name: &str) -> Vec<String> {
         let (taken, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pairs)
             .into_iter()
             .partition(|(k, _)| k == name);
         self.pairs = rest;
-        taken.into_iter().map(|(_, v)| v).collect()
+        taken.into_iter().map(|(_, v)| v).filter(|v| !v.is_empty()).collect()
     }
 
     /// The one value of `name`; repeating it is a fault.

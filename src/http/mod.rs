@@ -8,6 +8,7 @@ mod events;
 mod extract;
 mod idempotency;
 mod metrics;
+mod query_contract;
 mod run_commands;
 mod run_details;
 mod run_relations;
@@ -129,10 +130,15 @@ pub fn api(
         .merge(bulk::router())
         .split_for_parts();
     auth::document(&mut openapi);
+    let contract = Arc::new(query_contract::QueryContract::from_openapi(&openapi));
     let router = router
         .with_state(ledger)
         // Inside the auth guard: keys belong to the caller it names.
         .route_layer(middleware::from_fn_with_state(idempotency, idempotency::guard))
+        // A request that names a query parameter its route does not read is
+        // refused before anything acts on it (after auth: a stranger learns
+        // nothing about the routes' parameters).
+        .route_layer(middleware::from_fn_with_state(contract, query_contract::guard))
         // After routing, so that it knows the route template.
         .route_layer(middleware::from_fn_with_state(gate, auth::guard))
         .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi.clone()))

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::{Extension, Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -15,6 +15,7 @@ use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
+use super::bulk::BulkCap;
 use super::error::{ApiError, Problem};
 use super::extract::{parse_time, parse_uuid, Faults, JsonBody, RequestMeta};
 use crate::commands::{Action, Command, CreateRun, Outcome, RetryAction, RunCommand};
@@ -545,6 +546,7 @@ async fn reset_idempotency_key(
 
 async fn retry(
     ledger: &Ledger,
+    cap: usize,
     meta: runledger_events::Metadata,
     id: &str,
     body: RetryRequest,
@@ -570,7 +572,7 @@ async fn retry(
     }
     f.finish()?;
     if failed_only {
-        return retry_failed_children(ledger, meta, run_id.expect("checked"), reason).await;
+        return retry_failed_children(ledger, cap, meta, run_id.expect("checked"), reason).await;
     }
     let command = Command::Run(RunCommand {
         run_id: run_id.expect("checked"),
@@ -592,6 +594,7 @@ async fn retry(
                     RetryAction::DlqReplay => "dlq_replay",
                     RetryAction::Restart => "restart",
                     RetryAction::Retry | RetryAction::Replay => "retry",
+                    RetryAction::Rerun => "rerun",
                 },
                 status: "accepted",
                 message: format!(
@@ -619,22 +622,24 @@ async fn retry(
     ))]
 async fn retry_run(
     State(ledger): State<Arc<Ledger>>,
+    Extension(BulkCap(cap)): Extension<BulkCap>,
     Path(id): Path<String>,
     RequestMeta(meta): RequestMeta,
     JsonBody(body): JsonBody<RetryRequest>,
 ) -> Result<Response, ApiError> {
-    retry(&ledger, meta, &id, body, RetryAction::Retry).await
+    retry(&ledger, cap, meta, &id, body, RetryAction::Retry).await
 }
 
 /// `failed_only`: retries the ended children of `parent` that failed, as one
 /// bulk operation (so in one transaction, under one operation id).
 async fn retry_failed_children(
     ledger: &Ledger,
+    cap: usize,
     meta: runledger_events::Metadata,
     parent: Uuid,
     reason: Option<String>,
 ) -> Result<Response, ApiError> {
-    use crate::ledger::bulk::{BulkCall, BulkError, BulkKind, Selection};
+    use crate::ledger::bulk::{BulkCall, BulkError, BulkKind, Selector};
     use runledger_events::EndReason;
     use runledger_projections::{RunFilter, StatusValue};
     if ledger.get_run(parent).await?.is_none() {
@@ -651,14 +656,14 @@ async fn retry_failed_children(
     };
     let call = BulkCall {
         kind: BulkKind::Retry,
-        selection: Selection::Match {
+        selection: Selector::Match {
             filter,
             except: Vec::new(),
         },
         as_of: None,
         dry_run: false,
         reason,
-        cap: super::bulk::DEFAULT_BULK_CAP,
+        cap,
         selector: serde_json::json!({"parent_run_id": parent, "failed_only": true}),
     };
     let report = ledger.bulk(call, meta).await.map_err(|e| match e {
@@ -707,6 +712,7 @@ async fn retry_failed_children(
     ))]
 async fn restart_run(
     State(ledger): State<Arc<Ledger>>,
+    Extension(BulkCap(cap)): Extension<BulkCap>,
     Path(id): Path<String>,
     RequestMeta(meta): RequestMeta,
     JsonBody(body): JsonBody<RestartRequest>,
@@ -716,7 +722,7 @@ async fn restart_run(
         payload: body.payload,
         failed_only: None,
     };
-    retry(&ledger, meta, &id, body, RetryAction::Restart).await
+    retry(&ledger, cap, meta, &id, body, RetryAction::Restart).await
 }
 
 /// Replay a dead-lettered run: a retry that also clears the run's
@@ -732,11 +738,12 @@ async fn restart_run(
     ))]
 async fn dlq_replay_run(
     State(ledger): State<Arc<Ledger>>,
+    Extension(BulkCap(cap)): Extension<BulkCap>,
     Path(id): Path<String>,
     RequestMeta(meta): RequestMeta,
     JsonBody(body): JsonBody<RetryRequest>,
 ) -> Result<Response, ApiError> {
-    retry(&ledger, meta, &id, body, RetryAction::DlqReplay).await
+    retry(&ledger, cap, meta, &id, body, RetryAction::DlqReplay).await
 }
 
 /// Alias of `/retry`.
@@ -751,9 +758,10 @@ async fn dlq_replay_run(
     ))]
 async fn replay_run(
     State(ledger): State<Arc<Ledger>>,
+    Extension(BulkCap(cap)): Extension<BulkCap>,
     Path(id): Path<String>,
     RequestMeta(meta): RequestMeta,
     JsonBody(body): JsonBody<RetryRequest>,
 ) -> Result<Response, ApiError> {
-    retry(&ledger, meta, &id, body, RetryAction::Replay).await
+    retry(&ledger, cap, meta, &id, body, RetryAction::Replay).await
 }

@@ -191,6 +191,7 @@ pub fn run_query(params: &mut QueryParams) -> RunQuery {
             parent_run_id,
             include_deleted,
             dead_lettered_only: false,
+            candidates: None,
         },
         sort_field,
         sort_direction,

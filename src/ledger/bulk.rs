@@ -5,15 +5,14 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use runledger_events::{Metadata, Reason, Timestamp, TriggeredBy};
-use runledger_projections::{RunFilter, RunQuery, RunState};
+use runledger_events::{Metadata, Reason, Timestamp};
+use runledger_projections::{Candidates, RunFilter, RunQuery, RunState};
 use serde::Serialize;
 use uuid::Uuid;
 
 use super::execute::{execute, ExecError, RunStore};
 use super::{Ledger, LedgerError};
-use crate::commands::{decide, Action, Command, CommandError, CreateRun, Loaded, Outcome, RetryAction, RunCommand};
-use crate::domain::TaskName;
+use crate::commands::{decide, Action, Command, CommandError, Loaded, Outcome, RetryAction, RunCommand};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -38,27 +37,45 @@ impl BulkKind {
         }
     }
 
-    fn action(self, reason: &Option<String>) -> Option<Action> {
+    /// The command applied to each selected run (for rerun: to each task's
+    /// most recent selected run).
+    fn action(self, reason: &Option<String>) -> Action {
         let why = Reason { reason: reason.clone() };
         let retry = |action| Action::Retry {
             action,
             reason: reason.clone(),
             payload: None,
         };
-        Some(match self {
+        match self {
             Self::Delete => Action::Delete(why),
             Self::Restore => Action::Restore(why),
             Self::Cancel => Action::Cancel(why),
             Self::Retry => retry(RetryAction::Retry),
             Self::DlqReplay => retry(RetryAction::DlqReplay),
-            Self::Rerun => return None,
-        })
+            Self::Rerun => retry(RetryAction::Rerun),
+        }
+    }
+
+    /// The runs a selection by filter chooses among: those this kind of call
+    /// can change, so that `selected` and a dry run's count are what it acts
+    /// on. A rerun can start from any run the filter shows.
+    pub fn candidates(self) -> Option<Candidates> {
+        match self {
+            Self::Delete => Some(Candidates::Live),
+            Self::Restore => Some(Candidates::Deleted),
+            Self::Cancel => Some(Candidates::Unfinished),
+            Self::Retry => Some(Candidates::Ended),
+            Self::DlqReplay => Some(Candidates::DeadLettered),
+            Self::Rerun => None,
+        }
     }
 }
 
-/// Which runs a bulk call is about.
+/// Which runs a bulk call is about, parsed once at the boundary
+/// (`Selector::parse`). Explicit ids are each acted on (or reported); a
+/// filter selects among the runs the call can change (`BulkKind::candidates`).
 #[derive(Clone, Debug, PartialEq)]
-pub enum Selection {
+pub enum Selector {
     /// These runs (deduplicated, in the order given).
     Ids(Vec<Uuid>),
     /// Every run the filter matches (at `as_of`, when the call is pinned),
@@ -69,7 +86,7 @@ pub enum Selection {
 #[derive(Clone, Debug)]
 pub struct BulkCall {
     pub kind: BulkKind,
-    pub selection: Selection,
+    pub selection: Selector,
     /// Select the runs that matched at this position instead of now.
     pub as_of: Option<i64>,
     pub dry_run: bool,
@@ -116,9 +133,12 @@ impl BulkCall {
     /// listed) what the filter matches.
     pub(super) fn query(&self) -> Option<RunQuery> {
         match &self.selection {
-            Selection::Ids(_) => None,
-            Selection::Match { filter, .. } => Some(RunQuery {
-                filter: filter.clone(),
+            Selector::Ids(_) => None,
+            Selector::Match { filter, .. } => Some(RunQuery {
+                filter: RunFilter {
+                    candidates: self.kind.candidates(),
+                    ..filter.clone()
+                },
                 as_of: self.as_of,
                 ..RunQuery::default()
             }),
@@ -128,8 +148,8 @@ impl BulkCall {
     /// The most ids a filter may match for the call to stay under the cap.
     pub(super) fn max_matches(&self) -> usize {
         match &self.selection {
-            Selection::Ids(_) => self.cap,
-            Selection::Match { except, .. } => self.cap + except.len(),
+            Selector::Ids(_) => self.cap,
+            Selector::Match { except, .. } => self.cap + except.len(),
         }
     }
 
@@ -137,21 +157,21 @@ impl BulkCall {
     /// for `query()` (ignored for an ids selection).
     pub(super) fn resolve(&self, matched: Option<(i64, Option<Vec<Uuid>>)>) -> Result<Vec<Uuid>, BulkError> {
         let ids = match (&self.selection, matched) {
-            (Selection::Ids(ids), _) => {
+            (Selector::Ids(ids), _) => {
                 let mut seen = HashSet::new();
                 ids.iter().copied().filter(|id| seen.insert(*id)).collect()
             }
-            (Selection::Match { except, .. }, Some((_, Some(ids)))) => {
+            (Selector::Match { except, .. }, Some((_, Some(ids)))) => {
                 let except: HashSet<&Uuid> = except.iter().collect();
                 ids.into_iter().filter(|id| !except.contains(id)).collect::<Vec<_>>()
             }
-            (Selection::Match { .. }, Some((count, None))) => {
+            (Selector::Match { .. }, Some((count, None))) => {
                 return Err(BulkError::TooMany {
                     selected: count,
                     cap: self.cap,
                 })
             }
-            (Selection::Match { .. }, None) => Vec::new(),
+            (Selector::Match { .. }, None) => Vec::new(),
         };
         if ids.len() > self.cap {
             return Err(BulkError::TooMany {
@@ -198,20 +218,19 @@ fn apply(
 ) -> Result<(Vec<RunResult>, Vec<Uuid>), ExecError> {
     let mut results = Vec::with_capacity(ids.len());
     let mut unknown = Vec::new();
-    let commands: Vec<(Uuid, Command)> = match call.kind.action(&call.reason) {
-        Some(action) => ids
-            .iter()
-            .map(|id| {
-                let command = Command::Run(RunCommand {
-                    run_id: *id,
-                    expected_version: None,
-                    action: action.clone(),
-                });
-                (*id, command)
-            })
-            .collect(),
-        None => reruns(store, ids, &mut unknown)?,
+    let targets = match call.kind {
+        BulkKind::Rerun => latest_per_task(store, ids, &mut unknown)?,
+        _ => ids.to_vec(),
     };
+    let action = call.kind.action(&call.reason);
+    let commands = targets.into_iter().map(|run_id| {
+        let command = Command::Run(RunCommand {
+            run_id,
+            expected_version: None,
+            action: action.clone(),
+        });
+        (run_id, command)
+    });
     for (run_id, command) in commands {
         let outcome = if call.dry_run {
             would_apply(store, &command)?
@@ -246,10 +265,9 @@ fn would_apply(
     Ok(decide(command, &loaded).map(|_| None))
 }
 
-/// One new run per task behind the selection, configured like the task's
-/// most recent selected run (its payload, project, tags and limits),
-/// triggered by `rerun`. Keyed by that most recent run.
-fn reruns(store: &mut impl RunStore, ids: &[Uuid], unknown: &mut Vec<Uuid>) -> Result<Vec<(Uuid, Command)>, ExecError> {
+/// A rerun makes one new run per task behind the selection, from the task's
+/// most recent selected run (its payload, project, tags and limits).
+fn latest_per_task(store: &mut impl RunStore, ids: &[Uuid], unknown: &mut Vec<Uuid>) -> Result<Vec<Uuid>, ExecError> {
     let mut latest: BTreeMap<String, RunState> = BTreeMap::new();
     for id in ids {
         let Some(run) = store.load_run(*id).map_err(ExecError::Storage)? else {
@@ -263,23 +281,7 @@ fn reruns(store: &mut impl RunStore, ids: &[Uuid], unknown: &mut Vec<Uuid>) -> R
             }
         }
     }
-    let mut commands = Vec::with_capacity(latest.len());
-    for run in latest.into_values() {
-        let task = TaskName::parse(&run.task_name).map_err(ExecError::Storage)?;
-        let mut create = CreateRun::new(task);
-        create.project = run.project.clone();
-        create.triggered_by = TriggeredBy::Rerun;
-        create.payload = run.payload.clone();
-        create.tags = run.tags.clone();
-        create.metadata = run.metadata.clone();
-        create.priority = run.priority;
-        create.concurrency_key = run.concurrency_key.clone();
-        create.max_attempts = run.max_attempts;
-        create.timeout_secs = run.timeout_secs;
-        create.debug_mode = run.debug_mode;
-        commands.push((run.id, Command::Create(create)));
-    }
-    Ok(commands)
+    Ok(latest.into_values().map(|run| run.id).collect())
 }
 
 /// The operation record: `operations` then one `operation_runs` row per
@@ -297,7 +299,6 @@ pub(super) fn changed_runs(results: &[RunResult]) -> Vec<(String, Option<String>
         .iter()
         .filter_map(|r| match &r.outcome {
             Ok(Some(Outcome::Retried { new_run, .. })) => Some((r.run_id.to_string(), Some(new_run.id.to_string()))),
-            Ok(Some(Outcome::Created(run))) => Some((r.run_id.to_string(), Some(run.id.to_string()))),
             Ok(Some(_)) => Some((r.run_id.to_string(), None)),
             _ => None,
         })

@@ -1,0 +1,138 @@
+//! Every route reads or refuses its whole query string. The query parameters
+//! a route reads are the ones its operation documents in the OpenAPI
+//! document, so the document is the one list: a parameter it does not name
+//! is refused with 422 at `query.<name>` on every route and method, before
+//! the handler runs (a `POST /api/runs/bulk/cancel?project=x` must never
+//! act on every project because the handler reads no query).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::Method;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde_json::Value;
+use utoipa::openapi::path::ParameterIn;
+
+use super::error::{ApiError, FieldError};
+
+/// The query parameter names of each operation, by method and route template.
+#[derive(Debug, Default)]
+pub struct QueryContract {
+    routes: HashMap<(Method, String), HashSet<String>>,
+}
+
+impl QueryContract {
+    pub fn from_openapi(openapi: &utoipa::openapi::OpenApi) -> Self {
+        let mut routes = HashMap::new();
+        for (path, item) in &openapi.paths.paths {
+            let operations = [
+                (Method::GET, &item.get),
+                (Method::POST, &item.post),
+                (Method::PUT, &item.put),
+                (Method::PATCH, &item.patch),
+                (Method::DELETE, &item.delete),
+            ];
+            for (method, operation) in operations {
+                let Some(operation) = operation else { continue };
+                let names = operation
+                    .parameters
+                    .iter()
+                    .flatten()
+                    .filter(|p| matches!(p.parameter_in, ParameterIn::Query))
+                    .map(|p| p.name.clone())
+                    .collect();
+                routes.insert((method, path.clone()), names);
+            }
+        }
+        Self { routes }
+    }
+
+    /// The names of `query` that the route does not read.
+    fn unread(&self, method: &Method, route: &str, query: &[(String, String)]) -> Vec<FieldError> {
+        // HEAD is answered by the GET handler.
+        let method = if method == Method::HEAD {
+            Method::GET
+        } else {
+            method.clone()
+        };
+        let known = self.routes.get(&(method, route.to_owned()));
+        query
+            .iter()
+            .filter(|(name, _)| !known.is_some_and(|k| k.contains(name)))
+            .map(|(name, value)| FieldError {
+                location: format!("query.{name}"),
+                message: "is not a parameter of this route".to_owned(),
+                value: Some(Value::String(value.clone())),
+            })
+            .collect()
+    }
+}
+
+/// Refuses a request whose query string names a parameter its route does
+/// not read. Runs after routing (it needs the route template).
+pub async fn guard(State(contract): State<Arc<QueryContract>>, request: Request, next: Next) -> Response {
+    let Some(query) = request.uri().query().filter(|q| !q.is_empty()) else {
+        return next.run(request).await;
+    };
+    let pairs: Vec<(String, String)> = match serde_urlencoded::from_str(query) {
+        Ok(pairs) => pairs,
+        Err(e) => {
+            return ApiError::Malformed {
+                detail: format!("the query string cannot be decoded: {e}"),
+                errors: vec![],
+            }
+            .into_response()
+        }
+    };
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_default();
+    let unread = contract.unread(request.method(), &route, &pairs);
+    if unread.is_empty() {
+        next.run(request).await
+    } else {
+        ApiError::invalid(unread).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use utoipa::openapi::path::{OperationBuilder, ParameterBuilder, PathItemBuilder};
+    use utoipa::openapi::{HttpMethod, OpenApiBuilder, PathsBuilder};
+
+    #[test]
+    fn only_documented_query_parameters_are_read() {
+        let get = OperationBuilder::new()
+            .parameter(ParameterBuilder::new().name("limit").parameter_in(ParameterIn::Query))
+            .parameter(ParameterBuilder::new().name("id").parameter_in(ParameterIn::Path))
+            .build();
+        let post = OperationBuilder::new().build();
+        let paths = PathsBuilder::new()
+            .path(
+                "/api/runs/{id}",
+                PathItemBuilder::new()
+                    .operation(HttpMethod::Get, get)
+                    .operation(HttpMethod::Post, post)
+                    .build(),
+            )
+            .build();
+        let contract = QueryContract::from_openapi(&OpenApiBuilder::new().paths(paths).build());
+        let q = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        };
+        let route = "/api/runs/{id}";
+        assert!(contract.unread(&Method::GET, route, &q(&[("limit", "5")])).is_empty());
+        assert!(contract.unread(&Method::HEAD, route, &q(&[("limit", "5")])).is_empty());
+        let refused = contract.unread(&Method::POST, route, &q(&[("limit", "5")]));
+        assert_eq!(refused[0].location, "query.limit");
+        // A path parameter is not a query parameter.
+        assert_eq!(contract.unread(&Method::GET, route, &q(&[("id", "x")])).len(), 1);
+        // A route the document does not know reads no query.
+        assert_eq!(contract.unread(&Method::GET, "/elsewhere", &q(&[("a", "")])).len(), 1);
+    }
+}
