@@ -683,13 +683,9 @@ async fn log_queries_refuse_invalid_parameters(s: TestServer) {
         ("limit=ten", "query.limit"),
         ("type=run.bogus", "query.type"),
         ("type=run.created,bogus", "query.type"),
-        ("type=", "query.type"),
         ("run_id=not-a-uuid", "query.run_id"),
-        ("run_id=", "query.run_id"),
         ("task_name=bad%20name", "query.task_name"),
-        ("task_name=", "query.task_name"),
         ("project=a/b", "query.project"),
-        ("actor=", "query.actor"),
         ("unknown=1", "query.unknown"),
         ("position=3", "query.position"),
     ] {
@@ -697,9 +693,17 @@ async fn log_queries_refuse_invalid_parameters(s: TestServer) {
         let body = reply.invalid_at(location);
         assert_eq!(body["instance"], "/api/events", "{query}");
     }
+    // Empty values mean absent.
+    let all = s.get("/api/events").await.ok(200).clone();
+    assert_eq!(
+        s.get("/api/events?type=&run_id=&task_name=&actor=&after=")
+            .await
+            .ok(200),
+        &all
+    );
     // Every fault at once.
     let reply = s
-        .get("/api/events?after=x&limit=0&type=nope&run_id=x&task_name=%20&bogus=1")
+        .get("/api/events?after=x&limit=0&type=nope&run_id=x&task_name=%20")
         .await;
     let body = reply.invalid_at("query.after");
     let mut locations: Vec<&str> = body["errors"]
@@ -713,7 +717,6 @@ async fn log_queries_refuse_invalid_parameters(s: TestServer) {
         locations,
         [
             "query.after",
-            "query.bogus",
             "query.limit",
             "query.run_id",
             "query.task_name",
