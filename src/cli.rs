@@ -1,6 +1,7 @@
 //! The command line: `serve`, `migrate`, `verify`, `rebuild`, `export`,
 //! `import` and `token`, configured by flags with `RUNLEDGER_` environment-variable
-//! fallbacks.
+//! fallbacks. Only `serve` and `migrate` create a ledger; the others refuse
+//! a database that holds none.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -33,7 +34,8 @@ pub enum Cmd {
     /// Write the log's events after a position as NDJSON, as stored.
     Export(ExportArgs),
     /// Load an NDJSON export, or one run's debug bundle, into an empty ledger
-    /// (the chain is checked first; a bundle's events are re-sealed as 1..n).
+    /// made by `migrate` (the chain is checked first; a bundle's events are
+    /// re-sealed as 1..n).
     Import(ImportArgs),
     /// Create, list and revoke API tokens.
     Token(TokenArgs),
@@ -98,7 +100,8 @@ pub struct ImportArgs {
 
 #[derive(Args, Debug, Clone)]
 pub struct DatabaseArgs {
-    /// `sqlite://PATH` (created on first start).
+    /// `sqlite://PATH` or `postgres://…` (only `serve` and `migrate` create
+    /// the ledger).
     #[arg(long, env = "RUNLEDGER_DATABASE_URL", default_value = "sqlite://runledger.db", value_parser = DatabaseUrl::parse)]
     pub database_url: DatabaseUrl,
 }
@@ -152,7 +155,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Verify(args) => verify(args).await,
         Cmd::Rebuild(args) => {
-            let ledger = Ledger::open(&args.database_url).await?;
+            let ledger = Ledger::open_existing(&args.database_url).await?;
             let started = std::time::Instant::now();
             let (events, runs) = ledger.rebuild().await?;
             let secs = started.elapsed().as_secs_f64();
@@ -174,7 +177,7 @@ async fn token(args: TokenArgs) -> anyhow::Result<()> {
             database
         }
     };
-    let ledger = Ledger::open(&database.database_url).await?;
+    let ledger = Ledger::open_existing(&database.database_url).await?;
     match args.command {
         TokenCmd::Create { name, scopes, .. } => {
             let secret = ledger.create_token(&name, &scopes).await?;
@@ -212,7 +215,7 @@ async fn token(args: TokenArgs) -> anyhow::Result<()> {
 }
 
 async fn verify(args: DatabaseArgs) -> anyhow::Result<()> {
-    let ledger = Ledger::open(&args.database_url).await?;
+    let ledger = Ledger::open_existing(&args.database_url).await?;
     let report = ledger.verify().await?;
     match report.first_break {
         None => {
@@ -231,7 +234,7 @@ async fn verify(args: DatabaseArgs) -> anyhow::Result<()> {
 
 async fn export(args: ExportArgs) -> anyhow::Result<()> {
     use std::io::Write;
-    let ledger = Ledger::open(&args.database.database_url).await?;
+    let ledger = Ledger::open_existing(&args.database.database_url).await?;
     let mut out: Box<dyn Write> = match &args.output {
         Some(path) => Box::new(std::io::BufWriter::new(std::fs::File::create(path)?)),
         None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
@@ -273,7 +276,7 @@ async fn import(args: ImportArgs) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("{}:{}: not an exported event: {e}", args.file.display(), i + 1))?;
         envelopes.push(envelope);
     }
-    let ledger = Ledger::open(&args.database.database_url).await?;
+    let ledger = Ledger::open_existing(&args.database.database_url).await?;
     let (events, runs) = ledger.import(envelopes).await?;
     println!("imported {events} events ({runs} runs)");
     Ok(())
@@ -327,7 +330,7 @@ async fn import_bundle(args: &ImportArgs, text: &str) -> anyhow::Result<()> {
             "{file}: the server that wrote this bundle found its events do not verify{at}; refusing to import"
         );
     }
-    let ledger = Ledger::open(&args.database.database_url).await?;
+    let ledger = Ledger::open_existing(&args.database.database_url).await?;
     let (events, _) = ledger.import_run_events(bundle.run.id, bundle.events).await?;
     println!(
         "imported run {} from a debug bundle: {events} events, re-sealed as positions 1..{events} of a new chain (the original positions and hashes remain in the bundle)",

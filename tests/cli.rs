@@ -476,3 +476,130 @@ backend_tests!(
     a_server_rebuilds_an_empty_history_at_start_up,
     export_then_import_round_trips_the_log_and_projections,
 );
+
+/// The `runledger` binary run in `dir` with only its own arguments: the
+/// default database (`sqlite://runledger.db`) is the one in `dir`.
+fn runledger_in(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_runledger"))
+        .args(args)
+        .current_dir(dir)
+        .env_remove("RUNLEDGER_DATABASE_URL")
+        .env("RUST_LOG", "warn")
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .expect("run runledger")
+}
+
+fn files_in(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Every admin command but `migrate` (and `serve`), with its arguments.
+const ADMIN_COMMANDS: &[&[&str]] = &[
+    &["verify"],
+    &["rebuild"],
+    &["export", "--output", "export.ndjson"],
+    &["import", "empty.ndjson"],
+    &["token", "create", "--name", "ops", "--scopes", "runs:read"],
+    &["token", "list"],
+    &["token", "revoke", "ops"],
+];
+
+/// `verify` in a folder with no database used to create an empty one and
+/// report an intact chain. Now every admin command refuses a ledger that is
+/// not there, names the path and creates nothing; only `migrate` (and
+/// `serve`) create one, and then every command works on it.
+#[test]
+fn admin_commands_never_invent_a_ledger() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    std::fs::write(dir.join("empty.ndjson"), "").unwrap();
+    for args in ADMIN_COMMANDS {
+        for url in [None, Some("sqlite://elsewhere/typo.db")] {
+            let mut all = args.to_vec();
+            all.extend(url.iter().flat_map(|u| ["--database-url", u]));
+            let out = runledger_in(dir, &all);
+            assert!(!out.status.success(), "{all:?} succeeded: {}", text(&out));
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let path = url.map_or("runledger.db", |_| "elsewhere/typo.db");
+            assert!(
+                stderr.contains(&format!("no ledger at {path}: the file does not exist")),
+                "{all:?}: {stderr}"
+            );
+            assert_eq!(files_in(dir), ["empty.ndjson"], "{all:?} created a file");
+        }
+    }
+
+    // A file that is not a ledger (here: empty) is refused and left alone.
+    std::fs::write(dir.join("runledger.db"), "").unwrap();
+    let out = runledger_in(dir, &["verify"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("no ledger at runledger.db: the database has no events table"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(std::fs::metadata(dir.join("runledger.db")).unwrap().len(), 0);
+    std::fs::remove_file(dir.join("runledger.db")).unwrap();
+
+    let out = runledger_in(dir, &["migrate"]);
+    assert!(out.status.success(), "{}", text(&out));
+    for args in ADMIN_COMMANDS {
+        let out = runledger_in(dir, args);
+        assert!(out.status.success(), "{args:?} on a new ledger: {}", text(&out));
+    }
+    let out = runledger_in(dir, &["verify"]);
+    assert!(text(&out).contains("ok: 0 events"), "{}", text(&out));
+}
+
+/// On PostgreSQL a database always exists at the URL; a schema without a
+/// ledger is refused the same way, and the admin commands do not migrate it.
+#[tokio::test]
+async fn admin_commands_refuse_a_postgres_schema_without_a_ledger() {
+    let Some(url) = common::postgres_url("admin_commands_refuse_a_postgres_schema_without_a_ledger") else {
+        return;
+    };
+    let (schema, _) = common::postgres_schema(&url).await;
+    let database_url = common::url_with_schema(&url, &schema);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("empty.ndjson"), "").unwrap();
+    let tables = || async {
+        let mut conn = common::pg_connect(&url, &schema).await;
+        sqlx::query_scalar::<_, i64>(
+            "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = current_schema()",
+        )
+        .fetch_one(&mut conn)
+        .await
+        .unwrap()
+    };
+    for args in ADMIN_COMMANDS {
+        let mut all = args.to_vec();
+        all.extend(["--database-url", &database_url]);
+        let out = runledger_in(dir.path(), &all);
+        assert!(!out.status.success(), "{args:?} succeeded: {}", text(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(&format!("schema {schema}: it has no events table")),
+            "{args:?}: {}",
+            text(&out)
+        );
+        assert_eq!(tables().await, 0, "{args:?} created tables");
+    }
+    let out = runledger_in(dir.path(), &["migrate", "--database-url", &database_url]);
+    assert!(out.status.success(), "{}", text(&out));
+    for args in ADMIN_COMMANDS {
+        let mut all = args.to_vec();
+        all.extend(["--database-url", &database_url]);
+        let out = runledger_in(dir.path(), &all);
+        assert!(out.status.success(), "{args:?} on a new ledger: {}", text(&out));
+    }
+    let mut conn = common::pg_connect(&url, &schema).await;
+    sqlx::raw_sql(&format!("DROP SCHEMA {schema} CASCADE"))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+}

@@ -116,7 +116,7 @@ async fn checkpoints_are_numbered_and_paged(s: TestServer) {
     s.stop().await;
 }
 
-async fn logs_are_filtered_by_level_and_type_and_taken_after_the_end(s: TestServer) {
+async fn logs_keep_their_level_and_type_and_are_taken_after_the_end(s: TestServer) {
     let id = started(&s, "logs").await;
     let path = format!("/api/runs/{id}/logs");
     let lines = [
@@ -164,13 +164,38 @@ async fn logs_are_filtered_by_level_and_type_and_taken_after_the_end(s: TestServ
         .ok(200);
     s.post(&path, json!({"message": "flushed late"})).await.ok(201);
 
-    refused_at(&s, &path, json!({"level": "fatal", "message": "x"}), "body.level").await;
+    // Levels are the executor's own words, stored and filtered as given.
+    for level in ["WARNING", "fatal", "trace", "Информация"] {
+        let r = s.post(&path, json!({"level": level, "message": level})).await;
+        assert_eq!(r.ok(201)["level"], level);
+    }
+    let own = s.get(&format!("{path}?level=WARNING,fatal")).await;
+    assert_eq!(messages(&own), ["WARNING", "fatal"]);
+    let stored = s
+        .query_strings(&format!(
+            "SELECT level FROM run_logs WHERE run_id = '{id}' AND level = 'Информация'"
+        ))
+        .await;
+    assert_eq!(stored, ["Информация"]);
+
+    refused_at(&s, &path, json!({"level": "", "message": "x"}), "body.level").await;
+    refused_at(
+        &s,
+        &path,
+        json!({"level": "x".repeat(201), "message": "x"}),
+        "body.level",
+    )
+    .await;
+    refused_at(&s, &path, json!({"level": "in\u{0}fo", "message": "x"}), "body.level").await;
+    refused_at(&s, &path, json!({"level": "in\nfo", "message": "x"}), "body.level").await;
+    refused_at(&s, &path, json!({"type": "", "message": "x"}), "body.type").await;
+    refused_at(&s, &path, json!({"type": "a\u{7}b", "message": "x"}), "body.type").await;
     refused_at(&s, &path, json!({"level": "info"}), "body.message").await;
     refused_at(&s, &path, json!({"message": ""}), "body.message").await;
     refused_at(&s, &path, json!({"message": "x".repeat(10_001)}), "body.message").await;
     refused_at(&s, &path, json!({"message": "x", "type": "x".repeat(201)}), "body.type").await;
     refused_at(&s, &path, json!({"message": 5}), "body.message").await;
-    get_refused_at(&s, &format!("{path}?level=info,loud"), "query.level").await;
+    get_refused_at(&s, &format!("{path}?level=info,{}", "x".repeat(201)), "query.level").await;
     get_refused_at(&s, &format!("{path}?after_position=x"), "query.after_position").await;
     unknown_and_malformed_runs(&s, "logs", json!({"message": "x"})).await;
     s.stop().await;
@@ -248,6 +273,43 @@ async fn usage_totals(s: &TestServer) {
             {"provider": "openai", "model": "gpt-x", "records": 2, "prompt_tokens": 101, "completion_tokens": 21, "total_tokens": 122, "cost_microusd": 1500},
         ])
     );
+    // Any provider and model, as the executor names them.
+    let local = started(s, "local-agent").await;
+    for (provider, model) in [
+        ("my-gpu-box", "Llama 3.1 70B (q4_K_M)"),
+        ("Mistral AI", "mistral-large-2411"),
+    ] {
+        let r = record(
+            &local,
+            json!({"provider": provider, "model": model, "prompt_tokens": 1, "completion_tokens": 2}),
+        )
+        .await;
+        let u = r.ok(201);
+        assert_eq!(
+            (u["provider"].as_str(), u["model"].as_str()),
+            (Some(provider), Some(model))
+        );
+    }
+    let by_model = s.get("/api/tasks/local-agent/usage").await;
+    let by_model: Vec<(String, String)> = by_model.ok(200)["by_model"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["provider"].as_str().unwrap().into(),
+                m["model"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        by_model,
+        [
+            ("Mistral AI".to_owned(), "mistral-large-2411".to_owned()),
+            ("my-gpu-box".to_owned(), "Llama 3.1 70B (q4_K_M)".to_owned())
+        ]
+    );
+
     let none = s.get("/api/tasks/nothing-here/usage").await;
     assert_eq!(none.ok(200)["totals"]["records"], 0);
     assert_eq!(none.body["by_model"], json!([]));
@@ -262,6 +324,9 @@ async fn usage_totals(s: &TestServer) {
         b
     };
     refused_at(s, &path, with("provider", json!("")), "body.provider").await;
+    refused_at(s, &path, with("provider", json!("a\u{0}b")), "body.provider").await;
+    refused_at(s, &path, with("model", json!("")), "body.model").await;
+    refused_at(s, &path, with("model", json!("m\tx")), "body.model").await;
     refused_at(s, &path, with("model", json!("m".repeat(201))), "body.model").await;
     refused_at(s, &path, with("prompt_tokens", json!(-1)), "body.prompt_tokens").await;
     refused_at(
@@ -278,7 +343,7 @@ async fn usage_totals(s: &TestServer) {
     unknown_and_malformed_runs(s, "usage", ok.clone()).await;
 }
 
-async fn tool_calls_round_trip_and_filter(s: TestServer) {
+async fn tool_calls_are_recorded_as_reported_and_filtered(s: TestServer) {
     let id = started(&s, "tools").await;
     let path = format!("/api/runs/{id}/tool-calls");
     let r = s
@@ -314,8 +379,45 @@ async fn tool_calls_round_trip_and_filter(s: TestServer) {
     assert_eq!(errors.ok(200)["tool_calls"].as_array().unwrap().len(), 2);
 
     refused_at(&s, &path, json!({"status": "success"}), "body.tool_name").await;
+    // Statuses are the executor's own words: `ok` and `succeeded` are
+    // recorded as reported, returned and filtered as given.
+    for status in ["ok", "succeeded", "Partial Success"] {
+        let r = s.post(&path, json!({"tool_name": "lookup", "status": status})).await;
+        assert_eq!(r.ok(201)["status"], status);
+    }
+    let lookups = s.get(&format!("{path}?tool_name=lookup")).await;
+    let statuses: Vec<&str> = lookups.ok(200)["tool_calls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, ["ok", "succeeded", "Partial Success"]);
+    let ok = s.get(&format!("{path}?status=ok,succeeded")).await;
+    assert_eq!(ok.ok(200)["tool_calls"].as_array().unwrap().len(), 2);
+    let stored = s
+        .query_strings(&format!(
+            "SELECT status FROM run_tool_calls WHERE run_id = '{id}' ORDER BY position"
+        ))
+        .await;
+    assert_eq!(
+        stored,
+        ["success", "error", "timeout", "ok", "succeeded", "Partial Success"]
+    );
+    let none = s.get(&format!("{path}?status=meh")).await;
+    assert_eq!(none.ok(200)["tool_calls"], json!([]));
+
     refused_at(&s, &path, json!({"tool_name": "x"}), "body.status").await;
-    refused_at(&s, &path, json!({"tool_name": "x", "status": "ok"}), "body.status").await;
+    refused_at(&s, &path, json!({"tool_name": "x", "status": ""}), "body.status").await;
+    refused_at(
+        &s,
+        &path,
+        json!({"tool_name": "x", "status": "x".repeat(201)}),
+        "body.status",
+    )
+    .await;
+    refused_at(&s, &path, json!({"tool_name": "x", "status": "o\u{0}k"}), "body.status").await;
+    refused_at(&s, &path, json!({"tool_name": "x", "status": "ok\r\n"}), "body.status").await;
     refused_at(
         &s,
         &path,
@@ -323,7 +425,7 @@ async fn tool_calls_round_trip_and_filter(s: TestServer) {
         "body.duration_ms",
     )
     .await;
-    get_refused_at(&s, &format!("{path}?status=meh"), "query.status").await;
+    get_refused_at(&s, &format!("{path}?status={}", "x".repeat(201)), "query.status").await;
     unknown_and_malformed_runs(&s, "tool-calls", json!({"tool_name": "x", "status": "success"})).await;
     s.stop().await;
 }
@@ -568,9 +670,9 @@ async fn every_detail_route_is_documented(s: TestServer) {
 
 backend_tests!(
     checkpoints_are_numbered_and_paged,
-    logs_are_filtered_by_level_and_type_and_taken_after_the_end,
+    logs_keep_their_level_and_type_and_are_taken_after_the_end,
     usage_has_run_and_task_totals,
-    tool_calls_round_trip_and_filter,
+    tool_calls_are_recorded_as_reported_and_filtered,
     outputs_are_checked_against_their_schema,
     debug_mode_is_set_on_the_run,
     children_lineage_and_dependencies,

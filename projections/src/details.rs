@@ -35,7 +35,7 @@ pub struct RunLog {
     #[schema(value_type = String, format = Uuid)]
     pub run_id: Uuid,
     pub position: i64,
-    /// `debug`, `info`, `warn` or `error`.
+    /// As recorded (`info` when the executor gave none).
     pub level: String,
     #[serde(rename = "type")]
     pub log_type: Option<String>,
@@ -89,7 +89,7 @@ pub struct ToolCall {
     #[schema(value_type = Option<Object>)]
     pub output: Option<Value>,
     pub duration_ms: Option<i64>,
-    /// `success`, `error`, `timeout` or `canceled`.
+    /// As the executor reported it.
     pub status: String,
     #[schema(value_type = String, format = DateTime)]
     pub recorded_at: Timestamp,

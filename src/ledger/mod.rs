@@ -107,6 +107,20 @@ impl Ledger {
         Ok(ledger)
     }
 
+    /// Opens the ledger at `url` only if one is there (upgrading an older
+    /// schema), creating nothing: a mistyped path is an error, not an empty
+    /// ledger that verifies. Every admin command but `migrate` opens this way.
+    pub async fn open_existing(url: &DatabaseUrl) -> anyhow::Result<Self> {
+        match url {
+            DatabaseUrl::Sqlite(path) => {
+                let path = path.clone();
+                tokio::task::spawn_blocking(move || sqlite::require_ledger(&path)).await??
+            }
+            DatabaseUrl::Postgres(url) => postgres::require_ledger(url.parse()?).await?,
+        }
+        Self::open(url).await
+    }
+
     pub async fn open_postgres(options: sqlx::postgres::PgConnectOptions) -> anyhow::Result<Self> {
         let ledger = Self::Postgres(PgLedger::open(options).await?);
         ledger.fill_new_projections().await?;

@@ -58,6 +58,26 @@ pub struct PgLedger {
     listener: JoinHandle<()>,
 }
 
+/// Refuses a database whose schema holds no ledger (an `events` table),
+/// without migrating it.
+pub(super) async fn require_ledger(options: PgConnectOptions) -> anyhow::Result<()> {
+    use sqlx::{ConnectOptions, Connection};
+    let mut conn = options.connect().await?;
+    let (database, schema, found): (String, Option<String>, bool) =
+        sqlx::query_as("SELECT current_database(), current_schema(), to_regclass('events') IS NOT NULL")
+            .fetch_one(&mut conn)
+            .await?;
+    conn.close().await?;
+    if !found {
+        let schema = schema.unwrap_or_else(|| "(none of the search_path exists)".to_owned());
+        anyhow::bail!(
+            "no ledger in PostgreSQL database {database}, schema {schema}: it has no events table \
+             (`runledger migrate` or `runledger serve` creates one)"
+        );
+    }
+    Ok(())
+}
+
 impl PgLedger {
     /// Connects, migrates (safe with several nodes starting at once: sqlx
     /// takes a lock), and starts the writer and the NOTIFY listener.

@@ -1,4 +1,4 @@
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use rusqlite::OptionalExtension;
 use std::sync::Arc;
@@ -97,6 +97,33 @@ fn token_write_error(e: WriteError<TokenError>) -> TokenError {
         WriteError::Storage(e) => TokenError::Storage(e.to_string()),
         WriteError::Closed => TokenError::Storage("the writer has stopped".into()),
     }
+}
+
+/// Refuses `path` unless it holds a ledger (an `events` table), creating
+/// neither the file nor anything in it.
+pub(super) fn require_ledger(path: &Path) -> anyhow::Result<()> {
+    let shown = path.display();
+    let create = "`runledger migrate` or `runledger serve` creates one";
+    match path.try_exists() {
+        Ok(true) => {}
+        Ok(false) => anyhow::bail!("no ledger at {shown}: the file does not exist ({create})"),
+        Err(e) => anyhow::bail!("no ledger at {shown}: {e}"),
+    }
+    // Without SQLITE_OPEN_CREATE: a file removed meanwhile is not made again.
+    let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let tables: i64 = rusqlite::Connection::open_with_flags(path, flags)
+        .and_then(|conn| {
+            conn.query_row(
+                "SELECT COUNT(*) FROM sqlite_schema WHERE type = 'table' AND name = 'events'",
+                [],
+                |r| r.get(0),
+            )
+        })
+        .map_err(|e| anyhow::anyhow!("{shown}: {e}"))?;
+    if tables == 0 {
+        anyhow::bail!("no ledger at {shown}: the database has no events table ({create})");
+    }
+    Ok(())
 }
 
 impl SqliteLedger {
