@@ -234,16 +234,28 @@ impl RunFilter {
     fn conditions(&self, table: &str, b: &mut Builder) -> Vec<String> {
         let mut parts = Vec::new();
         if !self.statuses.is_empty() {
-            let any: Vec<String> = self
-                .statuses
-                .iter()
-                .map(|s| match s {
-                    StatusValue::Phase(p) => format!("status = {}", b.text(p.as_str())),
-                    StatusValue::EndReason(r) => format!("end_reason = {}", b.text(r.as_str())),
-                    StatusValue::Deleted => "deleted".to_owned(),
-                    StatusValue::DeadLetter => "dead_lettered".to_owned(),
-                })
-                .collect();
+            // One IN list per column, so a long list is a flat expression.
+            let mut phases = Vec::new();
+            let mut reasons = Vec::new();
+            let mut any = Vec::new();
+            for s in &self.statuses {
+                match s {
+                    StatusValue::Phase(p) => phases.push(b.text(p.as_str())),
+                    StatusValue::EndReason(r) => reasons.push(b.text(r.as_str())),
+                    StatusValue::Deleted => any.push("deleted".to_owned()),
+                    StatusValue::DeadLetter => any.push("dead_lettered".to_owned()),
+                }
+            }
+            if !phases.is_empty() {
+                any.insert(0, format!("status IN ({})", phases.join(", ")));
+            }
+            if !reasons.is_empty() {
+                any.insert(
+                    usize::from(!phases.is_empty()),
+                    format!("end_reason IN ({})", reasons.join(", ")),
+                );
+            }
+            any.dedup();
             parts.push(format!("({})", any.join(" OR ")));
         }
         let asks_for_deleted =
@@ -446,7 +458,7 @@ mod tests {
             ..Default::default()
         };
         let page = q.page_sql();
-        assert!(page.sql.contains("status = $1"), "{}", page.sql);
+        assert!(page.sql.contains("status IN ($1)"), "{}", page.sql);
         assert!(page.sql.contains("task_name = $2"));
         assert!(page.sql.contains("LIKE $3"));
         assert!(page.sql.contains("t.key = $4 AND t.value = $5"));

@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use super::error::{ApiError, Problem};
 use super::extract::{parse_uuid, Faults, JsonBody, QueryParams, RequestMeta};
-use super::runs::{parse_as_of, resolve, run_query, AsOf};
+use super::runs::{parse_as_of, resolve, run_query};
 use crate::commands::Outcome;
 use crate::ledger::bulk::{BulkCall, BulkError, BulkKind, BulkReport, OperationRecord, Selector};
 use crate::ledger::Ledger;
@@ -222,7 +222,6 @@ async fn call(
     };
     f.finish()?;
     let as_of = match as_of {
-        Some(AsOf::Position(p)) => Some(p),
         Some(at) => Some(resolve(ledger, at).await?),
         None => None,
     };

@@ -74,9 +74,11 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        if let Some(content_type) = req.headers().get(header::CONTENT_TYPE) {
+        let declared = req.headers().get(header::CONTENT_TYPE).map(|content_type| {
             let text = content_type.to_str().unwrap_or_default().to_ascii_lowercase();
-            let essence = text.split(';').next().unwrap_or_default().trim();
+            text.split(';').next().unwrap_or_default().trim().to_owned()
+        });
+        if let Some(essence) = &declared {
             if !(essence == "application/json" || essence.ends_with("+json")) {
                 return Err(ApiError::UnsupportedMediaType(format!(
                     "the body must be application/json, not {essence}"
@@ -95,6 +97,13 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
         })?;
         let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
             b"{}"
+        } else if declared.is_none() {
+            // A body must say what it is: a browser page can send one with
+            // no content type and no CORS preflight, and it must not be
+            // read as a command.
+            return Err(ApiError::UnsupportedMediaType(
+                "a request body needs Content-Type: application/json".to_owned(),
+            ));
         } else {
             &bytes
         };
@@ -102,7 +111,101 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     }
 }
 
+/// Text that both backends can store: PostgreSQL's `text` and `jsonb`
+/// refuse U+0000, so it is refused everywhere (a ledger must be able to move
+/// between backends).
+pub fn storable(text: &str) -> Result<(), String> {
+    if text.contains('\0') {
+        Err("must not contain the NUL character (U+0000): the ledger cannot store it".to_owned())
+    } else {
+        Ok(())
+    }
+}
+
+/// The query string as pairs, `+` and percent-escapes decoded. A name or a
+/// value that is not UTF-8, or that holds text the ledger cannot store, is a
+/// 422 at `query.<name>`.
+pub fn decode_query(query: &str) -> Result<Vec<(String, String)>, ApiError> {
+    let mut faults = Faults::default();
+    let mut pairs = Vec::new();
+    for part in query.split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = part.split_once('=').unwrap_or((part, ""));
+        let decode = |raw: &str| {
+            let spaced = raw.replace('+', " ");
+            percent_encoding::percent_decode_str(&spaced)
+                .decode_utf8()
+                .map(|text| text.into_owned())
+                .map_err(|_| "is not valid UTF-8 once percent-decoded".to_owned())
+        };
+        let name = match decode(name) {
+            Ok(name) => name,
+            Err(message) => {
+                faults.add(format!("query.{name}"), format!("the name {message}"), None);
+                continue;
+            }
+        };
+        let checked = decode(value).and_then(|v| storable(&v).map(|()| v));
+        match (storable(&name), checked) {
+            (Ok(()), Ok(value)) => pairs.push((name, value)),
+            (Err(message), _) | (_, Err(message)) => {
+                let location = format!("query.{}", name.replace('\0', "\\0"));
+                faults.add(location, message, Some(Value::String(value.to_owned())));
+            }
+        }
+    }
+    faults.finish().map(|()| pairs)
+}
+
+/// Where the first string (or object key) holding U+0000 is, if one does.
+fn nul_at(value: &Value, path: &mut Vec<String>) -> bool {
+    match value {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().enumerate().any(|(i, v)| {
+            path.push(i.to_string());
+            let found = nul_at(v, path);
+            if !found {
+                path.pop();
+            }
+            found
+        }),
+        Value::Object(map) => map.iter().any(|(k, v)| {
+            path.push(k.replace('\0', "\\0"));
+            let found = k.contains('\0') || nul_at(v, path);
+            if !found {
+                path.pop();
+            }
+            found
+        }),
+        _ => false,
+    }
+}
+
+/// Whether the JSON text has an escape of U+0000 (JSON has no other way to
+/// hold one: a raw control character is not valid JSON).
+fn has_nul_escape(bytes: &[u8]) -> bool {
+    bytes
+        .windows(6)
+        .enumerate()
+        .any(|(i, w)| w == b"\\u0000" && bytes[..i].iter().rev().take_while(|b| **b == b'\\').count() % 2 == 0)
+}
+
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    if has_nul_escape(bytes) {
+        if let Ok(value) = serde_json::from_slice::<Value>(bytes) {
+            let mut path = Vec::new();
+            if nul_at(&value, &mut path) {
+                let location = std::iter::once("body".to_owned())
+                    .chain(path)
+                    .collect::<Vec<_>>()
+                    .join(".");
+                return Err(ApiError::invalid_one(
+                    location,
+                    storable("\0").expect_err("NUL is refused"),
+                    None,
+                ));
+            }
+        }
+    }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut de).map_err(|err| {
         let path = err.path().to_string();
@@ -114,6 +217,16 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 
 fn json_fault(path: &str, inner: serde_json::Error) -> ApiError {
     let message = strip_position(&inner.to_string());
+    // A lone surrogate is well-formed JSON but no Unicode text: neither
+    // backend can store it.
+    if message.contains("surrogate") || message.contains("unexpected end of hex escape") {
+        let location = if path == "." {
+            "body".to_owned()
+        } else {
+            format!("body.{path}")
+        };
+        return ApiError::invalid_one(location, format!("{message}: text must be valid Unicode"), None);
+    }
     if inner.is_syntax() || inner.is_eof() {
         return ApiError::Malformed {
             detail: format!("the body is not valid JSON: {inner}"),
@@ -152,6 +265,8 @@ fn quoted_field(message: &str, prefix: &str) -> Option<String> {
 pub const MAX_QUERY_BYTES: usize = 8 * 1024;
 /// The most query parameters accepted.
 pub const MAX_QUERY_PARAMS: usize = 64;
+/// The most distinct values one list parameter (`status=a,b,…`) takes.
+pub const MAX_LIST_VALUES: usize = 64;
 
 /// The query string as ordered pairs, taken one name at a time; whatever is
 /// left at the end is an unknown parameter.
@@ -177,10 +292,7 @@ impl<S: Send + Sync> FromRequestParts<S> for QueryParams {
                 None,
             ));
         }
-        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query).map_err(|e| ApiError::Malformed {
-            detail: format!("the query string cannot be decoded: {e}"),
-            errors: vec![],
-        })?;
+        let pairs = decode_query(query)?;
         if pairs.len() > MAX_QUERY_PARAMS {
             return Err(ApiError::invalid_one(
                 "query",
@@ -261,15 +373,33 @@ impl QueryParams {
         self.parsed(name, parse_time)
     }
 
-    /// A comma-separated list, each item parsed with `parse`.
+    /// A comma-separated list, each item parsed with `parse`; repeated items
+    /// count once, and at most `MAX_LIST_VALUES` distinct ones are taken.
     pub fn list<T>(&mut self, name: &str, parse: impl Fn(&str) -> Option<T>, allowed: impl Fn() -> String) -> Vec<T> {
         let Some(raw) = self.one(name) else { return Vec::new() };
+        let mut seen = std::collections::HashSet::new();
+        let items: Vec<&str> = raw
+            .split(',')
+            .map(str::trim)
+            .filter(|item| seen.insert(*item))
+            .collect();
+        if items.len() > MAX_LIST_VALUES {
+            self.faults.add(
+                self.location(name),
+                format!(
+                    "{} distinct values; at most {MAX_LIST_VALUES} are accepted",
+                    items.len()
+                ),
+                None,
+            );
+            return Vec::new();
+        }
         let mut out = Vec::new();
-        for item in raw.split(',').map(str::trim) {
+        for item in items {
             match parse(item) {
                 Some(v) => out.push(v),
                 None => self.faults.add(
-                    format!("{}.{name}", self.origin),
+                    self.location(name),
                     format!("{item:?} is not one of: {}", allowed()),
                     Some(Value::String(raw.clone())),
                 ),
@@ -350,6 +480,30 @@ mod tests {
             ApiError::Invalid { errors, .. } => (422, errors[0].location.clone()),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn text_the_ledger_cannot_store_is_refused_where_it_is() {
+        let parse = |s: &str| parse_json::<Value>(s.as_bytes()).unwrap_err();
+        assert_eq!(location(parse(r#"{"a": [1, "x\u0000"]}"#)), (422, "body.a.1".into()));
+        assert_eq!(location(parse(r#"{"k\u0000": 1}"#)), (422, "body.k\\0".into()));
+        assert_eq!(location(parse(r#"{"a": "\ud800"}"#)), (422, "body.a".into()));
+        // An escaped backslash before "u0000" is text, not NUL.
+        assert!(parse_json::<Value>(br#"{"a": "\\u0000"}"#).is_ok());
+        let faults = |q: &str| match decode_query(q).unwrap_err() {
+            ApiError::Invalid { errors, .. } => errors.into_iter().map(|e| e.location).collect::<Vec<_>>(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(faults("search=%FF%FE&limit=1"), ["query.search"]);
+        assert_eq!(faults("tag=k:%00"), ["query.tag"]);
+        assert_eq!(
+            decode_query("a=x+y&b=%C3%A9&c").unwrap(),
+            [
+                ("a".into(), "x y".into()),
+                ("b".into(), "é".into()),
+                ("c".into(), String::new())
+            ]
+        );
     }
 
     #[test]

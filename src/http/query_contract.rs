@@ -76,15 +76,9 @@ pub async fn guard(State(contract): State<Arc<QueryContract>>, request: Request,
     let Some(query) = request.uri().query().filter(|q| !q.is_empty()) else {
         return next.run(request).await;
     };
-    let pairs: Vec<(String, String)> = match serde_urlencoded::from_str(query) {
+    let pairs = match super::extract::decode_query(query) {
         Ok(pairs) => pairs,
-        Err(e) => {
-            return ApiError::Malformed {
-                detail: format!("the query string cannot be decoded: {e}"),
-                errors: vec![],
-            }
-            .into_response()
-        }
+        Err(e) => return e.into_response(),
     };
     let route = request
         .extensions()

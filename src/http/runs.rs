@@ -47,9 +47,17 @@ pub fn parse_as_of(raw: &str) -> Result<AsOf, String> {
         .map_err(|_| "must be a position (an integer) or an RFC 3339 date-time".into())
 }
 
+/// The log position `at` names. A position past the head is the present:
+/// the last committed position (read from the log when it is past the head
+/// this node has seen, since another node may have written since).
 pub async fn resolve(ledger: &Ledger, at: AsOf) -> Result<i64, ApiError> {
     match at {
-        AsOf::Position(p) => Ok(p),
+        AsOf::Position(p) if p <= *ledger.head().borrow() => Ok(p),
+        AsOf::Position(p) => {
+            let end_of_time = runledger_events::Timestamp::parse("9999-12-31T23:59:59.999999Z")
+                .map_err(|e| ApiError::Internal(e.to_string()))?;
+            Ok(p.min(ledger.position_at(end_of_time).await?))
+        }
         AsOf::Time(t) => Ok(ledger.position_at(t).await?),
     }
 }

@@ -283,8 +283,18 @@ async fn write_loop(pool: PgPool, mut receiver: mpsc::Receiver<Job>, head: Arc<w
             }
         }
         last_two = [last_two[1], batch.len()];
-        let jobs = std::mem::take(&mut batch);
-        match commit_batch(&pool, &jobs).await {
+        commit_isolating(&pool, &head, std::mem::take(&mut batch)).await;
+    }
+}
+
+/// Commits `jobs` as one batch. A batch that fails inside the database
+/// before COMMIT (one unit's rows refused, say) is rolled back and its
+/// halves committed separately, down to the unit at fault, which alone gets
+/// the error: its neighbours commit.
+async fn commit_isolating(pool: &PgPool, head: &watch::Sender<i64>, jobs: Vec<Job>) {
+    let mut queue = std::collections::VecDeque::from([jobs]);
+    while let Some(mut jobs) = queue.pop_front() {
+        match commit_batch(pool, &jobs).await {
             Ok((outcomes, position)) => {
                 head.send_if_modified(|h| {
                     let moved = position > *h;
@@ -295,7 +305,13 @@ async fn write_loop(pool: PgPool, mut receiver: mpsc::Receiver<Job>, head: Arc<w
                     let _ = job.reply.send(outcome);
                 }
             }
-            Err(err) => {
+            Err(BatchFailure::Statement(err)) if jobs.len() > 1 => {
+                tracing::warn!(error = %err, batch = jobs.len(), "a batch failed inside the database; committing its halves apart");
+                let second = jobs.split_off(jobs.len() / 2);
+                queue.push_front(second);
+                queue.push_front(jobs);
+            }
+            Err(BatchFailure::Statement(err) | BatchFailure::Commit(err)) => {
                 tracing::error!(error = %err, batch = jobs.len(), "group commit failed");
                 for job in jobs {
                     let _ = job.reply.send(Err(LedgerError::Storage(err.clone())));
@@ -303,6 +319,16 @@ async fn write_loop(pool: PgPool, mut receiver: mpsc::Receiver<Job>, head: Arc<w
             }
         }
     }
+}
+
+/// Why a batch did not commit.
+enum BatchFailure {
+    /// A statement of the batch failed: nothing was committed, and the same
+    /// units may be tried again in smaller batches.
+    Statement(String),
+    /// The transaction could not be begun or committed: whether it took
+    /// effect may be unknown, so it is never retried.
+    Commit(String),
 }
 
 fn drain(receiver: &mut mpsc::Receiver<Job>, batch: &mut Vec<Job>) {
@@ -316,9 +342,9 @@ fn drain(receiver: &mut mpsc::Receiver<Job>, batch: &mut Vec<Job>) {
 
 type Outcomes = Vec<Result<Outcome, LedgerError>>;
 
-async fn commit_batch(pool: &PgPool, jobs: &[Job]) -> Result<(Outcomes, i64), String> {
-    let fail = |e: sqlx::Error| e.to_string();
-    let mut tx = pool.begin().await.map_err(fail)?;
+async fn commit_batch(pool: &PgPool, jobs: &[Job]) -> Result<(Outcomes, i64), BatchFailure> {
+    let fail = |e: sqlx::Error| BatchFailure::Statement(e.to_string());
+    let mut tx = pool.begin().await.map_err(|e| BatchFailure::Commit(e.to_string()))?;
     log::lock(&mut tx).await.map_err(fail)?;
     let sealer = log::head(&mut tx).await.map_err(fail)?;
     let mut ids = Vec::new();
@@ -351,7 +377,7 @@ async fn commit_batch(pool: &PgPool, jobs: &[Job]) -> Result<(Outcomes, i64), St
             Ok(outcome) => Ok(outcome),
             Err(ExecError::Command(e)) => Err(LedgerError::Command(e)),
             // Nothing refuses after writing, so this batch is unusable.
-            Err(ExecError::Storage(e)) => return Err(e),
+            Err(ExecError::Storage(e)) => return Err(BatchFailure::Statement(e)),
         });
     }
     log::insert(&mut tx, &store.sealed).await.map_err(fail)?;
@@ -373,7 +399,7 @@ async fn commit_batch(pool: &PgPool, jobs: &[Job]) -> Result<(Outcomes, i64), St
         log::notify(&mut tx, position).await.map_err(fail)?;
     }
     let started = std::time::Instant::now();
-    tx.commit().await.map_err(fail)?;
+    tx.commit().await.map_err(|e| BatchFailure::Commit(e.to_string()))?;
     runledger_events::record_commit(jobs.len(), started.elapsed());
     runledger_events::record_appended(store.sealed.len() as u64);
     Ok((outcomes, position))

@@ -53,7 +53,7 @@ impl SqliteLedger {
                     .query_row(TOKEN_EXISTS_SQL, [&name], |r| r.get(0))
                     .map_err(|e| TokenError::Storage(e.to_string()))?;
                 if taken > 0 {
-                    return Err(TokenError::NameTaken(name));
+                    return Err(TokenError::NameTaken(name.clone()));
                 }
                 let now = runledger_events::Timestamp::now().to_rfc3339();
                 tx.writer()
@@ -78,7 +78,7 @@ impl SqliteLedger {
                     )
                     .map_err(|e| TokenError::Storage(e.to_string()))?;
                 if active == 0 {
-                    return Err(TokenError::NoSuchToken(name));
+                    return Err(TokenError::NoSuchToken(name.clone()));
                 }
                 let now = runledger_events::Timestamp::now().to_rfc3339();
                 tx.writer()

@@ -1,7 +1,8 @@
 //! Group commit: one thread owns the write connection and runs every unit of
-//! work submitted meanwhile in one IMMEDIATE transaction, each unit inside its
-//! own savepoint so a refused unit never fails its neighbours. Callers are
-//! answered only after COMMIT returns, so an acknowledged write is durable.
+//! work submitted meanwhile in one IMMEDIATE transaction; a refused unit, or
+//! one that fails inside the database, never fails its neighbours (see
+//! `WriteTx`). Callers are answered only after COMMIT returns, so an
+//! acknowledged write is durable.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -64,8 +65,9 @@ pub enum AppendError {
 /// Units run without savepoints (a savepoint makes SQLite copy every page the
 /// unit touches, which cost more than the append itself). The contract is
 /// instead: a unit refuses only before its first write. A unit that returns
-/// an error after writing takes its whole batch down with it, so nothing
-/// partial is ever committed.
+/// an error after writing has failed inside the database: the batch is rolled
+/// back and run again without it, so nothing partial is ever committed and
+/// its neighbours are not failed with it.
 pub struct WriteTx<'c> {
     conn: &'c Connection,
     head: Sealer,
@@ -184,42 +186,54 @@ impl WriteTx<'_> {
     }
 }
 
-type Completion = Box<dyn FnOnce(Result<(), StorageError>) + Send>;
-
 trait Unit: Send {
-    fn run(self: Box<Self>, tx: &mut WriteTx<'_>) -> Result<Completion, StorageError>;
+    /// Runs the unit's work in the open transaction and keeps its result.
+    /// An error means the unit broke the write contract (it failed after
+    /// writing): the transaction must be rolled back.
+    fn run(&mut self, tx: &mut WriteTx<'_>) -> Result<(), StorageError>;
+    /// Answers the caller once the batch's fate is known.
+    fn finish(self: Box<Self>, committed: Result<(), StorageError>);
     fn abandon(self: Box<Self>, err: StorageError);
 }
 
 struct Job<F, T, E> {
     work: F,
+    /// The result of the last run (a rolled-back run is run again).
+    result: Option<Result<T, E>>,
     reply: oneshot::Sender<Result<T, WriteError<E>>>,
 }
 
 impl<F, T, E> Unit for Job<F, T, E>
 where
-    F: FnOnce(&mut WriteTx<'_>) -> Result<T, E> + Send,
+    F: FnMut(&mut WriteTx<'_>) -> Result<T, E> + Send,
     T: Send + 'static,
     E: Send + 'static,
 {
-    fn run(self: Box<Self>, tx: &mut WriteTx<'_>) -> Result<Completion, StorageError> {
-        let Job { work, reply } = *self;
+    fn run(&mut self, tx: &mut WriteTx<'_>) -> Result<(), StorageError> {
         tx.wrote = false;
-        match work(tx) {
-            Ok(value) => Ok(Box::new(move |committed: Result<(), StorageError>| {
-                let _ = reply.send(committed.map(|()| value).map_err(WriteError::Storage));
-            })),
-            Err(_) if tx.wrote => {
-                let err = StorageError("a unit of work refused after writing; its batch was rolled back".into());
-                tracing::error!(error = %err, "unit broke the write contract");
-                let _ = reply.send(Err(WriteError::Storage(err.clone())));
-                Err(err)
-            }
-            Err(refusal) => {
-                let _ = reply.send(Err(WriteError::Refused(refusal)));
-                Ok(Box::new(|_| {}))
-            }
+        let result = (self.work)(tx);
+        let broke = result.is_err() && tx.wrote;
+        self.result = Some(result);
+        if broke {
+            return Err(StorageError(
+                "the write failed inside the database; nothing of it was kept".into(),
+            ));
         }
+        Ok(())
+    }
+
+    fn finish(self: Box<Self>, committed: Result<(), StorageError>) {
+        let answer = match self.result {
+            Some(Ok(value)) => committed.map(|()| value).map_err(WriteError::Storage),
+            // A refusal wrote nothing: it stands whatever became of the batch.
+            Some(Err(refusal)) => Err(WriteError::Refused(refusal)),
+            None => Err(WriteError::Storage(
+                committed
+                    .err()
+                    .unwrap_or_else(|| StorageError("the unit did not run".into())),
+            )),
+        };
+        let _ = self.reply.send(answer);
     }
 
     fn abandon(self: Box<Self>, err: StorageError) {
@@ -283,16 +297,24 @@ impl Writer {
     /// Runs `work` inside the next batch transaction. `Ok` means committed
     /// and durable; `Refused` means the unit returned an error and nothing it
     /// wrote was kept.
+    ///
+    /// A unit may run more than once: when a neighbour in its batch fails
+    /// inside the database, the batch is rolled back and run again without
+    /// it, so one bad unit never fails the others.
     pub async fn submit<F, T, E>(&self, work: F) -> Result<T, WriteError<E>>
     where
-        F: FnOnce(&mut WriteTx<'_>) -> Result<T, E> + Send + 'static,
+        F: FnMut(&mut WriteTx<'_>) -> Result<T, E> + Send + 'static,
         T: Send + 'static,
         E: Send + 'static,
     {
         let (reply, answer) = oneshot::channel();
         let sender = self.sender.as_ref().ok_or(WriteError::Closed)?;
         sender
-            .send(Box::new(Job { work, reply }))
+            .send(Box::new(Job {
+                work,
+                result: None,
+                reply,
+            }))
             .await
             .map_err(|_| WriteError::Closed)?;
         answer.await.unwrap_or(Err(WriteError::Closed))
@@ -363,7 +385,8 @@ fn drain(receiver: &mut mpsc::Receiver<Box<dyn Unit>>, batch: &mut Vec<Box<dyn U
 
 /// Runs and commits one batch, moves the published head, then answers every
 /// unit — in that order, so whoever holds an answer sees a head at least as
-/// far as their write.
+/// far as their write. A unit that fails inside the database is answered
+/// with its error alone: the batch is rolled back and run again without it.
 fn commit(
     conn: &mut Connection,
     batch: &mut Vec<Box<dyn Unit>>,
@@ -371,21 +394,66 @@ fn commit(
     published: &watch::Sender<i64>,
     stats: &WriterStats,
 ) -> Result<(), StorageError> {
+    loop {
+        match attempt(conn, batch, versions, stats) {
+            Attempt::Committed { position, head } => {
+                versions.head = head;
+                let appended = (head - position).max(0) as u64;
+                stats.batches.fetch_add(1, Ordering::Relaxed);
+                stats.units.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                stats.events.fetch_add(appended, Ordering::Relaxed);
+                crate::record_appended(appended);
+                published.send_if_modified(|h| {
+                    let moved = *h != head;
+                    *h = head;
+                    moved
+                });
+                batch.drain(..).for_each(|u| u.finish(Ok(())));
+                return Ok(());
+            }
+            Attempt::UnitFailed(i, err) => {
+                versions.map.clear();
+                versions.head = -1;
+                tracing::warn!(error = %err, batch = batch.len(), "a unit failed inside the database; running its batch again without it");
+                batch.remove(i).abandon(err);
+                if batch.is_empty() {
+                    return Ok(());
+                }
+            }
+            Attempt::Failed(err) => {
+                versions.map.clear();
+                versions.head = -1;
+                batch.drain(..).for_each(|u| u.finish(Err(err.clone())));
+                return Err(err);
+            }
+        }
+    }
+}
+
+enum Attempt {
+    Committed {
+        position: i64,
+        head: i64,
+    },
+    /// Unit `i` failed after writing; the transaction was rolled back.
+    UnitFailed(usize, StorageError),
+    /// The transaction could not be begun or committed.
+    Failed(StorageError),
+}
+
+fn attempt(
+    conn: &mut Connection,
+    batch: &mut [Box<dyn Unit>],
+    versions: &mut StreamVersions,
+    stats: &WriterStats,
+) -> Attempt {
     let tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
         Ok(tx) => tx,
-        Err(e) => {
-            let err = StorageError::from(e);
-            batch.drain(..).for_each(|u| u.abandon(err.clone()));
-            return Err(err);
-        }
+        Err(e) => return Attempt::Failed(e.into()),
     };
     let (position, hash, recorded_at) = match read::head(&tx) {
         Ok(head) => head,
-        Err(e) => {
-            let err = StorageError::from(e);
-            batch.drain(..).for_each(|u| u.abandon(err.clone()));
-            return Err(err);
-        }
+        Err(e) => return Attempt::Failed(e.into()),
     };
     if versions.head != position || versions.map.len() > MAX_REMEMBERED_STREAMS {
         versions.map.clear();
@@ -396,54 +464,24 @@ fn commit(
         versions: &mut *versions,
         wrote: false,
     };
-    let mut completions = Vec::with_capacity(batch.len());
-    let mut failure = None;
-    for unit in batch.drain(..) {
-        if let Some(err) = &failure {
-            unit.abandon(StorageError::clone(err));
-            continue;
-        }
-        match unit.run(&mut wtx) {
-            Ok(done) => completions.push(done),
-            Err(err) => failure = Some(err),
+    for (i, unit) in batch.iter_mut().enumerate() {
+        if let Err(err) = unit.run(&mut wtx) {
+            drop(wtx);
+            // Dropping the transaction rolls it back.
+            drop(tx);
+            return Attempt::UnitFailed(i, err);
         }
     }
     let head = wtx.head.position;
-    let units = completions.len() as u64;
     drop(wtx);
-    let outcome = match failure {
-        Some(err) => Err(err),
-        None => {
-            let started = std::time::Instant::now();
-            let committed = tx.commit().map_err(StorageError::from);
-            crate::record_commit(units as usize, started.elapsed());
-            stats
-                .commit_micros
-                .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
-            committed
-        }
-    };
-    match &outcome {
-        Ok(()) => {
-            versions.head = head;
-            let appended = (head - position).max(0) as u64;
-            stats.batches.fetch_add(1, Ordering::Relaxed);
-            stats.units.fetch_add(units, Ordering::Relaxed);
-            stats.events.fetch_add(appended, Ordering::Relaxed);
-            crate::record_appended(appended);
-            published.send_if_modified(|h| {
-                let moved = *h != head;
-                *h = head;
-                moved
-            });
-        }
-        Err(_) => {
-            versions.map.clear();
-            versions.head = -1;
-        }
+    let started = std::time::Instant::now();
+    let committed = tx.commit();
+    crate::record_commit(batch.len(), started.elapsed());
+    stats
+        .commit_micros
+        .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+    match committed {
+        Ok(()) => Attempt::Committed { position, head },
+        Err(e) => Attempt::Failed(e.into()),
     }
-    for done in completions {
-        done(outcome.clone());
-    }
-    outcome
 }
