@@ -143,6 +143,19 @@ pub struct ServeArgs {
     /// run's bundle is refused with 422, never truncated.
     #[arg(long, env = "RUNLEDGER_BUNDLE_MAX_EVENTS", default_value_t = 100_000)]
     pub bundle_max_events: usize,
+    /// The most connections open at once; past it, new connections wait
+    /// until one closes (and the log says so). Keep it below the process's
+    /// file-descriptor limit.
+    #[arg(long, env = "RUNLEDGER_MAX_CONNECTIONS", default_value_t = 4_096, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+    /// Longest a client may take to send a request's headers, in seconds.
+    #[arg(long, env = "RUNLEDGER_HEADER_READ_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub header_read_timeout_secs: u64,
+    /// Longest a client may leave the server's writes unread, in seconds; a
+    /// stream client that stopped reading is then dropped (it resumes with
+    /// `Last-Event-ID`).
+    #[arg(long, env = "RUNLEDGER_STALLED_CLIENT_TIMEOUT_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub stalled_client_timeout_secs: u64,
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -376,6 +389,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         bulk_cap: args.bulk_max_runs,
         idempotency_ttl: std::time::Duration::from_secs(args.idempotency_ttl_secs),
         bundle_max_events: args.bundle_max_events,
+        max_connections: args.max_connections as usize,
+        header_read_timeout: std::time::Duration::from_secs(args.header_read_timeout_secs),
+        stalled_client_timeout: std::time::Duration::from_secs(args.stalled_client_timeout_secs),
         ..HttpConfig::default()
     };
     http::serve(ledger, config, listener, shutdown_signal()).await?;

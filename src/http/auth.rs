@@ -208,11 +208,12 @@ impl Gate {
         }
     }
 
-    async fn identify(&self, headers: &HeaderMap) -> Result<Caller, ApiError> {
+    /// The caller, and the hash of the secret it showed (none when open).
+    async fn identify(&self, headers: &HeaderMap) -> Result<(Caller, Option<String>), ApiError> {
         let snapshot = self.tokens(REFRESH).await?;
         let Some(value) = headers.get(header::AUTHORIZATION) else {
             if snapshot.by_hash.is_empty() && self.open_allowed {
-                return Ok(Caller::anonymous());
+                return Ok((Caller::anonymous(), None));
             }
             return Err(ApiError::Unauthorized(
                 "this route needs a token: send `Authorization: Bearer <secret>`".into(),
@@ -228,15 +229,28 @@ impl Gate {
             .ok_or_else(|| ApiError::Unauthorized("the Authorization header must be `Bearer <secret>`".into()))?;
         let hash = secret_hash(secret);
         if let Some(caller) = snapshot.by_hash.get(&hash) {
-            return Ok(caller.clone());
+            return Ok((caller.clone(), Some(hash)));
         }
         // Perhaps the token was created a moment ago by another process.
         let snapshot = self.tokens(MISS_REFRESH).await?;
-        snapshot
+        let caller = snapshot
             .by_hash
             .get(&hash)
             .cloned()
-            .ok_or_else(|| ApiError::Unauthorized("the token is unknown or revoked".into()))
+            .ok_or_else(|| ApiError::Unauthorized("the token is unknown or revoked".into()))?;
+        Ok((caller, Some(hash)))
+    }
+
+    /// Whether the credential a request was admitted with is still good: its
+    /// token not revoked (or, for an open API, still no token at all).
+    async fn still_admits(&self, secret_hash: Option<&str>) -> bool {
+        let Ok(snapshot) = self.tokens(REFRESH).await else {
+            return true;
+        };
+        match secret_hash {
+            Some(hash) => snapshot.by_hash.contains_key(hash),
+            None => snapshot.by_hash.is_empty() && self.open_allowed,
+        }
     }
 
     /// Charges one request to `key`: the rate-limit headers, or the 429.
@@ -281,6 +295,32 @@ impl Gate {
     }
 }
 
+/// How often an open stream checks that its credential still holds; the
+/// token list itself is re-read at most every `REFRESH`, as for requests.
+const REVOCATION_CHECK: Duration = Duration::from_millis(200);
+
+/// What a request was admitted with, for responses that outlive the request
+/// (streams): they end when it no longer admits.
+#[derive(Clone)]
+pub struct Credential {
+    gate: Arc<Gate>,
+    secret_hash: Option<String>,
+}
+
+impl Credential {
+    /// Completes once the credential no longer admits: the token was revoked
+    /// (within a second, as its new requests are refused).
+    pub async fn revoked(&self) {
+        let mut tick = tokio::time::interval(REVOCATION_CHECK);
+        loop {
+            tick.tick().await;
+            if !self.gate.still_admits(self.secret_hash.as_deref()).await {
+                return;
+            }
+        }
+    }
+}
+
 /// The guard of every route that needs a scope.
 pub async fn guard(State(gate): State<Arc<Gate>>, mut request: Request, next: Next) -> Response {
     let required = request
@@ -292,7 +332,7 @@ pub async fn guard(State(gate): State<Arc<Gate>>, mut request: Request, next: Ne
     };
     let identity = gate.identify(request.headers()).await;
     let key = match &identity {
-        Ok(caller) if caller.name != ANONYMOUS => format!("token {}", caller.name),
+        Ok((caller, _)) if caller.name != ANONYMOUS => format!("token {}", caller.name),
         _ => {
             let addr = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
             format!(
@@ -307,13 +347,17 @@ pub async fn guard(State(gate): State<Arc<Gate>>, mut request: Request, next: Ne
     };
     let mut response = match identity {
         Err(e) => e.into_response(),
-        Ok(caller) if !caller.covers(required) => ApiError::Forbidden {
+        Ok((caller, _)) if !caller.covers(required) => ApiError::Forbidden {
             required,
             granted: caller.scopes,
         }
         .into_response(),
-        Ok(caller) => {
+        Ok((caller, secret_hash)) => {
             request.extensions_mut().insert(caller);
+            request.extensions_mut().insert(Credential {
+                gate: gate.clone(),
+                secret_hash,
+            });
             next.run(request).await
         }
     };

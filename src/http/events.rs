@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
+use super::auth::Credential;
 use super::error::{ApiError, Problem};
 use super::extract::{parse_uuid, Faults, QueryParams};
 use crate::domain::{short_text, TaskName};
@@ -132,8 +133,33 @@ fn last_event_id(headers: &HeaderMap, faults: &mut Faults) -> Option<i64> {
     })
 }
 
-fn sse(streams: &Streams, subscription: Subscription) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
-    let stream = futures_util::stream::unfold(subscription, |mut sub| async move {
+/// A stream's own stop: the server's shutdown, or the revocation of the
+/// token that opened it. Cancelled too when the stream is dropped (the
+/// guard lives in the stream), which ends its watcher.
+pub fn stream_stop(streams: &Streams, credential: Option<Credential>) -> CancellationToken {
+    let stop = streams.shutdown.child_token();
+    if let Some(credential) = credential {
+        let watch = stop.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = credential.revoked() => {
+                    tracing::info!("ending a stream: its token was revoked");
+                    watch.cancel();
+                }
+                () = watch.cancelled() => {}
+            }
+        });
+    }
+    stop
+}
+
+fn sse(
+    streams: &Streams,
+    subscription: Subscription,
+    stop: CancellationToken,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let state = (subscription, stop.drop_guard());
+    let stream = futures_util::stream::unfold(state, |(mut sub, guard)| async move {
         match sub.next().await? {
             Ok(frame) => {
                 let e = &frame.entry.envelope;
@@ -141,7 +167,7 @@ fn sse(streams: &Streams, subscription: Subscription) -> Sse<impl Stream<Item = 
                     .id(e.position.to_string())
                     .event(e.event_type.as_str())
                     .data(frame.json.as_str());
-                Some((Ok(event), sub))
+                Some((Ok(event), (sub, guard)))
             }
             Err(err) => {
                 // The client resumes from its last id; nothing is lost.
@@ -181,6 +207,7 @@ pub struct StreamParams {
     ))]
 async fn stream_events(
     Extension(streams): Extension<Streams>,
+    credential: Option<Extension<Credential>>,
     headers: HeaderMap,
     mut params: QueryParams,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
@@ -190,14 +217,9 @@ async fn stream_events(
     params.finish()?;
     // The head, not the tail's position: every acknowledged write is before it.
     let start = resume.or(after).unwrap_or_else(|| streams.tail.head());
-    let sub = Subscription::new(
-        streams.tail.clone(),
-        start,
-        filter,
-        Until::Forever,
-        streams.shutdown.clone(),
-    );
-    Ok(sse(&streams, sub))
+    let stop = stream_stop(&streams, credential.map(|Extension(c)| c));
+    let sub = Subscription::new(streams.tail.clone(), start, filter, Until::Forever, stop.clone());
+    Ok(sse(&streams, sub, stop))
 }
 
 #[derive(IntoParams)]
@@ -226,6 +248,7 @@ pub struct RunStreamParams {
 async fn stream_run(
     State(ledger): State<Arc<Ledger>>,
     Extension(streams): Extension<Streams>,
+    credential: Option<Extension<Credential>>,
     Path(id): Path<String>,
     headers: HeaderMap,
     mut params: QueryParams,
@@ -261,11 +284,12 @@ async fn stream_run(
         run_id: Some(run_id),
         ..LogFilter::default()
     };
-    let mut sub = Subscription::new(streams.tail.clone(), start, filter, until, streams.shutdown.clone());
+    let stop = stream_stop(&streams, credential.map(|Extension(c)| c));
+    let mut sub = Subscription::new(streams.tail.clone(), start, filter, until, stop.clone());
     // Resuming past the end of a finished run: only the rest of the append
     // that ended it (a dead-letter, say) is left to say.
     if let Some(end) = ended.first().filter(|e| !follow && e.position <= start) {
         sub.ended_at(end.recorded_at);
     }
-    Ok(sse(&streams, sub))
+    Ok(sse(&streams, sub, stop))
 }

@@ -13,6 +13,7 @@ mod run_commands;
 mod run_details;
 mod run_relations;
 mod runs;
+mod server;
 mod system;
 mod tasks;
 
@@ -80,6 +81,13 @@ pub struct HttpConfig {
     pub idempotency_ttl: Duration,
     /// The most events (and children) a run's debug bundle may hold.
     pub bundle_max_events: usize,
+    /// The most connections open at once; past it, new ones wait.
+    pub max_connections: usize,
+    /// Longest a client may take to send its request headers.
+    pub header_read_timeout: Duration,
+    /// Longest a client may leave the server's writes unread (a stalled
+    /// stream client) before its connection is closed.
+    pub stalled_client_timeout: Duration,
 }
 
 impl Default for HttpConfig {
@@ -98,6 +106,9 @@ impl Default for HttpConfig {
             bulk_cap: bulk::DEFAULT_BULK_CAP,
             idempotency_ttl: Duration::from_secs(86_400),
             bundle_max_events: debug_bundle::DEFAULT_BUNDLE_MAX_EVENTS,
+            max_connections: 4_096,
+            header_read_timeout: Duration::from_secs(10),
+            stalled_client_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -218,17 +229,12 @@ pub async fn serve(
             stop.cancel();
         }
     });
-    let graceful = axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(stop.clone().cancelled_owned());
-    let grace = config.shutdown_grace;
-    tokio::select! {
-        served = graceful => served,
-        () = async move { stop.cancelled().await; tokio::time::sleep(grace).await } => {
-            tracing::warn!(?grace, "connections still open after the shutdown grace period; dropping them");
-            Ok(())
-        }
-    }
+    let limits = server::ConnectionLimits {
+        max_connections: config.max_connections,
+        header_read_timeout: config.header_read_timeout,
+        write_timeout: config.stalled_client_timeout,
+        shutdown_grace: config.shutdown_grace,
+    };
+    server::run(router, listener, limits, stop).await;
+    Ok(())
 }
