@@ -38,6 +38,9 @@ async fn dump(s: &TestServer) -> Vec<String> {
         "SELECT run_id || '|' || position || '|' || output_key || '|' || record FROM run_outputs \
          ORDER BY run_id, position",
         "SELECT run_id || '|' || COALESCE(source_run_id, '-') FROM run_lineage ORDER BY run_id",
+        "SELECT task_name || '|' || total || '|' || pending || '|' || running || '|' || paused || '|' || ended || '|' || \
+         success || '|' || failed || '|' || stopped || '|' || timeout || '|' || crashed || '|' || skipped || '|' || \
+         log_overflow || '|' || expired || '|' || dead_letter FROM task_counts ORDER BY task_name",
     ] {
         rows.extend(s.query_strings(sql).await);
     }
@@ -212,6 +215,7 @@ async fn rebuild_replays_the_log_into_identical_projections(mut s: TestServer) {
         "run_tool_calls",
         "run_outputs",
         "run_lineage",
+        "task_counts",
     ] {
         assert!(
             s.query_i64(&format!("SELECT COUNT(*) FROM {table}")).await > 0,
@@ -222,6 +226,7 @@ async fn rebuild_replays_the_log_into_identical_projections(mut s: TestServer) {
     s.exec_sql("DELETE FROM run_history WHERE version > 1").await.unwrap();
     s.exec_sql("DELETE FROM run_logs").await.unwrap();
     s.exec_sql("DELETE FROM run_lineage").await.unwrap();
+    s.exec_sql("UPDATE task_counts SET failed = failed + 7").await.unwrap();
     s.exec_sql("UPDATE run_usage SET cost_microusd = 0").await.unwrap();
     s.exec_sql("UPDATE runs SET status = 'pending', state = '{}'")
         .await
@@ -247,6 +252,7 @@ async fn a_server_rebuilds_an_empty_history_at_start_up(mut s: TestServer) {
     let before = dump(&s).await;
     s.exec_sql("DELETE FROM run_history").await.unwrap();
     s.exec_sql("DELETE FROM run_lineage").await.unwrap();
+    s.exec_sql("UPDATE task_counts SET failed = failed + 7").await.unwrap();
     assert_ne!(dump(&s).await, before);
     let node = common::Node::start(&s.database_url());
     let run = s.query_strings("SELECT id FROM runs ORDER BY id LIMIT 1").await;

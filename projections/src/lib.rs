@@ -11,6 +11,7 @@ mod query;
 mod replay;
 mod run_state;
 pub mod sqlite;
+pub mod task_counts;
 
 pub use changes::RunChanges;
 pub use columns::{
@@ -21,7 +22,7 @@ pub use details::DetailRow;
 
 /// Every table the log's fold fills: what a rebuild empties and fills again.
 pub fn projection_tables() -> impl Iterator<Item = &'static str> {
-    ["runs", "run_tags", "run_history"]
+    ["runs", "run_tags", "run_history", "task_counts"]
         .into_iter()
         .chain(details::DETAIL_TABLES.iter().map(|t| t.name))
 }

@@ -398,33 +398,23 @@ pub struct TaskSummary {
 }
 
 impl TaskSummary {
-    /// Per task: total, then one count per key of `count_keys()`.
+    /// A page of tasks: name, total, then one count per key of `count_keys()`,
+    /// from the maintained `task_counts` (see `task_counts`).
     pub fn counts_sql(limit: i64, offset: i64) -> SqlQuery {
         let mut b = Builder { args: Vec::new() };
-        let mut columns = vec!["task_name".to_owned(), "COUNT(*)".to_owned()];
-        for status in RunStatus::ALL {
-            columns.push(format!("COUNT(*) FILTER (WHERE status = {})", b.text(status.as_str())));
-        }
-        for reason in EndReason::ALL {
-            columns.push(format!(
-                "COUNT(*) FILTER (WHERE end_reason = {})",
-                b.text(reason.as_str())
-            ));
-        }
-        columns.push("COUNT(*) FILTER (WHERE dead_lettered)".to_owned());
         let (limit, offset) = (b.int(limit), b.int(offset));
         SqlQuery {
             sql: format!(
-                "SELECT {} FROM runs WHERE NOT deleted GROUP BY task_name ORDER BY task_name LIMIT {limit} OFFSET {offset}",
-                columns.join(", ")
+                "SELECT task_name, {} FROM task_counts ORDER BY task_name LIMIT {limit} OFFSET {offset}",
+                crate::task_counts::count_columns().join(", ")
             ),
             args: b.args,
         }
     }
 
-    pub const TASK_COUNT_SQL: &'static str = "SELECT COUNT(DISTINCT task_name) FROM runs WHERE NOT deleted";
+    pub const TASK_COUNT_SQL: &'static str = "SELECT COUNT(*) FROM task_counts";
 
-    /// The keys of the counts, in the column order of `counts_sql`.
+    /// The keys of the counts, in the column order of `counts_sql` (after `total`).
     pub fn count_keys() -> Vec<&'static str> {
         let mut keys: Vec<&str> = RunStatus::ALL.iter().map(|s| s.as_str()).collect();
         keys.extend(EndReason::ALL.iter().map(|r| r.as_str()));

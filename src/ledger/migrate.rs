@@ -46,6 +46,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "run_history_changes",
         include_str!("../../migrations/sqlite/0010_run_history_changes.sql"),
     ),
+    (
+        11,
+        "task_counts",
+        include_str!("../../migrations/sqlite/0011_task_counts.sql"),
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -394,6 +394,9 @@ async fn commit_batch(pool: &PgPool, jobs: &[Job]) -> Result<(Outcomes, i64), Ba
         .await
         .map_err(fail)?;
     details::store_many(&mut tx, &store.details).await.map_err(fail)?;
+    runs::store_task_deltas(&mut tx, &store.task_deltas)
+        .await
+        .map_err(fail)?;
     let position = store.sealer.position;
     if !store.sealed.is_empty() {
         log::notify(&mut tx, position).await.map_err(fail)?;
@@ -418,6 +421,8 @@ struct BatchStore {
     history: Vec<HistoryVersion>,
     /// The batch's detail rows, in append order.
     details: Vec<DetailRow>,
+    /// The batch's changes to its tasks' counts.
+    task_deltas: runledger_projections::task_counts::TaskDeltas,
 }
 
 impl BatchStore {
@@ -430,6 +435,7 @@ impl BatchStore {
             closes: Vec::new(),
             history: Vec::new(),
             details: Vec::new(),
+            task_deltas: Default::default(),
         }
     }
 }
@@ -494,6 +500,7 @@ impl RunStore for BatchStore {
             }
         }
         self.history.extend_from_slice(versions);
+        self.task_deltas.add(previous, state);
         let tags = match previous {
             None => Tags::New,
             Some(p) if p.tags != state.tags => Tags::Replaced,

@@ -207,18 +207,17 @@ impl<F, T, E> Unit for Job<F, T, E>
 where
     F: FnMut(&mut WriteTx<'_>) -> Result<T, E> + Send,
     T: Send + 'static,
-    E: Send + 'static,
+    E: std::fmt::Debug + Send + 'static,
 {
     fn run(&mut self, tx: &mut WriteTx<'_>) -> Result<(), StorageError> {
         tx.wrote = false;
         let result = (self.work)(tx);
-        let broke = result.is_err() && tx.wrote;
-        self.result = Some(result);
-        if broke {
-            return Err(StorageError(
-                "the write failed inside the database; nothing of it was kept".into(),
-            ));
+        if let (true, Err(e)) = (tx.wrote, &result) {
+            let message = format!("the write failed inside the database, and nothing of it was kept: {e:?}");
+            self.result = None;
+            return Err(StorageError(message.into()));
         }
+        self.result = Some(result);
         Ok(())
     }
 
@@ -305,7 +304,7 @@ impl Writer {
     where
         F: FnMut(&mut WriteTx<'_>) -> Result<T, E> + Send + 'static,
         T: Send + 'static,
-        E: Send + 'static,
+        E: std::fmt::Debug + Send + 'static,
     {
         let (reply, answer) = oneshot::channel();
         let sender = self.sender.as_ref().ok_or(WriteError::Closed)?;

@@ -285,6 +285,42 @@ pub async fn list(conn: &mut PgConnection, query: &RunQuery) -> sqlx::Result<(Ve
     Ok((runs, total))
 }
 
+/// Adds a batch's changes to its tasks' counts: one upsert of every task it
+/// touched, then the rows left with no live run are dropped.
+pub async fn store_task_deltas(conn: &mut PgConnection, deltas: &crate::task_counts::TaskDeltas) -> sqlx::Result<()> {
+    if deltas.0.is_empty() {
+        return Ok(());
+    }
+    static UPSERT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        let columns = crate::task_counts::count_columns();
+        let arrays: Vec<String> = (2..=columns.len() + 1).map(|i| format!("${i}::bigint[]")).collect();
+        let sets: Vec<String> = columns
+            .iter()
+            .map(|c| format!("{c} = task_counts.{c} + excluded.{c}"))
+            .collect();
+        format!(
+            "INSERT INTO task_counts (task_name, {}) SELECT * FROM UNNEST($1::text[], {}) \
+             ON CONFLICT (task_name) DO UPDATE SET {}",
+            columns.join(", "),
+            arrays.join(", "),
+            sets.join(", ")
+        )
+    });
+    let names: Vec<&str> = deltas.0.keys().map(String::as_str).collect();
+    let width = crate::task_counts::count_columns().len();
+    let mut query = sqlx::query(&UPSERT).bind(&names);
+    for column in 0..width {
+        let values: Vec<i64> = deltas.0.values().map(|d| d[column]).collect();
+        query = query.bind(values);
+    }
+    query.execute(&mut *conn).await?;
+    sqlx::query("DELETE FROM task_counts WHERE task_name = ANY($1) AND total = 0")
+        .bind(&names)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
 /// A page of task summaries, by task name, and the number of tasks.
 pub async fn tasks(conn: &mut PgConnection, limit: i64, offset: i64) -> sqlx::Result<(Vec<TaskSummary>, i64)> {
     let keys = TaskSummary::count_keys();
@@ -378,5 +414,9 @@ pub async fn rebuild(conn: &mut PgConnection) -> Result<(u64, usize), String> {
         store_many(&mut *conn, &rows).await.map_err(|e| e.to_string())?;
         store_history(&mut *conn, &[], chunk).await.map_err(|e| e.to_string())?;
     }
+    sqlx::raw_sql(&crate::task_counts::REFILL_SQL)
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| e.to_string())?;
     Ok((events, current.len()))
 }

@@ -69,6 +69,9 @@ pub fn store(conn: &Connection, previous: Option<&RunState>, versions: &[History
         return Ok(());
     };
     store_row(conn, previous, &last.state)?;
+    if let Some(delta) = crate::task_counts::delta(previous, &last.state) {
+        store_task_delta(conn, &last.state.task_name, &delta)?;
+    }
     if let (Some(previous), Some(first)) = (previous, versions.first()) {
         conn.prepare_cached(CLOSE_VERSION_SQL)?.execute(params![
             first.state.position,
@@ -77,6 +80,19 @@ pub fn store(conn: &Connection, previous: Option<&RunState>, versions: &[History
         ])?;
     }
     versions.iter().try_for_each(|version| store_version(conn, version))
+}
+
+/// Adds one append's change to its task's counts.
+fn store_task_delta(conn: &Connection, task_name: &str, delta: &[i64]) -> rusqlite::Result<()> {
+    let mut values: Vec<&dyn ToSql> = vec![&task_name];
+    values.extend(delta.iter().map(|d| d as &dyn ToSql));
+    conn.prepare_cached(&crate::task_counts::UPSERT_SQL)?
+        .execute(rusqlite::params_from_iter(values))?;
+    if delta[0] < 0 {
+        conn.prepare_cached(crate::task_counts::DROP_EMPTY_SQL)?
+            .execute([task_name])?;
+    }
+    Ok(())
 }
 
 /// Inserts one version into `run_history`.
@@ -299,6 +315,7 @@ pub fn rebuild(conn: &Connection) -> Result<(u64, usize), crate::ReplayError> {
     for version in &current {
         store_row(conn, None, &version.state).map_err(storage)?;
     }
+    conn.execute_batch(&crate::task_counts::REFILL_SQL).map_err(storage)?;
     // History in key order: appended, like the closed versions before.
     current.sort_by_key(|v| v.state.position);
     for version in &current {

@@ -1,0 +1,71 @@
+//! `GET /api/tasks` from the maintained `task_counts`: every append moves
+//! its run between counts, deletion and restore take it out and back, and a
+//! rebuild refills the same counts.
+
+mod common;
+
+use common::TestServer;
+use serde_json::{json, Value};
+
+fn id(run: &Value) -> String {
+    run["id"].as_str().expect("run id").to_owned()
+}
+
+async fn task(s: &TestServer, name: &str) -> Option<Value> {
+    let tasks = s.get("/api/tasks").await.ok(200).clone();
+    tasks["tasks"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{tasks}"))
+        .iter()
+        .find(|t| t["task_name"] == name)
+        .cloned()
+}
+
+async fn task_counts_follow_every_append_and_survive_a_rebuild(s: TestServer) {
+    let failed = id(&s
+        .run_through("etl", json!({"max_attempts": 1}), &["start", "end:failed:1"])
+        .await);
+    let ok = id(&s.run_through("etl", json!({}), &["start", "end:success:0"]).await);
+    s.run_through("etl", json!({}), &["start"]).await;
+    let lone = id(&s.create(json!({"task_name": "lone"})).await);
+    let etl = task(&s, "etl").await.expect("etl is listed");
+    assert_eq!(etl["total"], 3);
+    let counts = &etl["counts"];
+    assert_eq!(
+        (
+            counts["running"].as_i64(),
+            counts["ended"].as_i64(),
+            counts["failed"].as_i64()
+        ),
+        (Some(1), Some(2), Some(1))
+    );
+    assert_eq!(
+        (counts["success"].as_i64(), counts["dead_letter"].as_i64()),
+        (Some(1), Some(1))
+    );
+    assert_eq!(etl["last_success"]["id"], ok.as_str());
+    assert_eq!(etl["last_failure"]["id"], failed.as_str());
+    // A deleted run leaves the counts; a task with no live run leaves the list.
+    s.delete(&format!("/api/runs/{failed}"), json!({})).await.ok(200);
+    let etl = task(&s, "etl").await.unwrap();
+    assert_eq!(
+        (etl["total"].as_i64(), etl["counts"]["failed"].as_i64()),
+        (Some(2), Some(0))
+    );
+    assert_eq!(etl["counts"]["dead_letter"], 0);
+    s.delete(&format!("/api/runs/{lone}"), json!({})).await.ok(200);
+    assert!(task(&s, "lone").await.is_none());
+    let listed = s.get("/api/tasks").await.ok(200).clone();
+    assert_eq!(listed["total"], 1);
+    s.post(&format!("/api/runs/{lone}/restore"), json!({})).await.ok(200);
+    assert_eq!(task(&s, "lone").await.unwrap()["counts"]["pending"], 1);
+    // A rebuild refills exactly what the appends maintained.
+    let before = s.get("/api/tasks").await.ok(200).clone();
+    s.exec_sql("UPDATE task_counts SET total = 99").await.unwrap();
+    let rebuilt = s.cli(&["rebuild"]);
+    assert!(rebuilt.status.success(), "{}", String::from_utf8_lossy(&rebuilt.stderr));
+    assert_eq!(s.get("/api/tasks").await.ok(200), &before);
+    s.stop().await;
+}
+
+backend_tests!(task_counts_follow_every_append_and_survive_a_rebuild);
