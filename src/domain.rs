@@ -7,6 +7,9 @@ use std::fmt;
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct TaskName(String);
 
+/// What [`TaskName::parse`] accepts, as the OpenAPI document states it.
+pub const TASK_NAME_PATTERN: &str = "^[a-zA-Z0-9._-]{1,100}$";
+
 impl TaskName {
     pub fn parse(text: &str) -> Result<Self, String> {
         if text.is_empty() || text.len() > 100 {

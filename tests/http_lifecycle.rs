@@ -3,6 +3,8 @@
 
 mod common;
 
+use common::SendChecked;
+
 use common::TestServer;
 use serde_json::json;
 
@@ -111,7 +113,7 @@ async fn every_event_carries_position_hash_chain_and_metadata(s: TestServer) {
         .header("x-request-id", "req-42")
         .header("x-correlation-id", "deploy-7")
         .json(&json!({}))
-        .send()
+        .send_checked()
         .await
         .unwrap();
     assert_eq!(req.status().as_u16(), 200);
@@ -194,7 +196,9 @@ async fn a_stale_expected_version_is_a_conflict_and_appends_nothing(s: TestServe
     let r = s
         .post(&format!("/api/runs/{id}/heartbeat"), json!({"expected_version": 1}))
         .await;
-    assert_eq!(r.problem(409, "version_conflict")["current_version"], 2);
+    let problem = r.problem(409, "version_conflict");
+    assert_eq!(problem["current_version"], 2);
+    assert_eq!(problem["details"], json!({"current_version": 2}));
     assert_eq!(s.event_count().await, before);
     let r = s
         .post(&format!("/api/runs/{id}/heartbeat"), json!({"expected_version": 2}))
@@ -282,7 +286,7 @@ async fn every_response_echoes_the_request_id_recorded_on_its_events(s: TestServ
         .post(s.url("/api/runs"))
         .header("x-request-id", "req-42")
         .json(&json!({"task_name": "t"}))
-        .send()
+        .send_checked()
         .await
         .unwrap();
     assert_eq!(given.headers()["x-request-id"], "req-42");
@@ -291,7 +295,7 @@ async fn every_response_echoes_the_request_id_recorded_on_its_events(s: TestServ
         .client
         .post(s.url(&format!("/api/runs/{}/start", run["id"].as_str().unwrap())))
         .json(&json!({}))
-        .send()
+        .send_checked()
         .await
         .unwrap();
     let made_id = made.headers()["x-request-id"].to_str().unwrap().to_owned();
@@ -309,7 +313,7 @@ async fn every_response_echoes_the_request_id_recorded_on_its_events(s: TestServ
         .client
         .get(s.url("/api/runs/nope"))
         .header("x-request-id", "req-43")
-        .send()
+        .send_checked()
         .await
         .unwrap();
     assert_eq!(problem.headers()["x-request-id"], "req-43", "errors echo it too");

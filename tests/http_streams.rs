@@ -10,6 +10,8 @@
 
 mod common;
 
+use common::SendChecked;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -112,7 +114,7 @@ async fn get_raw(client: &reqwest::Client, url: &str, last_event_id: Option<&str
     if let Some(id) = last_event_id {
         req = req.header("Last-Event-ID", id);
     }
-    tokio::time::timeout(PATIENCE, req.send())
+    tokio::time::timeout(PATIENCE, req.send_checked())
         .await
         .unwrap_or_else(|_| panic!("no answer to GET {url} within {PATIENCE:?}"))
         .expect("request")
@@ -877,7 +879,7 @@ async fn resume_under_concurrent_writers(s: &TestServer, reconnects: usize, othe
             let post = |path: String, body: Value| {
                 let req = client.post(format!("{base}{path}")).json(&body);
                 async move {
-                    let resp = req.send().await.expect("write");
+                    let resp = req.send_checked().await.expect("write");
                     assert!(resp.status().is_success(), "write answered {}", resp.status());
                     resp.json::<Value>().await.expect("JSON")
                 }

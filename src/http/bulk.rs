@@ -491,5 +491,7 @@ async fn get_operation(
         .ok_or_else(|| ApiError::NotFound {
             code: "operation_not_found",
             detail: format!("operation {id} does not exist"),
+            resource: "operation",
+            id: Some(id.to_string()),
         })
 }

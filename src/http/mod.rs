@@ -8,6 +8,7 @@ mod events;
 mod extract;
 mod idempotency;
 mod metrics;
+mod openapi;
 mod run_commands;
 mod run_details;
 mod run_relations;
@@ -47,7 +48,7 @@ use crate::ledger::Ledger;
         (name = "bulk", description = "Operations on many runs at once, by selector, in one transaction"),
         (name = "operations", description = "Health and readiness"),
     ),
-    components(schemas(Problem, FieldError, run_commands::RetryChildrenAccepted))
+    components(schemas(Problem, FieldError, openapi::EnvelopeSchema))
 )]
 struct ApiDoc;
 
@@ -101,14 +102,14 @@ impl Default for HttpConfig {
     }
 }
 
-/// The OpenAPI document and the router it describes. `open_allowed`: whether
+/// The router and the OpenAPI document (JSON) that describes it. `open_allowed`: whether
 /// the API may run without tokens (only when it listens on a loopback address).
 pub fn api(
     ledger: Arc<Ledger>,
     config: &HttpConfig,
     streams: Streams,
     open_allowed: bool,
-) -> (Router, utoipa::openapi::OpenApi) {
+) -> (Router, serde_json::Value) {
     let gate = Arc::new(auth::Gate::new(ledger.clone(), open_allowed, config.rate_limit));
     let idempotency = Arc::new(idempotency::Idempotency {
         ledger: ledger.clone(),
@@ -129,13 +130,14 @@ pub fn api(
         .merge(bulk::router())
         .split_for_parts();
     auth::document(&mut openapi);
+    let openapi = openapi::document(&openapi);
     let router = router
         .with_state(ledger)
         // Inside the auth guard: keys belong to the caller it names.
         .route_layer(middleware::from_fn_with_state(idempotency, idempotency::guard))
         // After routing, so that it knows the route template.
         .route_layer(middleware::from_fn_with_state(gate, auth::guard))
-        .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi.clone()))
+        .merge(SwaggerUi::new("/docs").external_url_unchecked("/openapi.json", openapi.clone()))
         .layer(middleware::from_fn(metrics::track))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             axum::http::StatusCode::SERVICE_UNAVAILABLE,

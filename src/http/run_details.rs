@@ -113,7 +113,6 @@ pub struct CheckpointRequest {
     /// Who saved it (a worker, a step); at most 200 characters.
     source: Option<String>,
     /// The state to resume from; any JSON but null.
-    #[schema(value_type = Object)]
     state: Value,
 }
 
@@ -204,7 +203,6 @@ pub struct LogRequest {
     log_type: Option<String>,
     /// 1 to 10,000 characters.
     message: String,
-    #[schema(value_type = Option<Object>)]
     data: Option<Value>,
 }
 
@@ -474,9 +472,7 @@ async fn task_usage(
 pub struct ToolCallRequest {
     /// At most 200 characters.
     tool_name: String,
-    #[schema(value_type = Option<Object>)]
     input: Option<Value>,
-    #[schema(value_type = Option<Object>)]
     output: Option<Value>,
     /// 0 to 31,622,400,000 (366 days).
     duration_ms: Option<i64>,
@@ -572,9 +568,7 @@ pub struct OutputRequest {
     output_key: String,
     /// A JSON Schema (draft from its `$schema`, 2020-12 by default) the value
     /// must satisfy. Remote and file `$ref`s are not fetched.
-    #[schema(value_type = Option<Object>)]
     schema: Option<Value>,
-    #[schema(value_type = Object)]
     value: Value,
 }
 

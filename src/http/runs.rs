@@ -75,16 +75,26 @@ pub struct ListRunsParams {
     offset: Option<i64>,
     /// Comma-separated; a run matches any value: a phase (`pending`, `running`, `paused`,
     /// `ended`), an end reason (`success`, `failed`, …), `deleted` or `dead_letter`.
+    #[param(
+        pattern = "^\\s*(pending|running|paused|ended|success|failed|stopped|timeout|crashed|skipped|log_overflow|expired|deleted|dead_letter)\\s*(,\\s*(pending|running|paused|ended|success|failed|stopped|timeout|crashed|skipped|log_overflow|expired|deleted|dead_letter)\\s*)*$"
+    )]
     status: Option<String>,
     /// Exact task name.
+    #[param(pattern = "^[a-zA-Z0-9._-]{1,100}$")]
     task_name: Option<String>,
     /// Exact project.
+    #[param(min_length = 1, max_length = 200, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]+$")]
     project: Option<String>,
     /// Comma-separated trigger sources (`cron`, `api`, `retry`, …).
+    #[param(
+        pattern = "^\\s*(cron|api|cloud|service|startup|manual|spawn|workflow|event|retry|rerun)\\s*(,\\s*(cron|api|cloud|service|startup|manual|spawn|workflow|event|retry|rerun)\\s*)*$"
+    )]
     triggered_by: Option<String>,
     /// Runs created at or after this time (RFC 3339).
+    #[param(format = DateTime)]
     created_after: Option<String>,
     /// Runs created at or before this time (RFC 3339).
+    #[param(format = DateTime)]
     created_before: Option<String>,
     /// Runs whose exit code is at least this (inclusive).
     exit_code_min: Option<i64>,
@@ -93,21 +103,32 @@ pub struct ListRunsParams {
     /// Only retries (`retry_attempt > 0`).
     retries_only: Option<bool>,
     /// Case-insensitive substring of the task name or the run id.
+    #[param(min_length = 1, max_length = 200, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]+$")]
     search: Option<String>,
-    /// `key:value`; repeat for several tags, all must match.
+    /// `key:value`; repeat for several tags (at most 20), all must match.
+    #[param(max_items = 20, value_type = Option<Vec<TagFilter>>)]
     tag: Option<Vec<String>>,
     /// Children of this run.
+    #[param(format = Uuid)]
     parent_run_id: Option<String>,
     /// Show soft-deleted runs too (hidden by default).
     include_deleted: Option<bool>,
-    /// `task_name`, `status`, `start_at`, `exit_code`, `duration` or `created_at` (default).
+    /// Default `created_at`.
+    #[param(value_type = Option<runledger_projections::schema::SortFieldSchema>)]
     sort_field: Option<String>,
-    /// `asc` or `desc` (default). Runs with no value for the sort field come last.
+    /// Default `desc`. Runs with no value for the sort field come last.
+    #[param(value_type = Option<runledger_projections::schema::SortDirectionSchema>)]
     sort_direction: Option<String>,
     /// The list as it was at this log position, or at this RFC 3339 time
     /// (every filter and sort applies to the runs as they were then).
     as_of: Option<String>,
 }
+
+/// A tag filter: `key:value` with a non-empty key.
+#[derive(ToSchema)]
+#[schema(value_type = String, pattern = "^[^:]+:")]
+#[allow(dead_code)]
+pub struct TagFilter(String);
 
 const MAX_TEXT_FILTER: usize = 200;
 
@@ -318,7 +339,7 @@ pub struct HistoryParams {
 
 #[derive(Serialize, ToSchema)]
 pub struct HistoryItem {
-    #[schema(value_type = Object)]
+    #[schema(value_type = super::openapi::EnvelopeSchema)]
     pub event: EventEnvelope,
     /// The run right after this event.
     pub state: RunState,
@@ -449,7 +470,7 @@ pub struct RunEventsParams {
 
 #[derive(Serialize, ToSchema)]
 pub struct RunEvents {
-    #[schema(value_type = Vec<Object>)]
+    #[schema(value_type = Vec<super::openapi::EnvelopeSchema>)]
     pub events: Vec<EventEnvelope>,
     /// Pass as `after_version` for the next page; absent on the last page.
     pub next_after_version: Option<i64>,
