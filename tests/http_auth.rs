@@ -29,7 +29,9 @@ fn operations(doc: &Value) -> Vec<(Method, String, Option<Scope>)> {
         for (method, op) in item.as_object().expect("path item") {
             let method: Method = method.to_uppercase().parse().expect("method");
             let scope = op["security"].as_array().map(|reqs| {
-                assert_eq!(reqs.len(), 1, "{method} {path}: one requirement");
+                // The bearer scope, or nothing when the API runs open.
+                assert_eq!(reqs.len(), 2, "{method} {path}: a token, or none when open");
+                assert_eq!(reqs[1], json!({}), "{method} {path}: the open alternative");
                 let scopes = reqs[0]["bearer"].as_array().expect("bearer scopes");
                 assert_eq!(scopes.len(), 1, "{method} {path}: one scope");
                 Scope::parse(scopes[0].as_str().unwrap()).expect("a known scope")

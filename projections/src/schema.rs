@@ -9,7 +9,8 @@ use utoipa::{PartialSchema, ToSchema};
 
 use crate::{SortField, StatusValue};
 
-fn string_enum<'a>(description: &str, values: impl IntoIterator<Item = &'a str>) -> RefOr<Schema> {
+/// A string schema that admits exactly `values`.
+pub fn string_enum<'a>(description: &str, values: impl IntoIterator<Item = &'a str>) -> RefOr<Schema> {
     ObjectBuilder::new()
         .schema_type(Type::String)
         .description(Some(description))

@@ -71,7 +71,11 @@ pub fn document(openapi: &mut utoipa::openapi::OpenApi) {
         ];
         for (method, operation) in operations {
             if let (Some(operation), Some(scope)) = (operation.as_mut(), required_scope(&method, path)) {
-                operation.security = Some(vec![SecurityRequirement::new("bearer", [scope.as_str()])]);
+                // The empty requirement: anonymous, when the API runs open.
+                operation.security = Some(vec![
+                    SecurityRequirement::new("bearer", [scope.as_str()]),
+                    SecurityRequirement::default(),
+                ]);
             }
         }
     }

@@ -465,8 +465,8 @@ bulk_route!(
 /// runs it changed, with the run each one made.
 #[utoipa::path(get, path = "/api/operations/{id}", tag = "bulk",
     params(("id" = String, Path, description = "Operation id"),
-        ("limit" = Option<i64>, Query, description = "Runs per page, 1–10000 (default 1000)"),
-        ("offset" = Option<i64>, Query, description = "Runs to skip")),
+        ("limit" = Option<i64>, Query, description = "Runs per page (default 1000)", minimum = 1, maximum = 10000),
+        ("offset" = Option<i64>, Query, description = "Runs to skip", minimum = 0)),
     responses(
         (status = 200, body = OperationRecord),
         (status = 404, body = Problem, content_type = "application/problem+json"),

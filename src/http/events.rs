@@ -68,12 +68,19 @@ pub struct ListEventsParams {
     #[param(minimum = 1, maximum = 10000, default = 1000)]
     limit: Option<i64>,
     /// Comma-separated event types.
-    #[param(rename = "type")]
+    #[param(
+        rename = "type",
+        pattern = "^\\s*(run\\.created|run\\.started|run\\.heartbeat|run\\.paused|run\\.resumed|run\\.rescheduled|run\\.checkpointed|run\\.logged|run\\.usage_recorded|run\\.tool_called|run\\.output_recorded|run\\.ended|run\\.dead_lettered|run\\.deleted|run\\.restored|run\\.retried|run\\.debug_mode_set|run\\.idempotency_key_reset)\\s*(,\\s*(run\\.created|run\\.started|run\\.heartbeat|run\\.paused|run\\.resumed|run\\.rescheduled|run\\.checkpointed|run\\.logged|run\\.usage_recorded|run\\.tool_called|run\\.output_recorded|run\\.ended|run\\.dead_lettered|run\\.deleted|run\\.restored|run\\.retried|run\\.debug_mode_set|run\\.idempotency_key_reset)\\s*)*$"
+    )]
     event_type: Option<String>,
+    #[param(pattern = "^[a-zA-Z0-9._-]{1,100}$")]
     task_name: Option<String>,
+    #[param(format = Uuid)]
     run_id: Option<String>,
     /// The token name (or `anonymous`) that caused the events.
+    #[param(min_length = 1, max_length = 200, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]+$")]
     actor: Option<String>,
+    #[param(pattern = "^[a-zA-Z0-9._-]{1,100}$")]
     project: Option<String>,
 }
 
@@ -171,11 +178,18 @@ pub struct StreamParams {
     #[param(minimum = 0)]
     after: Option<i64>,
     /// Comma-separated event types.
-    #[param(rename = "type")]
+    #[param(
+        rename = "type",
+        pattern = "^\\s*(run\\.created|run\\.started|run\\.heartbeat|run\\.paused|run\\.resumed|run\\.rescheduled|run\\.checkpointed|run\\.logged|run\\.usage_recorded|run\\.tool_called|run\\.output_recorded|run\\.ended|run\\.dead_lettered|run\\.deleted|run\\.restored|run\\.retried|run\\.debug_mode_set|run\\.idempotency_key_reset)\\s*(,\\s*(run\\.created|run\\.started|run\\.heartbeat|run\\.paused|run\\.resumed|run\\.rescheduled|run\\.checkpointed|run\\.logged|run\\.usage_recorded|run\\.tool_called|run\\.output_recorded|run\\.ended|run\\.dead_lettered|run\\.deleted|run\\.restored|run\\.retried|run\\.debug_mode_set|run\\.idempotency_key_reset)\\s*)*$"
+    )]
     event_type: Option<String>,
+    #[param(pattern = "^[a-zA-Z0-9._-]{1,100}$")]
     task_name: Option<String>,
+    #[param(format = Uuid)]
     run_id: Option<String>,
+    #[param(pattern = "^[a-zA-Z0-9._-]{1,100}$")]
     project: Option<String>,
+    #[param(min_length = 1, max_length = 200, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]+$")]
     actor: Option<String>,
 }
 
@@ -219,7 +233,10 @@ pub struct RunStreamParams {
     /// Keep streaming after `run.ended` (default false: close after it).
     follow: Option<bool>,
     /// Comma-separated event types.
-    #[param(rename = "type")]
+    #[param(
+        rename = "type",
+        pattern = "^\\s*(run\\.created|run\\.started|run\\.heartbeat|run\\.paused|run\\.resumed|run\\.rescheduled|run\\.checkpointed|run\\.logged|run\\.usage_recorded|run\\.tool_called|run\\.output_recorded|run\\.ended|run\\.dead_lettered|run\\.deleted|run\\.restored|run\\.retried|run\\.debug_mode_set|run\\.idempotency_key_reset)\\s*(,\\s*(run\\.created|run\\.started|run\\.heartbeat|run\\.paused|run\\.resumed|run\\.rescheduled|run\\.checkpointed|run\\.logged|run\\.usage_recorded|run\\.tool_called|run\\.output_recorded|run\\.ended|run\\.dead_lettered|run\\.deleted|run\\.restored|run\\.retried|run\\.debug_mode_set|run\\.idempotency_key_reset)\\s*)*$"
+    )]
     event_type: Option<String>,
 }
 

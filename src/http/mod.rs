@@ -48,7 +48,16 @@ use crate::ledger::Ledger;
         (name = "bulk", description = "Operations on many runs at once, by selector, in one transaction"),
         (name = "operations", description = "Health and readiness"),
     ),
-    components(schemas(Problem, FieldError, openapi::EnvelopeSchema))
+    // The schemas that only query parameters refer to (utoipa collects the others).
+    components(schemas(
+        Problem,
+        FieldError,
+        openapi::EnvelopeSchema,
+        runledger_projections::schema::SortFieldSchema,
+        runledger_projections::schema::SortDirectionSchema,
+        runs::TagFilter,
+        openapi::AsOfSchema,
+    ))
 )]
 struct ApiDoc;
 

@@ -4,9 +4,13 @@
 //! (auth, rate limits, body limits, idempotency, the request timeout) wrap
 //! every route the same way, so the rule is stated once here too.
 
+use std::borrow::Cow;
+
 use serde::Serialize;
 use serde_json::{json, Map, Value};
-use utoipa::ToSchema;
+use utoipa::openapi::schema::{AnyOfBuilder, KnownFormat, ObjectBuilder, SchemaFormat, Type};
+use utoipa::openapi::{RefOr, Schema};
+use utoipa::{PartialSchema, ToSchema};
 
 /// The `data:` of an SSE frame and each item of an event list: a stored
 /// event as the log holds it.
@@ -60,7 +64,77 @@ pub struct MetadataSchema {
     causation_id: Option<String>,
 }
 
+/// `as_of`, `from`, `to`: a log position or an RFC 3339 time.
+pub struct AsOfSchema;
+
+impl PartialSchema for AsOfSchema {
+    fn schema() -> RefOr<Schema> {
+        AnyOfBuilder::new()
+            .description(Some("A log position (an integer >= 0) or an RFC 3339 date-time."))
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .pattern(Some(r"^\+?[0-9]{1,18}$")),
+            )
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .format(Some(SchemaFormat::KnownFormat(KnownFormat::DateTime))),
+            )
+            .into()
+    }
+}
+
+impl ToSchema for AsOfSchema {
+    fn name() -> Cow<'static, str> {
+        Cow::Borrowed("AsOf")
+    }
+}
+
+/// A JSON Schema: an object or a boolean.
+pub struct JsonSchemaDoc;
+
+impl PartialSchema for JsonSchemaDoc {
+    fn schema() -> RefOr<Schema> {
+        AnyOfBuilder::new()
+            .description(Some("A JSON Schema: an object or a boolean."))
+            .item(ObjectBuilder::new().schema_type(Type::Object))
+            .item(ObjectBuilder::new().schema_type(Type::Boolean))
+            .into()
+    }
+}
+
+impl ToSchema for JsonSchemaDoc {
+    fn name() -> Cow<'static, str> {
+        Cow::Borrowed("JsonSchema")
+    }
+}
+
+/// Any JSON but null.
+pub struct NotNull;
+
+impl PartialSchema for NotNull {
+    fn schema() -> RefOr<Schema> {
+        let mut any = AnyOfBuilder::new().description(Some("Any JSON value but null."));
+        for t in [Type::Object, Type::Array, Type::String, Type::Number, Type::Boolean] {
+            any = any.item(ObjectBuilder::new().schema_type(t));
+        }
+        any.into()
+    }
+}
+
+impl ToSchema for NotNull {
+    fn name() -> Cow<'static, str> {
+        Cow::Borrowed("NotNull")
+    }
+}
+
 const PROBLEM: &str = "application/problem+json";
+
+const IDEMPOTENCY: &str = "\n\nTakes an optional `Idempotency-Key` header (1–255 visible ASCII characters): \
+the same key again from the same caller, with the same method, path and body, answers the first response \
+again (marked `Idempotent-Replayed: true`) without appending anything; with another request it is 422 \
+`idempotency_key_reused`, and while the first is still running 409 `idempotency_key_in_progress`.";
 
 /// The served document: `openapi` with the shared responses, headers and
 /// parameter formats added. JSON, because utoipa's model has no header
@@ -178,6 +252,7 @@ fn complete(doc: &mut Value) {
         add_headers(response, &headers, &RATE_LIMIT);
     }
     components.insert("responses".into(), responses);
+    let schemas = components.get("schemas").cloned().unwrap_or_default();
     let Some(paths) = doc["paths"].as_object_mut() else {
         return;
     };
@@ -187,7 +262,7 @@ fn complete(doc: &mut Value) {
             if !["get", "post", "put", "patch", "delete", "head"].contains(&method.as_str()) {
                 continue;
             }
-            complete_operation(path, method, operation, &headers);
+            complete_operation(path, method, operation, &headers, &schemas);
         }
     }
 }
@@ -206,12 +281,21 @@ fn add_headers(response: &mut Value, headers: &Value, names: &[&str]) {
     }
 }
 
-fn complete_operation(path: &str, method: &str, operation: &mut Value, headers: &Value) {
+fn complete_operation(path: &str, method: &str, operation: &mut Value, headers: &Value, schemas: &Value) {
     let api = path.starts_with("/api/");
     let reads_json = operation.get("requestBody").is_some();
     if let Some(body) = operation.get_mut("requestBody") {
-        // An empty body counts as `{}`.
-        body["required"] = Value::Bool(false);
+        // An empty body counts as `{}`: it may be left out unless a field is required.
+        let schema = body.pointer("/content/application~1json/schema");
+        let component = schema
+            .and_then(|s| s["$ref"].as_str())
+            .and_then(|r| r.strip_prefix("#/components/schemas/"))
+            .and_then(|name| schemas.get(name));
+        let needs_fields = component
+            .or(schema)
+            .and_then(|s| s["required"].as_array())
+            .is_some_and(|r| !r.is_empty());
+        body["required"] = Value::Bool(needs_fields);
     }
     let responses = operation["responses"].as_object_mut().expect("responses");
     for (status, component) in shared_statuses(path, method, reads_json) {
@@ -239,8 +323,9 @@ fn complete_operation(path: &str, method: &str, operation: &mut Value, headers: 
             continue;
         }
         if let Some(stream) = response.pointer_mut("/content/text~1event-stream") {
-            // OpenAPI 3.2's `itemSchema` for an event stream, as an extension of 3.1.
-            stream["x-itemSchema"] = sse_frame();
+            // Before OpenAPI 3.2 (and its `itemSchema`), the `schema` of an
+            // event stream describes each event.
+            stream["schema"] = sse_frame();
         }
         let mut names = vec!["X-Request-Id"];
         if api {
@@ -267,17 +352,9 @@ fn complete_operation(path: &str, method: &str, operation: &mut Value, headers: 
         }
     }
     if api && method == "post" {
-        let parameters = operation
-            .as_object_mut()
-            .expect("an operation")
-            .entry("parameters")
-            .or_insert_with(|| Value::Array(Vec::new()));
-        parameters.as_array_mut().expect("parameters").push(json!({
-            "name": "Idempotency-Key",
-            "in": "header",
-            "required": false,
-            "description": "Sending the same key again (same caller, method, path and body) answers the first response again without appending anything.",
-            "schema": { "type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[!-~]+$" },
-        }));
+        // Not a documented parameter: a fuzzer that sends one key with
+        // different bodies would only meet `idempotency_key_reused`.
+        let description = operation["description"].as_str().unwrap_or_default().to_owned();
+        operation["description"] = Value::String(format!("{description}{IDEMPOTENCY}").trim_start().to_owned());
     }
 }

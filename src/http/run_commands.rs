@@ -260,33 +260,39 @@ async fn run_command(
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReasonRequest {
+    #[schema(minimum = 1)]
     expected_version: Option<i64>,
-    /// At most 1000 characters.
+    #[schema(min_length = 1, max_length = 1000, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]+$")]
     reason: Option<String>,
 }
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StartRequest {
+    #[schema(minimum = 1)]
     expected_version: Option<i64>,
+    #[schema(min_length = 1, max_length = 255, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]+$")]
     external_execution_id: Option<String>,
+    #[schema(minimum = 0, maximum = 1000000)]
     replica_index: Option<i64>,
 }
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HeartbeatRequest {
+    #[schema(minimum = 1)]
     expected_version: Option<i64>,
 }
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EndRequest {
+    #[schema(minimum = 1)]
     expected_version: Option<i64>,
-    /// `success`, `failed`, `stopped`, `timeout`, `crashed`, `skipped`, `log_overflow` or `expired`.
+    #[schema(value_type = runledger_projections::schema::EndReasonSchema)]
     end_reason: String,
     exit_code: Option<i64>,
-    /// At most 10,000 characters.
+    #[schema(max_length = 10000)]
     error: Option<String>,
     result: Option<Value>,
 }
@@ -294,16 +300,18 @@ pub struct EndRequest {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RescheduleRequest {
+    #[schema(minimum = 1)]
     expected_version: Option<i64>,
-    /// RFC 3339.
+    #[schema(format = DateTime)]
     scheduled_at: String,
+    #[schema(min_length = 1, max_length = 1000, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]+$")]
     reason: Option<String>,
 }
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RetryRequest {
-    /// At most 1000 characters.
+    #[schema(min_length = 1, max_length = 1000, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]+$")]
     reason: Option<String>,
     /// Replaces the source run's payload on the new run.
     payload: Option<Value>,
@@ -313,11 +321,11 @@ pub struct RetryRequest {
     failed_only: Option<bool>,
 }
 
-/// Body of `POST /api/runs/{id}/restart`.
+/// Body of `POST /api/runs/{id}/restart` and `/dlq-replay`.
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RestartRequest {
-    /// At most 1000 characters.
+    #[schema(min_length = 1, max_length = 1000, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]+$")]
     reason: Option<String>,
     /// Replaces the run's payload on the new run.
     payload: Option<Value>,
@@ -509,6 +517,7 @@ transition!(
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DebugRequest {
+    #[schema(minimum = 1)]
     expected_version: Option<i64>,
     enabled: bool,
 }
@@ -596,13 +605,6 @@ async fn retry(
     let run_id = f.path_id(id);
     let reason = optional_text(&mut f, "reason", body.reason, MAX_REASON);
     let failed_only = body.failed_only.unwrap_or(false);
-    if failed_only && !matches!(action, RetryAction::Retry | RetryAction::Replay) {
-        f.add(
-            "body.failed_only",
-            "applies to retry and replay only; a dead-lettered run is replayed itself",
-            None,
-        );
-    }
     if failed_only && body.payload.is_some() {
         f.add(
             "body.payload",
@@ -765,7 +767,7 @@ async fn restart_run(
 /// dead-letter flag (409 if the run is not dead-lettered).
 #[utoipa::path(post, path = "/api/runs/{id}/dlq-replay", tag = "runs",
     params(("id" = String, Path, description = "Run id")),
-    request_body = RetryRequest,
+    request_body = RestartRequest,
     responses(
         (status = 202, body = RetryAccepted),
         (status = 404, body = Problem, content_type = "application/problem+json"),
@@ -776,8 +778,14 @@ async fn dlq_replay_run(
     State(ledger): State<Arc<Ledger>>,
     Path(id): Path<String>,
     RequestMeta(meta): RequestMeta,
-    JsonBody(body): JsonBody<RetryRequest>,
+    JsonBody(body): JsonBody<RestartRequest>,
 ) -> Result<Response, ApiError> {
+    // A dead-lettered run is replayed itself: there is no `failed_only`.
+    let body = RetryRequest {
+        reason: body.reason,
+        payload: body.payload,
+        failed_only: None,
+    };
     retry(&ledger, meta, &id, body, RetryAction::DlqReplay).await
 }
 

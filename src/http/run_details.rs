@@ -40,6 +40,36 @@ const MAX_MESSAGE: usize = 10_000;
 const MAX_COUNT: i64 = 1_000_000_000_000;
 const LEVELS: &[&str] = &["debug", "info", "warn", "error"];
 const TOOL_STATUSES: &[&str] = &["success", "error", "timeout", "canceled"];
+
+/// The schema of a log line's `level`: one of [`LEVELS`].
+pub struct LogLevel;
+
+impl utoipa::PartialSchema for LogLevel {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::Schema> {
+        runledger_projections::schema::string_enum("A log line's level.", LEVELS.iter().copied())
+    }
+}
+
+impl ToSchema for LogLevel {
+    fn name() -> std::borrow::Cow<'static, str> {
+        std::borrow::Cow::Borrowed("LogLevel")
+    }
+}
+
+/// The schema of a tool call's `status`: one of [`TOOL_STATUSES`].
+pub struct ToolCallStatus;
+
+impl utoipa::PartialSchema for ToolCallStatus {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::Schema> {
+        runledger_projections::schema::string_enum("How a tool call went.", TOOL_STATUSES.iter().copied())
+    }
+}
+
+impl ToSchema for ToolCallStatus {
+    fn name() -> std::borrow::Cow<'static, str> {
+        std::borrow::Cow::Borrowed("ToolCallStatus")
+    }
+}
 /// Schema faults reported for one output, at most.
 const MAX_VALUE_FAULTS: usize = 50;
 
@@ -110,9 +140,11 @@ pub struct PositionPage {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CheckpointRequest {
-    /// Who saved it (a worker, a step); at most 200 characters.
+    /// Who saved it (a worker, a step).
+    #[schema(min_length = 1, max_length = 200, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]+$")]
     source: Option<String>,
     /// The state to resume from; any JSON but null.
+    #[schema(value_type = super::openapi::NotNull)]
     state: Value,
 }
 
@@ -196,12 +228,14 @@ async fn list_checkpoints(
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LogRequest {
-    /// `debug`, `info` (default), `warn` or `error`.
+    /// Default `info`.
+    #[schema(value_type = Option<LogLevel>)]
     level: Option<String>,
-    /// A kind of line of your choosing (`stdout`, `progress`…); at most 200 characters.
+    /// A kind of line of your choosing (`stdout`, `progress`…).
     #[serde(rename = "type")]
+    #[schema(min_length = 1, max_length = 200, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]+$")]
     log_type: Option<String>,
-    /// 1 to 10,000 characters.
+    #[schema(min_length = 1, max_length = 10000)]
     message: String,
     data: Option<Value>,
 }
@@ -254,9 +288,13 @@ async fn record_log(
 #[allow(dead_code)]
 pub struct LogFilterParams {
     /// Comma-separated levels (`debug`, `info`, `warn`, `error`); any matches.
+    #[param(pattern = "^\\s*(debug|info|warn|error)\\s*(,\\s*(debug|info|warn|error)\\s*)*$")]
     level: Option<String>,
     /// Comma-separated types; any matches.
-    #[param(rename = "type")]
+    #[param(
+        rename = "type",
+        pattern = "^\\s*[^,\\s\\x00-\\x1f\\x7f-\\x9f][^,\\x00-\\x1f\\x7f-\\x9f]*(,\\s*[^,\\s\\x00-\\x1f\\x7f-\\x9f][^,\\x00-\\x1f\\x7f-\\x9f]*)*$"
+    )]
     log_type: Option<String>,
 }
 
@@ -299,16 +337,19 @@ async fn list_logs(
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UsageRequest {
-    /// At most 200 characters.
+    #[schema(min_length = 1, max_length = 200, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]+$")]
     provider: String,
-    /// At most 200 characters.
+    #[schema(min_length = 1, max_length = 200, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]+$")]
     model: String,
+    #[schema(minimum = 0, maximum = 1000000000000_i64)]
     prompt_tokens: i64,
+    #[schema(minimum = 0, maximum = 1000000000000_i64)]
     completion_tokens: i64,
     /// Defaults to prompt + completion; may be more (reasoning or cached
     /// tokens some providers count), never less.
     total_tokens: Option<i64>,
     /// Cost in millionths of a US dollar; default 0.
+    #[schema(minimum = 0, maximum = 1000000000000_i64)]
     cost_microusd: Option<i64>,
 }
 
@@ -470,13 +511,14 @@ async fn task_usage(
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ToolCallRequest {
-    /// At most 200 characters.
+    #[schema(min_length = 1, max_length = 200, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]+$")]
     tool_name: String,
     input: Option<Value>,
     output: Option<Value>,
-    /// 0 to 31,622,400,000 (366 days).
+    /// At most 366 days.
+    #[schema(minimum = 0, maximum = 31622400000_i64)]
     duration_ms: Option<i64>,
-    /// `success`, `error`, `timeout` or `canceled`.
+    #[schema(value_type = ToolCallStatus)]
     status: String,
 }
 
@@ -519,8 +561,12 @@ async fn record_tool_call(
 #[allow(dead_code)]
 pub struct ToolCallFilterParams {
     /// Comma-separated tool names; any matches.
+    #[param(
+        pattern = "^\\s*[^,\\s\\x00-\\x1f\\x7f-\\x9f][^,\\x00-\\x1f\\x7f-\\x9f]*(,\\s*[^,\\s\\x00-\\x1f\\x7f-\\x9f][^,\\x00-\\x1f\\x7f-\\x9f]*)*$"
+    )]
     tool_name: Option<String>,
     /// Comma-separated statuses; any matches.
+    #[param(pattern = "^\\s*(success|error|timeout|canceled)\\s*(,\\s*(success|error|timeout|canceled)\\s*)*$")]
     status: Option<String>,
 }
 
@@ -564,10 +610,11 @@ async fn list_tool_calls(
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OutputRequest {
-    /// At most 200 characters.
+    #[schema(min_length = 1, max_length = 200, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]+$")]
     output_key: String,
     /// A JSON Schema (draft from its `$schema`, 2020-12 by default) the value
     /// must satisfy. Remote and file `$ref`s are not fetched.
+    #[schema(value_type = Option<super::openapi::JsonSchemaDoc>)]
     schema: Option<Value>,
     value: Value,
 }
@@ -656,6 +703,9 @@ async fn record_output(
 #[allow(dead_code)]
 pub struct OutputFilterParams {
     /// Comma-separated output keys; any matches.
+    #[param(
+        pattern = "^\\s*[^,\\s\\x00-\\x1f\\x7f-\\x9f][^,\\x00-\\x1f\\x7f-\\x9f]*(,\\s*[^,\\s\\x00-\\x1f\\x7f-\\x9f][^,\\x00-\\x1f\\x7f-\\x9f]*)*$"
+    )]
     output_key: Option<String>,
 }
 

@@ -121,6 +121,7 @@ pub struct ListRunsParams {
     sort_direction: Option<String>,
     /// The list as it was at this log position, or at this RFC 3339 time
     /// (every filter and sort applies to the runs as they were then).
+    #[param(value_type = Option<super::openapi::AsOfSchema>)]
     as_of: Option<String>,
 }
 
@@ -295,6 +296,7 @@ async fn list_task_runs(
 #[allow(dead_code)]
 pub struct AsOfParams {
     /// The run as it was at this position, or at this RFC 3339 time.
+    #[param(value_type = Option<super::openapi::AsOfSchema>)]
     as_of: Option<String>,
 }
 
@@ -387,8 +389,10 @@ async fn run_history(
 #[allow(dead_code)]
 pub struct DiffParams {
     /// A position or an RFC 3339 time.
+    #[param(value_type = super::openapi::AsOfSchema)]
     from: String,
     /// A position or an RFC 3339 time, not before `from`.
+    #[param(value_type = super::openapi::AsOfSchema)]
     to: String,
     /// Runs per page, by run id.
     #[param(minimum = 1, maximum = 1000, default = 100)]
@@ -459,7 +463,10 @@ async fn runs_diff(State(ledger): State<Arc<Ledger>>, mut params: QueryParams) -
 #[allow(dead_code)]
 pub struct RunEventsParams {
     /// Comma-separated event types, e.g. `run.started,run.ended`.
-    #[param(rename = "type")]
+    #[param(
+        rename = "type",
+        pattern = "^\\s*(run\\.created|run\\.started|run\\.heartbeat|run\\.paused|run\\.resumed|run\\.rescheduled|run\\.checkpointed|run\\.logged|run\\.usage_recorded|run\\.tool_called|run\\.output_recorded|run\\.ended|run\\.dead_lettered|run\\.deleted|run\\.restored|run\\.retried|run\\.debug_mode_set|run\\.idempotency_key_reset)\\s*(,\\s*(run\\.created|run\\.started|run\\.heartbeat|run\\.paused|run\\.resumed|run\\.rescheduled|run\\.checkpointed|run\\.logged|run\\.usage_recorded|run\\.tool_called|run\\.output_recorded|run\\.ended|run\\.dead_lettered|run\\.deleted|run\\.restored|run\\.retried|run\\.debug_mode_set|run\\.idempotency_key_reset)\\s*)*$"
+    )]
     event_type: Option<String>,
     /// Only events after this stream version (for paging).
     #[param(minimum = 0, default = 0)]
