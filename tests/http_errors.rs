@@ -635,6 +635,36 @@ async fn illegal_transitions_are_409_with_the_current_status(s: TestServer) {
     s.stop().await;
 }
 
+/// JSON does not tell `3` from `3.0`: an integer field takes either, and
+/// refuses a fraction at its location.
+async fn integer_fields_take_whole_floats(s: TestServer) {
+    let run = s
+        .create(json!({"task_name": "t", "max_attempts": 3.0, "priority": -2.0, "timeout_secs": 1e3}))
+        .await;
+    assert_eq!(
+        (
+            run["max_attempts"].clone(),
+            run["priority"].clone(),
+            run["timeout_secs"].clone()
+        ),
+        (json!(3), json!(-2), json!(1000))
+    );
+    let id = id(&run);
+    let started = s
+        .post(&format!("/api/runs/{id}/start"), json!({"expected_version": 1.0}))
+        .await;
+    assert_eq!(started.ok(200)["version"], 2);
+    let before = s.event_count().await;
+    s.post(&format!("/api/runs/{id}/heartbeat"), json!({"expected_version": 2.5}))
+        .await
+        .invalid_at("body.expected_version");
+    s.post("/api/runs", json!({"task_name": "t", "priority": 3e9}))
+        .await
+        .invalid_at("body.priority");
+    nothing_appended(&s, before, "fractions and out-of-range integers").await;
+    s.stop().await;
+}
+
 /// The harness's OpenAPI check refuses what the document does not allow, so
 /// a response that drifts from it fails the test that received it.
 async fn the_openapi_check_refuses_undocumented_answers(s: TestServer) {
@@ -817,6 +847,7 @@ backend_tests!(
     an_unknown_run_is_404_on_every_route,
     illegal_transitions_are_409_with_the_current_status,
     the_openapi_check_refuses_undocumented_answers,
+    integer_fields_take_whole_floats,
     unknown_routes_and_methods_are_problems,
     a_body_over_8_mib_is_413,
 );

@@ -15,6 +15,7 @@ mod run_relations;
 mod runs;
 mod system;
 mod tasks;
+mod whole;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -64,6 +64,7 @@ pub struct CreateRunRequest {
     tags: Option<BTreeMap<String, String>>,
     /// At most 50 entries; keys 1–100 characters, values at most 500.
     metadata: Option<BTreeMap<String, String>>,
+    #[serde(default, deserialize_with = "super::whole::maybe_whole")]
     priority: Option<i32>,
     /// Creating again with the key of an unfinished run of the same task returns that run (200).
     #[schema(min_length = 1, max_length = 255, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]+$")]
@@ -72,9 +73,11 @@ pub struct CreateRunRequest {
     concurrency_key: Option<String>,
     /// Attempts before a failing run is dead-lettered. Unset: never dead-lettered.
     #[schema(minimum = 1, maximum = 1000)]
+    #[serde(default, deserialize_with = "super::whole::maybe_whole")]
     max_attempts: Option<i64>,
     /// A running run past this many seconds ends `timeout` (at most 366 days).
     #[schema(minimum = 1, maximum = 31622400)]
+    #[serde(default, deserialize_with = "super::whole::maybe_whole")]
     timeout_secs: Option<i64>,
     /// When the run should start (RFC 3339).
     #[schema(format = DateTime)]
@@ -89,6 +92,7 @@ pub struct CreateRunRequest {
     #[schema(min_length = 1, max_length = 255, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]+$")]
     external_execution_id: Option<String>,
     #[schema(minimum = 0, maximum = 1000000)]
+    #[serde(default, deserialize_with = "super::whole::maybe_whole")]
     replica_index: Option<i64>,
     debug_mode: Option<bool>,
 }
@@ -261,6 +265,7 @@ async fn run_command(
 #[serde(deny_unknown_fields)]
 pub struct ReasonRequest {
     #[schema(minimum = 1)]
+    #[serde(default, deserialize_with = "super::whole::maybe_whole")]
     expected_version: Option<i64>,
     #[schema(min_length = 1, max_length = 1000, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]+$")]
     reason: Option<String>,
@@ -270,10 +275,12 @@ pub struct ReasonRequest {
 #[serde(deny_unknown_fields)]
 pub struct StartRequest {
     #[schema(minimum = 1)]
+    #[serde(default, deserialize_with = "super::whole::maybe_whole")]
     expected_version: Option<i64>,
     #[schema(min_length = 1, max_length = 255, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]+$")]
     external_execution_id: Option<String>,
     #[schema(minimum = 0, maximum = 1000000)]
+    #[serde(default, deserialize_with = "super::whole::maybe_whole")]
     replica_index: Option<i64>,
 }
 
@@ -281,6 +288,7 @@ pub struct StartRequest {
 #[serde(deny_unknown_fields)]
 pub struct HeartbeatRequest {
     #[schema(minimum = 1)]
+    #[serde(default, deserialize_with = "super::whole::maybe_whole")]
     expected_version: Option<i64>,
 }
 
@@ -288,9 +296,11 @@ pub struct HeartbeatRequest {
 #[serde(deny_unknown_fields)]
 pub struct EndRequest {
     #[schema(minimum = 1)]
+    #[serde(default, deserialize_with = "super::whole::maybe_whole")]
     expected_version: Option<i64>,
     #[schema(value_type = runledger_projections::schema::EndReasonSchema)]
     end_reason: String,
+    #[serde(default, deserialize_with = "super::whole::maybe_whole")]
     exit_code: Option<i64>,
     #[schema(max_length = 10000)]
     error: Option<String>,
@@ -301,6 +311,7 @@ pub struct EndRequest {
 #[serde(deny_unknown_fields)]
 pub struct RescheduleRequest {
     #[schema(minimum = 1)]
+    #[serde(default, deserialize_with = "super::whole::maybe_whole")]
     expected_version: Option<i64>,
     #[schema(format = DateTime)]
     scheduled_at: String,
@@ -518,6 +529,7 @@ transition!(
 #[serde(deny_unknown_fields)]
 pub struct DebugRequest {
     #[schema(minimum = 1)]
+    #[serde(default, deserialize_with = "super::whole::maybe_whole")]
     expected_version: Option<i64>,
     enabled: bool,
 }

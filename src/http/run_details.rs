@@ -342,14 +342,18 @@ pub struct UsageRequest {
     #[schema(min_length = 1, max_length = 200, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]+$")]
     model: String,
     #[schema(minimum = 0, maximum = 1000000000000_i64)]
+    #[serde(deserialize_with = "super::whole::whole")]
     prompt_tokens: i64,
     #[schema(minimum = 0, maximum = 1000000000000_i64)]
+    #[serde(deserialize_with = "super::whole::whole")]
     completion_tokens: i64,
     /// Defaults to prompt + completion; may be more (reasoning or cached
     /// tokens some providers count), never less.
+    #[serde(default, deserialize_with = "super::whole::maybe_whole")]
     total_tokens: Option<i64>,
     /// Cost in millionths of a US dollar; default 0.
     #[schema(minimum = 0, maximum = 1000000000000_i64)]
+    #[serde(default, deserialize_with = "super::whole::maybe_whole")]
     cost_microusd: Option<i64>,
 }
 
@@ -517,6 +521,7 @@ pub struct ToolCallRequest {
     output: Option<Value>,
     /// At most 366 days.
     #[schema(minimum = 0, maximum = 31622400000_i64)]
+    #[serde(default, deserialize_with = "super::whole::maybe_whole")]
     duration_ms: Option<i64>,
     #[schema(value_type = ToolCallStatus)]
     status: String,
