@@ -350,6 +350,7 @@ pub struct UsageRequest {
     /// Defaults to prompt + completion; may be more (reasoning or cached
     /// tokens some providers count), never less.
     #[serde(default, deserialize_with = "super::whole::maybe_whole")]
+    #[schema(minimum = 0, maximum = 2000000000000_i64)]
     total_tokens: Option<i64>,
     /// Cost in millionths of a US dollar; default 0.
     #[schema(minimum = 0, maximum = 1000000000000_i64)]

@@ -119,6 +119,13 @@ pub struct ListRunsParams {
     /// Default `desc`. Runs with no value for the sort field come last.
     #[param(value_type = Option<runledger_projections::schema::SortDirectionSchema>)]
     sort_direction: Option<String>,
+}
+
+/// `as_of` of the lists that can travel in time.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct ListAsOfParams {
     /// The list as it was at this log position, or at this RFC 3339 time
     /// (every filter and sort applies to the runs as they were then).
     #[param(value_type = Option<super::openapi::AsOfSchema>)]
@@ -232,7 +239,7 @@ async fn list(ledger: &Ledger, mut query: RunQuery, as_of: Option<AsOf>) -> Resu
 }
 
 /// List runs with filters, sorting and pagination.
-#[utoipa::path(get, path = "/api/runs", tag = "runs", params(ListRunsParams),
+#[utoipa::path(get, path = "/api/runs", tag = "runs", params(ListRunsParams, ListAsOfParams),
     responses(
         (status = 200, body = RunList),
         (status = 400, body = Problem, content_type = "application/problem+json"),
@@ -248,7 +255,7 @@ async fn list_runs(State(ledger): State<Arc<Ledger>>, mut params: QueryParams) -
 /// The dead-letter queue: runs that failed on their last attempt and have
 /// not been replayed, with every filter, sort and `as_of` of `GET /api/runs`.
 /// `POST /api/runs/{id}/dlq-replay` (or `/bulk/dlq-replay`) replays them.
-#[utoipa::path(get, path = "/api/runs/dlq", tag = "runs", params(ListRunsParams),
+#[utoipa::path(get, path = "/api/runs/dlq", tag = "runs", params(ListRunsParams, ListAsOfParams),
     responses(
         (status = 200, body = RunList),
         (status = 400, body = Problem, content_type = "application/problem+json"),
@@ -264,7 +271,7 @@ async fn list_dlq(State(ledger): State<Arc<Ledger>>, mut params: QueryParams) ->
 
 /// List the runs of one task; the same filters as `GET /api/runs`.
 #[utoipa::path(get, path = "/api/tasks/{taskName}/runs", tag = "tasks",
-    params(("taskName" = String, Path, description = "Task name, ^[a-zA-Z0-9._-]{1,100}$"), ListRunsParams),
+    params(("taskName" = String, Path, description = "Task name"), ListRunsParams, ListAsOfParams),
     responses(
         (status = 200, body = RunList),
         (status = 422, body = Problem, content_type = "application/problem+json"),
