@@ -7,6 +7,9 @@ use std::fmt;
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct TaskName(String);
 
+/// What [`TaskName::parse`] accepts, as the OpenAPI document states it.
+pub const TASK_NAME_PATTERN: &str = "^[a-zA-Z0-9._-]{1,100}$";
+
 impl TaskName {
     pub fn parse(text: &str) -> Result<Self, String> {
         if text.is_empty() || text.len() > 100 {
@@ -55,11 +58,15 @@ mod tests {
 
     #[test]
     fn task_names_follow_the_documented_pattern() {
+        let documented =
+            jsonschema::validator_for(&serde_json::json!({ "pattern": TASK_NAME_PATTERN })).expect("pattern");
         for ok in ["a", "nightly-report_v2.1", &"x".repeat(100)] {
             assert!(TaskName::parse(ok).is_ok(), "{ok}");
+            assert!(documented.is_valid(&ok.into()), "{ok}");
         }
-        for bad in ["", "has space", "slash/es", "ünï", &"x".repeat(101)] {
+        for bad in ["", "has space", "slash/es", "ünï", "a\n", &"x".repeat(101)] {
             assert!(TaskName::parse(bad).is_err(), "{bad}");
+            assert!(!documented.is_valid(&bad.into()), "{bad}");
         }
     }
 

@@ -3,6 +3,8 @@
 
 mod common;
 
+use common::SendChecked;
+
 use common::TestServer;
 use serde_json::json;
 
@@ -355,7 +357,7 @@ async fn tokens_from_the_cli_guard_a_server_on_any_address(s: TestServer) {
         if let Some(t) = token {
             req = req.bearer_auth(t);
         }
-        async move { req.send().await.expect("request").status().as_u16() }
+        async move { req.send_checked().await.expect("request").status().as_u16() }
     };
     assert_eq!(status(None).await, 401);
     assert_eq!(status(Some(secret.clone())).await, 200);

@@ -2,6 +2,8 @@
 
 mod common;
 
+use common::SendChecked;
+
 use std::num::NonZeroU32;
 
 use common::{Reply, TestServer};
@@ -27,7 +29,9 @@ fn operations(doc: &Value) -> Vec<(Method, String, Option<Scope>)> {
         for (method, op) in item.as_object().expect("path item") {
             let method: Method = method.to_uppercase().parse().expect("method");
             let scope = op["security"].as_array().map(|reqs| {
-                assert_eq!(reqs.len(), 1, "{method} {path}: one requirement");
+                // The bearer scope, or nothing when the API runs open.
+                assert_eq!(reqs.len(), 2, "{method} {path}: a token, or none when open");
+                assert_eq!(reqs[1], json!({}), "{method} {path}: the open alternative");
                 let scopes = reqs[0]["bearer"].as_array().expect("bearer scopes");
                 assert_eq!(scopes.len(), 1, "{method} {path}: one scope");
                 Scope::parse(scopes[0].as_str().unwrap()).expect("a known scope")
@@ -62,7 +66,7 @@ async fn call(s: &TestServer, token: Option<&str>, method: &Method, path: &str) 
         if let Some(token) = token {
             req = req.bearer_auth(token);
         }
-        let resp = req.send().await.expect("request");
+        let resp = req.send_checked().await.expect("request");
         if resp.status().is_success() {
             return Reply {
                 status: resp.status(),
@@ -101,7 +105,7 @@ async fn every_route_needs_its_scope_and_only_that(s: TestServer) {
             continue;
         };
         let anonymous = call(&s, None, method, &url).await;
-        anonymous.problem(401, "unauthorized");
+        assert_eq!(anonymous.problem(401, "unauthorized")["details"], json!({}));
         assert!(anonymous.headers["www-authenticate"]
             .to_str()
             .unwrap()
@@ -112,6 +116,11 @@ async fn every_route_needs_its_scope_and_only_that(s: TestServer) {
         let body = refused.problem(403, "insufficient_scope");
         assert_eq!(body["required_scope"], required.as_str(), "{method} {path}");
         assert_eq!(body["token_scopes"], json!([wrong.as_str()]), "{method} {path}");
+        assert_eq!(
+            body["details"],
+            json!({"required_scope": required.as_str(), "token_scopes": [wrong.as_str()]}),
+            "{method} {path}"
+        );
         assert!(refused.headers["www-authenticate"]
             .to_str()
             .unwrap()
@@ -146,7 +155,7 @@ async fn unknown_malformed_and_revoked_tokens_are_401(s: TestServer) {
         .client
         .get(s.url("/api/runs"))
         .header("authorization", "Basic b3BzOnNlY3JldA==")
-        .send()
+        .send_checked()
         .await
         .unwrap();
     TestServer::reply(basic).await.problem(401, "unauthorized");
@@ -263,19 +272,39 @@ fn header(reply: &Reply, name: &str) -> u64 {
 async fn rate_limits_answer_429_with_headers(s: TestServer) {
     let a = s.ledger.create_token("a", &[Scope::RunsRead]).await.unwrap();
     let b = s.ledger.create_token("b", &[Scope::RunsRead]).await.unwrap();
+    let unix_now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    };
     for remaining in [2, 1, 0] {
+        let before = unix_now();
         let reply = s.send_as(Some(&a), Method::GET, "/api/runs", None).await;
         reply.ok(200);
         assert_eq!(header(&reply, "x-ratelimit-limit"), 3);
         assert_eq!(header(&reply, "x-ratelimit-remaining"), remaining);
+        // The Unix time at which the burst is full again: one second per spent request.
         let reset = header(&reply, "x-ratelimit-reset");
-        assert!((1..=3).contains(&reset), "reset {reset}");
+        let spent = 3 - remaining;
+        assert!(
+            (before + spent..=unix_now() + spent + 1).contains(&reset),
+            "reset {reset}, now {}",
+            unix_now()
+        );
     }
+    let before = unix_now();
     let refused = s.send_as(Some(&a), Method::GET, "/api/runs", None).await;
-    refused.problem(429, "rate_limited");
+    let problem = refused.problem(429, "rate_limited");
     assert_eq!(header(&refused, "x-ratelimit-remaining"), 0);
-    assert!(header(&refused, "retry-after") >= 1);
-    assert!(header(&refused, "x-ratelimit-reset") >= 1);
+    let retry_after = header(&refused, "retry-after");
+    assert_eq!(retry_after, 1, "one request refills in a second");
+    let reset = header(&refused, "x-ratelimit-reset");
+    assert!((before + 3..=unix_now() + 4).contains(&reset), "reset {reset}");
+    assert_eq!(
+        problem["details"],
+        json!({"retry_after": retry_after, "limit": 3, "window": "3s"})
+    );
     // Another token is not charged for a's requests.
     let other = s.send_as(Some(&b), Method::GET, "/api/runs", None).await;
     other.ok(200);

@@ -3,6 +3,8 @@
 
 mod common;
 
+use common::SendChecked;
+
 use common::TestServer;
 use runledger::http::HttpConfig;
 
@@ -13,7 +15,7 @@ async fn cors_admits_only_the_configured_origins(s: TestServer) {
         .header("origin", "https://console.example")
         .header("access-control-request-method", "POST")
         .header("access-control-request-headers", "content-type")
-        .send()
+        .send_checked()
         .await
         .unwrap();
     assert!(preflight.status().is_success(), "{}", preflight.status());
@@ -25,7 +27,7 @@ async fn cors_admits_only_the_configured_origins(s: TestServer) {
         .client
         .get(s.url("/api/runs"))
         .header("origin", "https://evil.example")
-        .send()
+        .send_checked()
         .await
         .unwrap();
     assert_eq!(other.status().as_u16(), 200);
@@ -62,7 +64,7 @@ async fn without_cors_configured_no_origin_is_granted() {
         .client
         .get(s.url("/api/runs"))
         .header("origin", "https://console.example")
-        .send()
+        .send_checked()
         .await
         .unwrap();
     assert!(r.headers().get("access-control-allow-origin").is_none());

@@ -3,6 +3,8 @@
 
 mod common;
 
+use common::SendChecked;
+
 use common::{Reply, TestServer};
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -521,10 +523,20 @@ async fn an_unknown_run_is_404_on_every_route(s: TestServer) {
         let reply = s.send(method.clone(), &path, body).await;
         let problem = reply.problem(404, "run_not_found");
         assert_eq!(problem["instance"], path.as_str());
+        assert_eq!(
+            problem["details"],
+            json!({"resource": "run", "id": NO_SUCH_RUN}),
+            "{method} {path}"
+        );
         nothing_appended(&s, before, &format!("{method} {path}")).await;
     }
     let upper = format!("/api/runs/{}", NO_SUCH_RUN.to_uppercase());
-    s.get(&upper).await.problem(404, "run_not_found");
+    let problem = s.get(&upper).await;
+    assert_eq!(
+        problem.problem(404, "run_not_found")["details"],
+        json!({"resource": "run", "id": NO_SUCH_RUN}),
+        "the id as the ledger spells it"
+    );
     s.stop().await;
 }
 
@@ -603,6 +615,7 @@ async fn illegal_transitions_are_409_with_the_current_status(s: TestServer) {
         let reply = s.send(method.clone(), &path, Some(body)).await;
         let problem = reply.problem(409, "illegal_transition");
         assert_eq!(problem["current_status"], status, "{method} {path}: {problem}");
+        assert_eq!(problem["details"], json!({"current_status": status}), "{method} {path}");
         nothing_appended(&s, before, &format!("{method} {path}")).await;
     }
     assert_eq!(versions(&s, &all).await, versions_before);
@@ -621,6 +634,109 @@ async fn illegal_transitions_are_409_with_the_current_status(s: TestServer) {
     s.stop().await;
 }
 
+/// JSON does not tell `3` from `3.0`: an integer field takes either, and
+/// refuses a fraction at its location.
+async fn integer_fields_take_whole_floats(s: TestServer) {
+    let run = s
+        .create(json!({"task_name": "t", "max_attempts": 3.0, "priority": -2.0, "timeout_secs": 1e3}))
+        .await;
+    assert_eq!(
+        (
+            run["max_attempts"].clone(),
+            run["priority"].clone(),
+            run["timeout_secs"].clone()
+        ),
+        (json!(3), json!(-2), json!(1000))
+    );
+    let id = id(&run);
+    let started = s
+        .post(&format!("/api/runs/{id}/start"), json!({"expected_version": 1.0}))
+        .await;
+    assert_eq!(started.ok(200)["version"], 2);
+    let before = s.event_count().await;
+    s.post(&format!("/api/runs/{id}/heartbeat"), json!({"expected_version": 2.5}))
+        .await
+        .invalid_at("body.expected_version");
+    s.post("/api/runs", json!({"task_name": "t", "priority": 3e9}))
+        .await
+        .invalid_at("body.priority");
+    nothing_appended(&s, before, "fractions and out-of-range integers").await;
+    s.stop().await;
+}
+
+/// The harness's OpenAPI check refuses what the document does not allow, so
+/// a response that drifts from it fails the test that received it.
+async fn the_openapi_check_refuses_undocumented_answers(s: TestServer) {
+    let run = id(&s.create(json!({"task_name": "t"})).await);
+    let fault = |method: Method, path: String, status: u16, content_type: &'static str, body: Value| {
+        let base = s.base.clone();
+        async move {
+            common::contract_fault(
+                &base,
+                method,
+                &path,
+                status,
+                Some(content_type),
+                body.to_string().as_bytes(),
+            )
+            .await
+        }
+    };
+    let problem = json!({"type": "/problems/x", "title": "T", "status": 404, "detail": "d", "code": "x", "message": "d", "details": {}});
+    let run_path = format!("/api/runs/{run}");
+    // What the server really answers passes.
+    let answered = s.get(&run_path).await;
+    fault(
+        Method::GET,
+        run_path.clone(),
+        200,
+        "application/json",
+        answered.body.clone(),
+    )
+    .await
+    .expect("the real answer is documented");
+    fault(
+        Method::GET,
+        run_path.clone(),
+        404,
+        "application/problem+json",
+        problem.clone(),
+    )
+    .await
+    .expect("a documented problem");
+    // A status the operation does not document.
+    let e = fault(
+        Method::GET,
+        run_path.clone(),
+        418,
+        "application/problem+json",
+        problem.clone(),
+    )
+    .await
+    .unwrap_err();
+    assert!(e.contains("GET /api/runs/{id}: status 418 is not documented"), "{e}");
+    // A body that breaks the documented schema names the field.
+    let mut broken = answered.body.clone();
+    broken["status"] = json!("exploded");
+    let e = fault(Method::GET, run_path.clone(), 200, "application/json", broken)
+        .await
+        .unwrap_err();
+    assert!(e.contains("/status"), "{e}");
+    // A problem without `details` is not a problem of this API.
+    let mut bare = problem.clone();
+    bare.as_object_mut().unwrap().remove("details");
+    let e = fault(Method::GET, run_path.clone(), 404, "application/problem+json", bare)
+        .await
+        .unwrap_err();
+    assert!(e.contains("details"), "{e}");
+    // An undocumented content type.
+    let e = fault(Method::GET, run_path, 200, "text/html", json!("<p>"))
+        .await
+        .unwrap_err();
+    assert!(e.contains("text/html is not documented"), "{e}");
+    s.stop().await;
+}
+
 async fn unknown_routes_and_methods_are_problems(s: TestServer) {
     let run = id(&s.create(json!({"task_name": "t"})).await);
     let before = s.event_count().await;
@@ -634,6 +750,11 @@ async fn unknown_routes_and_methods_are_problems(s: TestServer) {
         let reply = s.send(method.clone(), &path, Some(json!({}))).await;
         let problem = reply.problem(404, "route_not_found");
         assert_eq!(problem["instance"], path.as_str(), "{method} {path}");
+        assert_eq!(
+            problem["details"],
+            json!({"resource": "route", "id": path}),
+            "{method} {path}"
+        );
         nothing_appended(&s, before, &format!("{method} {path}")).await;
     }
     for (method, path) in [
@@ -666,7 +787,7 @@ async fn a_body_over_8_mib_is_413(s: TestServer) {
             .post(s.url("/api/runs"))
             .header("content-type", "application/json")
             .body(big.clone());
-        match req.send().await {
+        match req.send_checked().await {
             Ok(resp) => {
                 reply = Some(TestServer::reply(resp).await);
                 break;
@@ -689,7 +810,7 @@ async fn a_body_over_8_mib_is_413(s: TestServer) {
         .post(s.url("/api/runs"))
         .header("content-type", "application/json")
         .body(fits)
-        .send()
+        .send_checked()
         .await
         .expect("request");
     TestServer::reply(fresh).await.ok(201);
@@ -724,6 +845,8 @@ backend_tests!(
     a_path_parameter_that_is_not_utf8_is_a_problem,
     an_unknown_run_is_404_on_every_route,
     illegal_transitions_are_409_with_the_current_status,
+    the_openapi_check_refuses_undocumented_answers,
+    integer_fields_take_whole_floats,
     unknown_routes_and_methods_are_problems,
     a_body_over_8_mib_is_413,
 );

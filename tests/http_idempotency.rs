@@ -3,6 +3,8 @@
 
 mod common;
 
+use common::SendChecked;
+
 use std::time::Duration;
 
 use common::{Reply, TestServer};
@@ -73,7 +75,7 @@ async fn send_keyed(
     if let Some(token) = token {
         req = req.bearer_auth(token);
     }
-    let resp = req.send().await.expect("request");
+    let resp = req.send_checked().await.expect("request");
     Raw {
         status: resp.status(),
         headers: resp.headers().clone(),

@@ -3,6 +3,8 @@
 
 mod common;
 
+use common::SendChecked;
+
 use common::TestServer;
 use serde_json::json;
 
@@ -111,7 +113,7 @@ async fn every_event_carries_position_hash_chain_and_metadata(s: TestServer) {
         .header("x-request-id", "req-42")
         .header("x-correlation-id", "deploy-7")
         .json(&json!({}))
-        .send()
+        .send_checked()
         .await
         .unwrap();
     assert_eq!(req.status().as_u16(), 200);
@@ -194,7 +196,9 @@ async fn a_stale_expected_version_is_a_conflict_and_appends_nothing(s: TestServe
     let r = s
         .post(&format!("/api/runs/{id}/heartbeat"), json!({"expected_version": 1}))
         .await;
-    assert_eq!(r.problem(409, "version_conflict")["current_version"], 2);
+    let problem = r.problem(409, "version_conflict");
+    assert_eq!(problem["current_version"], 2);
+    assert_eq!(problem["details"], json!({"current_version": 2}));
     assert_eq!(s.event_count().await, before);
     let r = s
         .post(&format!("/api/runs/{id}/heartbeat"), json!({"expected_version": 2}))
@@ -240,6 +244,121 @@ async fn failing_the_last_attempt_dead_letters_the_run(s: TestServer) {
     s.stop().await;
 }
 
+/// The document states the rules the parsers apply, so a client generated
+/// from it (or a fuzzer) makes valid calls: any-JSON fields, enums, patterns,
+/// formats, every status each route can answer, SSE frames, both retry shapes.
+async fn the_document_states_what_the_routes_accept_and_answer(s: TestServer) {
+    let doc = s.get("/openapi.json").await.ok(200).clone();
+    let schemas = &doc["components"]["schemas"];
+    for (schema, field) in [
+        ("RunState", "payload"),
+        ("RunState", "result"),
+        ("Checkpoint", "state"),
+        ("OutputRecord", "value"),
+        ("ToolCall", "input"),
+        ("RunLog", "data"),
+        ("FieldError", "value"),
+    ] {
+        let property = &schemas[schema]["properties"][field];
+        assert!(property.is_object(), "{schema}.{field}");
+        assert!(
+            property.get("type").is_none(),
+            "{schema}.{field} is any JSON: {property}"
+        );
+    }
+    let create = &schemas["CreateRunRequest"]["properties"];
+    assert_eq!(create["task_name"]["pattern"], "^[a-zA-Z0-9._-]{1,100}$");
+    assert_eq!(create["parent_run_id"]["format"], "uuid");
+    assert_eq!(create["max_attempts"]["maximum"], 1000);
+    assert!(create["triggered_by"]
+        .to_string()
+        .contains("#/components/schemas/TriggeredBy"));
+    assert!(schemas["TriggeredBy"]["enum"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("rerun")));
+    assert!(schemas["EndReason"]["enum"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("log_overflow")));
+    assert_eq!(schemas["SortField"]["enum"].as_array().unwrap().len(), 6);
+    assert_eq!(schemas["RetryKind"]["enum"], json!(["retry", "dlq_replay", "restart"]));
+    let problem = &schemas["Problem"];
+    for field in ["message", "details", "code", "detail", "status", "title", "type"] {
+        assert!(
+            problem["required"].as_array().unwrap().contains(&json!(field)),
+            "{field}"
+        );
+    }
+    assert_eq!(problem["properties"]["details"]["type"], "object");
+
+    let retry =
+        &doc["paths"]["/api/runs/{id}/retry"]["post"]["responses"]["202"]["content"]["application/json"]["schema"];
+    let one_of = &schemas[retry["$ref"].as_str().unwrap().rsplit('/').next().unwrap()]["oneOf"];
+    assert_eq!(
+        one_of,
+        &json!([{"$ref": "#/components/schemas/RetryAccepted"}, {"$ref": "#/components/schemas/RetryChildrenAccepted"}])
+    );
+    for path in ["/api/events/stream", "/api/runs/{id}/stream"] {
+        let ok = &doc["paths"][path]["get"]["responses"]["200"];
+        let frame = &ok["content"]["text/event-stream"]["schema"];
+        assert_eq!(
+            frame["properties"]["data"]["contentSchema"]["$ref"],
+            "#/components/schemas/EventEnvelope"
+        );
+        assert!(ok["description"].as_str().unwrap().contains("run.ended"), "{path}");
+    }
+
+    let statuses = |path: &str, method: &str| -> Vec<String> {
+        doc["paths"][path][method]["responses"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect()
+    };
+    let has = |path: &str, method: &str, wanted: &[&str]| {
+        let got = statuses(path, method);
+        for status in wanted {
+            assert!(
+                got.iter().any(|g| g == status),
+                "{method} {path} documents {status}: {got:?}"
+            );
+        }
+    };
+    has("/api/runs", "get", &["200", "400", "401", "403", "422", "429", "503"]);
+    has(
+        "/api/runs",
+        "post",
+        &[
+            "201", "200", "400", "401", "403", "409", "413", "415", "422", "429", "503",
+        ],
+    );
+    has("/api/runs/{id}", "get", &["404", "503"]);
+    has("/api/runs/{id}/end", "post", &["404", "409", "413", "415"]);
+    has("/healthz", "get", &["200", "503"]);
+    assert!(
+        !statuses("/healthz", "get").contains(&"401".to_owned()),
+        "health is public"
+    );
+    let too_many = &doc["components"]["responses"]["RateLimited"];
+    for header in [
+        "Retry-After",
+        "X-RateLimit-Limit",
+        "X-RateLimit-Remaining",
+        "X-RateLimit-Reset",
+        "X-Request-Id",
+    ] {
+        assert!(too_many["headers"][header].is_object(), "429 documents {header}");
+    }
+    let id = &doc["paths"]["/api/runs/{id}"]["get"]["parameters"][0];
+    assert_eq!(
+        (id["name"].as_str(), id["schema"]["format"].as_str()),
+        (Some("id"), Some("uuid"))
+    );
+    s.stop().await;
+}
+
 async fn openapi_and_offline_docs_are_served(s: TestServer) {
     let doc = s.get("/openapi.json").await;
     let doc = doc.ok(200);
@@ -282,7 +401,7 @@ async fn every_response_echoes_the_request_id_recorded_on_its_events(s: TestServ
         .post(s.url("/api/runs"))
         .header("x-request-id", "req-42")
         .json(&json!({"task_name": "t"}))
-        .send()
+        .send_checked()
         .await
         .unwrap();
     assert_eq!(given.headers()["x-request-id"], "req-42");
@@ -291,7 +410,7 @@ async fn every_response_echoes_the_request_id_recorded_on_its_events(s: TestServ
         .client
         .post(s.url(&format!("/api/runs/{}/start", run["id"].as_str().unwrap())))
         .json(&json!({}))
-        .send()
+        .send_checked()
         .await
         .unwrap();
     let made_id = made.headers()["x-request-id"].to_str().unwrap().to_owned();
@@ -309,7 +428,7 @@ async fn every_response_echoes_the_request_id_recorded_on_its_events(s: TestServ
         .client
         .get(s.url("/api/runs/nope"))
         .header("x-request-id", "req-43")
-        .send()
+        .send_checked()
         .await
         .unwrap();
     assert_eq!(problem.headers()["x-request-id"], "req-43", "errors echo it too");
@@ -371,5 +490,6 @@ backend_tests!(
     idempotency_key_returns_the_unfinished_run_of_the_same_task,
     failing_the_last_attempt_dead_letters_the_run,
     openapi_and_offline_docs_are_served,
+    the_document_states_what_the_routes_accept_and_answer,
     concurrent_commands_on_one_run_never_double_apply,
 );

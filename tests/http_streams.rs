@@ -10,6 +10,8 @@
 
 mod common;
 
+use common::SendChecked;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -112,7 +114,7 @@ async fn get_raw(client: &reqwest::Client, url: &str, last_event_id: Option<&str
     if let Some(id) = last_event_id {
         req = req.header("Last-Event-ID", id);
     }
-    tokio::time::timeout(PATIENCE, req.send())
+    tokio::time::timeout(PATIENCE, req.send_checked())
         .await
         .unwrap_or_else(|_| panic!("no answer to GET {url} within {PATIENCE:?}"))
         .expect("request")
@@ -880,7 +882,7 @@ async fn resume_under_concurrent_writers(s: &TestServer, reconnects: usize, othe
             let post = |path: String, body: Value| {
                 let req = client.post(format!("{base}{path}")).json(&body);
                 async move {
-                    let resp = req.send().await.expect("write");
+                    let resp = req.send_checked().await.expect("write");
                     assert!(resp.status().is_success(), "write answered {}", resp.status());
                     resp.json::<Value>().await.expect("JSON")
                 }
@@ -1127,12 +1129,23 @@ async fn a_slow_consumer_blocks_no_writer_and_loses_nothing(s: TestServer, event
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_a_slow_consumer_blocks_no_writer_and_loses_nothing() {
-    a_slow_consumer_blocks_no_writer_and_loses_nothing(TestServer::sqlite().await, 100_000).await;
+    let s = TestServer::sqlite_with(patient()).await;
+    a_slow_consumer_blocks_no_writer_and_loses_nothing(s, 100_000).await;
+}
+
+/// The paused client of the slow-consumer scenario pauses for as long as
+/// the writers take, beyond the default stalled-client timeout (which would
+/// drop it, as `tests/http_connections.rs` shows): it must stay connected.
+fn patient() -> runledger::http::HttpConfig {
+    runledger::http::HttpConfig {
+        stalled_client_timeout: std::time::Duration::from_secs(3_600),
+        ..runledger::http::HttpConfig::default()
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_a_slow_consumer_blocks_no_writer_and_loses_nothing() {
-    if let Some(s) = TestServer::postgres("a_slow_consumer_blocks_no_writer_and_loses_nothing").await {
+    if let Some(s) = TestServer::postgres_with("a_slow_consumer_blocks_no_writer_and_loses_nothing", patient()).await {
         a_slow_consumer_blocks_no_writer_and_loses_nothing(s, 100_000).await;
     }
 }

@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::SendChecked;
+
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
@@ -26,7 +28,7 @@ async fn executor(client: reqwest::Client, base: String, acked: Arc<AtomicI64>) 
         let run: Value = client
             .post(format!("{base}/api/runs"))
             .json(&json!({"task_name": "cluster"}))
-            .send()
+            .send_checked()
             .await
             .unwrap()
             .json()
@@ -40,7 +42,7 @@ async fn executor(client: reqwest::Client, base: String, acked: Arc<AtomicI64>) 
             let resp = client
                 .post(format!("{base}/api/runs/{id}/{step}"))
                 .json(&body)
-                .send()
+                .send_checked()
                 .await
                 .unwrap();
             assert_eq!(resp.status().as_u16(), 200);

@@ -21,7 +21,6 @@ pub struct Checkpoint {
     /// 1, 2, 3… per run, assigned by the server.
     pub sequence: i64,
     pub source: Option<String>,
-    #[schema(value_type = Object)]
     pub state: Value,
     /// The log position of its event.
     pub position: i64,
@@ -40,7 +39,6 @@ pub struct RunLog {
     #[serde(rename = "type")]
     pub log_type: Option<String>,
     pub message: String,
-    #[schema(value_type = Option<Object>)]
     pub data: Option<Value>,
     #[schema(value_type = String, format = DateTime)]
     pub recorded_at: Timestamp,
@@ -84,9 +82,7 @@ pub struct ToolCall {
     pub run_id: Uuid,
     pub position: i64,
     pub tool_name: String,
-    #[schema(value_type = Option<Object>)]
     pub input: Option<Value>,
-    #[schema(value_type = Option<Object>)]
     pub output: Option<Value>,
     pub duration_ms: Option<i64>,
     /// As the executor reported it.
@@ -102,9 +98,7 @@ pub struct OutputRecord {
     pub run_id: Uuid,
     pub position: i64,
     pub output_key: String,
-    #[schema(value_type = Option<Object>)]
     pub schema: Option<Value>,
-    #[schema(value_type = Object)]
     pub value: Value,
     #[schema(value_type = String, format = DateTime)]
     pub recorded_at: Timestamp,

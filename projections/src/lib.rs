@@ -10,6 +10,7 @@ pub mod postgres;
 mod query;
 mod replay;
 mod run_state;
+pub mod schema;
 pub mod sqlite;
 pub mod task_counts;
 

@@ -91,11 +91,11 @@ pub struct RunState {
     pub task_name: String,
     pub status: RunStatus,
     /// Why the run ended (set when status is `ended`).
-    #[schema(value_type = Option<String>, example = "success")]
+    #[schema(value_type = Option<crate::schema::EndReasonSchema>)]
     pub end_reason: Option<EndReason>,
     pub exit_code: Option<i64>,
     pub error: Option<String>,
-    #[schema(value_type = String, example = "api")]
+    #[schema(value_type = crate::schema::TriggeredBySchema)]
     pub triggered_by: TriggeredBy,
     pub replica_index: i64,
     pub retry_attempt: i64,
@@ -108,12 +108,10 @@ pub struct RunState {
     #[schema(value_type = Option<String>, format = Uuid)]
     pub continuation_of: Option<Uuid>,
     pub lineage_depth: i64,
-    #[schema(value_type = Vec<String>)]
+    #[schema(value_type = Vec<String>, format = Uuid)]
     pub depends_on: Vec<Uuid>,
     pub external_execution_id: Option<String>,
-    #[schema(value_type = Option<Object>)]
     pub payload: Option<Value>,
-    #[schema(value_type = Option<Object>)]
     pub result: Option<Value>,
     pub tags: BTreeMap<String, String>,
     pub metadata: BTreeMap<String, String>,

@@ -71,7 +71,11 @@ pub fn document(openapi: &mut utoipa::openapi::OpenApi) {
         ];
         for (method, operation) in operations {
             if let (Some(operation), Some(scope)) = (operation.as_mut(), required_scope(&method, path)) {
-                operation.security = Some(vec![SecurityRequirement::new("bearer", [scope.as_str()])]);
+                // The empty requirement: anonymous, when the API runs open.
+                operation.security = Some(vec![
+                    SecurityRequirement::new("bearer", [scope.as_str()]),
+                    SecurityRequirement::default(),
+                ]);
             }
         }
     }
@@ -264,9 +268,12 @@ impl Gate {
         let per_cell = Duration::from_secs(1) / limit.per_second.get();
         let burst = limit.burst.get();
         let seconds = |d: Duration| d.as_secs() + u64::from(d.subsec_nanos() > 0);
+        // The Unix time (seconds, rounded up) at which the bucket is full again.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
         let headers = |remaining: u32| {
-            // Until the bucket is full again.
-            let reset = seconds(per_cell * (burst - remaining));
+            let reset = seconds(now + per_cell * (burst - remaining));
             [
                 (HeaderName::from_static("x-ratelimit-limit"), HeaderValue::from(burst)),
                 (
@@ -281,10 +288,15 @@ impl Gate {
             Err(not_until) => {
                 let wait = not_until.wait_time_from(DefaultClock::default().now());
                 let retry_after = seconds(wait).max(1);
-                let mut response = ApiError::RateLimited(format!(
-                    "more than {} requests a second (bursts of {burst}); retry in {retry_after} s",
-                    limit.per_second
-                ))
+                let mut response = ApiError::RateLimited {
+                    detail: format!(
+                        "more than {} requests a second (bursts of {burst}); retry in {retry_after} s",
+                        limit.per_second
+                    ),
+                    retry_after,
+                    limit: burst,
+                    window: format!("{}s", seconds(per_cell * burst)),
+                }
                 .into_response();
                 let h = response.headers_mut();
                 h.extend(headers(0));

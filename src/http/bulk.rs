@@ -44,6 +44,7 @@ pub fn router() -> OpenApiRouter<Arc<Ledger>> {
 #[serde(deny_unknown_fields)]
 pub struct BulkRequest {
     /// These runs (duplicates are ignored; unknown ids are reported).
+    #[schema(value_type = Option<Vec<uuid::Uuid>>, min_items = 1)]
     ids: Option<Vec<String>>,
     /// Every run the filter matches.
     match_all: Option<bool>,
@@ -55,15 +56,17 @@ pub struct BulkRequest {
     #[schema(value_type = Option<Object>)]
     filter: Option<serde_json::Map<String, Value>>,
     /// Runs to leave out of a `match_all` selection.
+    #[schema(value_type = Option<Vec<uuid::Uuid>>)]
     except_ids: Option<Vec<String>>,
     /// Count what the call would change and write nothing; the answer's
     /// `as_of` pins a later call to the same selection.
     dry_run: Option<bool>,
     /// Act on the runs that matched at this log position (or RFC 3339 time),
     /// even if runs changed since (`match_all` only).
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<super::openapi::BodyAsOfSchema>)]
     as_of: Option<Value>,
     /// Recorded on every event of the call.
+    #[schema(min_length = 1, max_length = 1000, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]+$")]
     reason: Option<String>,
 }
 
@@ -342,12 +345,33 @@ pub struct BulkRerun {
 
 type Cap = axum::extract::Extension<BulkCap>;
 
+/// States in the served document that every bulk call answers a dry run
+/// with its count (`BulkCount`) instead of its full answer.
+pub fn document(openapi: &mut Value) {
+    let Some(paths) = openapi.get_mut("paths").and_then(Value::as_object_mut) else {
+        return;
+    };
+    for (path, item) in paths.iter_mut() {
+        if !path.starts_with("/api/runs/bulk/") {
+            continue;
+        }
+        let Some(schema) = item.pointer_mut("/post/responses/200/content/application~1json/schema") else {
+            continue;
+        };
+        let count = serde_json::json!({ "$ref": "#/components/schemas/BulkCount" });
+        if *schema != count {
+            let full = schema.take();
+            *schema = serde_json::json!({ "anyOf": [full, count] });
+        }
+    }
+}
+
 macro_rules! bulk_route {
     ($name:ident, $path:literal, $kind:expr, $answer:ty, $doc:literal, |$report:ident| $shape:expr) => {
         #[doc = $doc]
         #[utoipa::path(post, path = $path, tag = "bulk", request_body = BulkRequest,
             responses(
-                (status = 200, body = $answer),
+                (status = 200, body = $answer, description = "What the call did; a dry run answers its count (`BulkCount`) instead"),
                 (status = 400, body = Problem, content_type = "application/problem+json"),
                 (status = 422, description = "An invalid selector, or one selecting more runs than the cap", body = Problem, content_type = "application/problem+json"),
             ))]
@@ -468,8 +492,8 @@ bulk_route!(
 /// runs it changed, with the run each one made.
 #[utoipa::path(get, path = "/api/operations/{id}", tag = "bulk",
     params(("id" = String, Path, description = "Operation id"),
-        ("limit" = Option<i64>, Query, description = "Runs per page, 1–10000 (default 1000)"),
-        ("offset" = Option<i64>, Query, description = "Runs to skip")),
+        ("limit" = Option<i64>, Query, description = "Runs per page (default 1000)", minimum = 1, maximum = 10000),
+        ("offset" = Option<i64>, Query, description = "Runs to skip", minimum = 0)),
     responses(
         (status = 200, body = OperationRecord),
         (status = 404, body = Problem, content_type = "application/problem+json"),
@@ -494,5 +518,7 @@ async fn get_operation(
         .ok_or_else(|| ApiError::NotFound {
             code: "operation_not_found",
             detail: format!("operation {id} does not exist"),
+            resource: "operation",
+            id: Some(id.to_string()),
         })
 }

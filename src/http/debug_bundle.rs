@@ -58,7 +58,7 @@ pub struct DebugBundle {
     /// Every event of the run, oldest first, in the **stored** form (not
     /// upcast), with `position`, `prev_hash` and `hash`, exactly as the hash
     /// chain covers them: they can be verified offline and imported.
-    #[schema(value_type = Vec<Object>)]
+    #[schema(value_type = Vec<super::openapi::EnvelopeSchema>)]
     pub events: Vec<EventEnvelope>,
     pub checkpoints: Vec<Checkpoint>,
     pub logs: Vec<RunLog>,

@@ -6,7 +6,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
-use serde_json::Value;
+use serde_json::{json, Map, Value};
 use utoipa::ToSchema;
 
 use crate::auth::Scope;
@@ -19,23 +19,40 @@ pub struct FieldError {
     /// Where the fault is: `query.limit`, `body.filter.created_after`, `path.id`.
     pub location: String,
     pub message: String,
+    /// The offending value, when there is one: any JSON.
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
     pub value: Option<Value>,
 }
 
-/// An RFC 9457 problem document.
+/// An RFC 9457 problem document, which also carries the `message` and
+/// `details` that clients of the `{code, message, details}` shape read.
 #[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct Problem {
+    /// A URI reference naming the kind of problem: `/problems/<code>`.
     #[serde(rename = "type")]
     pub problem_type: String,
+    /// The status's reason phrase.
     pub title: String,
+    #[schema(minimum = 400, maximum = 599)]
     pub status: u16,
+    /// What went wrong, for a human.
     pub detail: String,
+    /// The request path.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub instance: Option<String>,
-    /// Stable machine-readable code.
+    /// Stable machine-readable code (snake_case).
+    #[schema(pattern = "^[a-z][a-z0-9_]*$")]
     pub code: String,
+    /// The same text as `detail`.
+    pub message: String,
+    /// Structured context; always an object (`{}` when there is none).
+    /// 403: `required_scope`, `token_scopes`; 404: `resource`, `id`; 409:
+    /// `current_status` and/or `current_version`; 429: `retry_after`
+    /// (seconds), `limit` (requests), `window` (the time the limit refills
+    /// in, e.g. `5s`).
+    #[schema(value_type = Object)]
+    pub details: Map<String, Value>,
+    /// Each offending input (422, and some 400s).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<FieldError>,
     /// For conflicts: the run's status when the request was refused.
@@ -74,6 +91,9 @@ pub enum ApiError {
     NotFound {
         code: &'static str,
         detail: String,
+        /// What was not found (`run`, `operation`, `route`) and its id, when known.
+        resource: &'static str,
+        id: Option<String>,
     },
     Conflict {
         code: &'static str,
@@ -90,7 +110,15 @@ pub enum ApiError {
         granted: Vec<Scope>,
     },
     /// 429 (the guard adds `Retry-After` and the rate-limit headers).
-    RateLimited(String),
+    RateLimited {
+        detail: String,
+        /// Seconds until a request is admitted again.
+        retry_after: u64,
+        /// Requests admitted in one `window`.
+        limit: u32,
+        /// How long the limit takes to refill, e.g. `5s`.
+        window: String,
+    },
     PayloadTooLarge,
     MethodNotAllowed,
     Internal(String),
@@ -117,6 +145,8 @@ impl ApiError {
         Self::NotFound {
             code: "run_not_found",
             detail: format!("run {id} does not exist"),
+            resource: "run",
+            id: Some(id.to_string()),
         }
     }
 
@@ -137,7 +167,7 @@ impl ApiError {
             Self::Unprocessable { code, detail, errors } => {
                 (StatusCode::UNPROCESSABLE_ENTITY, *code, detail.clone(), errors.clone())
             }
-            Self::NotFound { code, detail } => (StatusCode::NOT_FOUND, *code, detail.clone(), vec![]),
+            Self::NotFound { code, detail, .. } => (StatusCode::NOT_FOUND, *code, detail.clone(), vec![]),
             Self::Conflict { code, detail, .. } => (StatusCode::CONFLICT, *code, detail.clone(), vec![]),
             Self::UnsupportedMediaType(detail) => (
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -159,7 +189,7 @@ impl ApiError {
                 ),
                 vec![],
             ),
-            Self::RateLimited(detail) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited", detail.clone(), vec![]),
+            Self::RateLimited { detail, .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited", detail.clone(), vec![]),
             Self::PayloadTooLarge => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "payload_too_large",
@@ -198,14 +228,55 @@ impl ApiError {
             problem_type: format!("/problems/{code}"),
             title: status.canonical_reason().unwrap_or("Error").to_owned(),
             status: status.as_u16(),
+            message: detail.clone(),
             detail,
             instance: None,
             code: code.to_owned(),
+            details: self.details(),
             errors,
             current_status,
             current_version,
             required_scope,
             token_scopes,
+        }
+    }
+
+    /// The structured context of `details`.
+    fn details(&self) -> Map<String, Value> {
+        let details = match self {
+            Self::Forbidden { required, granted } => json!({
+                "required_scope": required.as_str(),
+                "token_scopes": granted.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
+            }),
+            Self::RateLimited {
+                retry_after,
+                limit,
+                window,
+                ..
+            } => json!({ "retry_after": retry_after, "limit": limit, "window": window }),
+            Self::NotFound { resource, id, .. } => match id {
+                Some(id) => json!({ "resource": resource, "id": id }),
+                None => json!({ "resource": resource }),
+            },
+            Self::Conflict {
+                current_status,
+                current_version,
+                ..
+            } => {
+                let mut map = Map::new();
+                if let Some(status) = current_status {
+                    map.insert("current_status".into(), status.clone().into());
+                }
+                if let Some(version) = current_version {
+                    map.insert("current_version".into(), (*version).into());
+                }
+                Value::Object(map)
+            }
+            _ => Value::Object(Map::new()),
+        };
+        match details {
+            Value::Object(map) => map,
+            _ => Map::new(),
         }
     }
 
@@ -288,6 +359,8 @@ async fn render_problems(response: Response, path: String) -> Response {
             StatusCode::NOT_FOUND => ApiError::NotFound {
                 code: "route_not_found",
                 detail: format!("no route {path}"),
+                resource: "route",
+                id: Some(path.clone()),
             }
             .problem(),
             StatusCode::METHOD_NOT_ALLOWED => ApiError::MethodNotAllowed.problem(),
@@ -313,17 +386,20 @@ fn rejection_problem(status: StatusCode, detail: String) -> Problem {
         StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
         _ => "client_error",
     };
+    let detail = if detail.is_empty() {
+        "the request was refused".to_owned()
+    } else {
+        detail
+    };
     Problem {
         problem_type: format!("/problems/{code}"),
         title: status.canonical_reason().unwrap_or("Error").to_owned(),
         status: status.as_u16(),
-        detail: if detail.is_empty() {
-            "the request was refused".to_owned()
-        } else {
-            detail
-        },
+        message: detail.clone(),
+        detail,
         instance: None,
         code: code.to_owned(),
+        details: Map::new(),
         errors: Vec::new(),
         current_status: None,
         current_version: None,
@@ -357,10 +433,15 @@ impl From<LedgerError> for ApiError {
 
 impl From<CommandError> for ApiError {
     fn from(e: CommandError) -> Self {
+        if let CommandError::NotFound(id) = e {
+            return Self::run_not_found(id);
+        }
         if e.is_not_found() {
             return Self::NotFound {
                 code: "run_not_found",
                 detail: e.to_string(),
+                resource: "run",
+                id: None,
             };
         }
         match e {

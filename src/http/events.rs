@@ -69,18 +69,25 @@ pub struct ListEventsParams {
     #[param(minimum = 1, maximum = 10000, default = 1000)]
     limit: Option<i64>,
     /// Comma-separated event types.
-    #[param(rename = "type")]
+    #[param(
+        rename = "type",
+        pattern = "^\\s*(run\\.created|run\\.started|run\\.heartbeat|run\\.paused|run\\.resumed|run\\.rescheduled|run\\.checkpointed|run\\.logged|run\\.usage_recorded|run\\.tool_called|run\\.output_recorded|run\\.ended|run\\.dead_lettered|run\\.deleted|run\\.restored|run\\.retried|run\\.debug_mode_set|run\\.idempotency_key_reset)\\s*(,\\s*(run\\.created|run\\.started|run\\.heartbeat|run\\.paused|run\\.resumed|run\\.rescheduled|run\\.checkpointed|run\\.logged|run\\.usage_recorded|run\\.tool_called|run\\.output_recorded|run\\.ended|run\\.dead_lettered|run\\.deleted|run\\.restored|run\\.retried|run\\.debug_mode_set|run\\.idempotency_key_reset)\\s*)*$"
+    )]
     event_type: Option<String>,
+    #[param(pattern = "^[a-zA-Z0-9._-]{1,100}$")]
     task_name: Option<String>,
+    #[param(format = Uuid)]
     run_id: Option<String>,
     /// The token name (or `anonymous`) that caused the events.
+    #[param(min_length = 1, max_length = 200, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]+$")]
     actor: Option<String>,
+    #[param(pattern = "^[a-zA-Z0-9._-]{1,100}$")]
     project: Option<String>,
 }
 
 #[derive(Serialize, ToSchema)]
 pub struct EventPage {
-    #[schema(value_type = Vec<Object>)]
+    #[schema(value_type = Vec<super::openapi::EnvelopeSchema>)]
     pub events: Vec<EventEnvelope>,
     /// Pass as `after` to continue: the last position examined, which may be
     /// past the last event returned when filters skip events.
@@ -123,6 +130,15 @@ async fn list_events(
         next_after: cursor,
     }))
 }
+
+/// How a stream's frames look, for the OpenAPI document (`x-itemSchema`
+/// there gives the same in schema form).
+const SSE_DESCRIPTION: &str = "Server-Sent Events. Each frame is `id: <position>`, `event: <type>` (a run event type: \
+`run.created`, `run.started`, `run.heartbeat`, `run.paused`, `run.resumed`, `run.rescheduled`, `run.checkpointed`, \
+`run.logged`, `run.usage_recorded`, `run.tool_called`, `run.output_recorded`, `run.ended`, `run.dead_lettered`, \
+`run.deleted`, `run.restored`, `run.retried`, `run.debug_mode_set`, `run.idempotency_key_reset`) and \
+`data: <EventEnvelope JSON>`, in position order. A comment line (`:`) is sent as a keep-alive when idle. \
+Resume with `Last-Event-ID` or `?after=<position>`.";
 
 fn last_event_id(headers: &HeaderMap, faults: &mut Faults) -> Option<i64> {
     let raw = headers.get("last-event-id")?;
@@ -188,11 +204,18 @@ pub struct StreamParams {
     #[param(minimum = 0)]
     after: Option<i64>,
     /// Comma-separated event types.
-    #[param(rename = "type")]
+    #[param(
+        rename = "type",
+        pattern = "^\\s*(run\\.created|run\\.started|run\\.heartbeat|run\\.paused|run\\.resumed|run\\.rescheduled|run\\.checkpointed|run\\.logged|run\\.usage_recorded|run\\.tool_called|run\\.output_recorded|run\\.ended|run\\.dead_lettered|run\\.deleted|run\\.restored|run\\.retried|run\\.debug_mode_set|run\\.idempotency_key_reset)\\s*(,\\s*(run\\.created|run\\.started|run\\.heartbeat|run\\.paused|run\\.resumed|run\\.rescheduled|run\\.checkpointed|run\\.logged|run\\.usage_recorded|run\\.tool_called|run\\.output_recorded|run\\.ended|run\\.dead_lettered|run\\.deleted|run\\.restored|run\\.retried|run\\.debug_mode_set|run\\.idempotency_key_reset)\\s*)*$"
+    )]
     event_type: Option<String>,
+    #[param(pattern = "^[a-zA-Z0-9._-]{1,100}$")]
     task_name: Option<String>,
+    #[param(format = Uuid)]
     run_id: Option<String>,
+    #[param(pattern = "^[a-zA-Z0-9._-]{1,100}$")]
     project: Option<String>,
+    #[param(min_length = 1, max_length = 200, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]+$")]
     actor: Option<String>,
 }
 
@@ -202,7 +225,7 @@ pub struct StreamParams {
 /// comment is sent when idle.
 #[utoipa::path(get, path = "/api/events/stream", tag = "events", params(StreamParams),
     responses(
-        (status = 200, description = "text/event-stream", content_type = "text/event-stream", body = String),
+        (status = 200, description = SSE_DESCRIPTION, content_type = "text/event-stream", body = String),
         (status = 422, body = Problem, content_type = "application/problem+json"),
     ))]
 async fn stream_events(
@@ -232,7 +255,10 @@ pub struct RunStreamParams {
     /// Keep streaming after `run.ended` (default false: close after it).
     follow: Option<bool>,
     /// Comma-separated event types.
-    #[param(rename = "type")]
+    #[param(
+        rename = "type",
+        pattern = "^\\s*(run\\.created|run\\.started|run\\.heartbeat|run\\.paused|run\\.resumed|run\\.rescheduled|run\\.checkpointed|run\\.logged|run\\.usage_recorded|run\\.tool_called|run\\.output_recorded|run\\.ended|run\\.dead_lettered|run\\.deleted|run\\.restored|run\\.retried|run\\.debug_mode_set|run\\.idempotency_key_reset)\\s*(,\\s*(run\\.created|run\\.started|run\\.heartbeat|run\\.paused|run\\.resumed|run\\.rescheduled|run\\.checkpointed|run\\.logged|run\\.usage_recorded|run\\.tool_called|run\\.output_recorded|run\\.ended|run\\.dead_lettered|run\\.deleted|run\\.restored|run\\.retried|run\\.debug_mode_set|run\\.idempotency_key_reset)\\s*)*$"
+    )]
     event_type: Option<String>,
 }
 
@@ -241,7 +267,7 @@ pub struct RunStreamParams {
 #[utoipa::path(get, path = "/api/runs/{id}/stream", tag = "events",
     params(("id" = String, Path, description = "Run id"), RunStreamParams),
     responses(
-        (status = 200, description = "text/event-stream", content_type = "text/event-stream", body = String),
+        (status = 200, description = SSE_DESCRIPTION, content_type = "text/event-stream", body = String),
         (status = 404, body = Problem, content_type = "application/problem+json"),
         (status = 422, body = Problem, content_type = "application/problem+json"),
     ))]

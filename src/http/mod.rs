@@ -8,6 +8,7 @@ mod events;
 mod extract;
 mod idempotency;
 mod metrics;
+mod openapi;
 mod query_contract;
 mod run_commands;
 mod run_details;
@@ -16,6 +17,7 @@ mod runs;
 mod server;
 mod system;
 mod tasks;
+mod whole;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -49,7 +51,16 @@ use crate::ledger::Ledger;
         (name = "bulk", description = "Operations on many runs at once, by selector, in one transaction"),
         (name = "operations", description = "Health and readiness"),
     ),
-    components(schemas(Problem, FieldError, run_commands::RetryChildrenAccepted))
+    // The schemas that only query parameters refer to (utoipa collects the others).
+    components(schemas(
+        Problem,
+        FieldError,
+        openapi::EnvelopeSchema,
+        runledger_projections::schema::SortFieldSchema,
+        runledger_projections::schema::SortDirectionSchema,
+        runs::TagFilter,
+        openapi::AsOfSchema,
+    ))
 )]
 struct ApiDoc;
 
@@ -113,14 +124,14 @@ impl Default for HttpConfig {
     }
 }
 
-/// The OpenAPI document and the router it describes. `open_allowed`: whether
+/// The router and the OpenAPI document (JSON) that describes it. `open_allowed`: whether
 /// the API may run without tokens (only when it listens on a loopback address).
 pub fn api(
     ledger: Arc<Ledger>,
     config: &HttpConfig,
     streams: Streams,
     open_allowed: bool,
-) -> (Router, utoipa::openapi::OpenApi) {
+) -> (Router, serde_json::Value) {
     let gate = Arc::new(auth::Gate::new(ledger.clone(), open_allowed, config.rate_limit));
     let idempotency = Arc::new(idempotency::Idempotency {
         ledger: ledger.clone(),
@@ -141,6 +152,8 @@ pub fn api(
         .merge(bulk::router())
         .split_for_parts();
     auth::document(&mut openapi);
+    let mut openapi = openapi::document(&openapi);
+    bulk::document(&mut openapi);
     let contract = Arc::new(query_contract::QueryContract::from_openapi(&openapi));
     let router = router
         .with_state(ledger)
@@ -152,7 +165,7 @@ pub fn api(
         .route_layer(middleware::from_fn_with_state(contract, query_contract::guard))
         // After routing, so that it knows the route template.
         .route_layer(middleware::from_fn_with_state(gate, auth::guard))
-        .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi.clone()))
+        .merge(SwaggerUi::new("/docs").external_url_unchecked("/openapi.json", openapi.clone()))
         .layer(middleware::from_fn(metrics::track))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             axum::http::StatusCode::SERVICE_UNAVAILABLE,

@@ -51,32 +51,49 @@ const MAX_DEPENDENCIES: usize = 100;
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateRunRequest {
-    /// `^[a-zA-Z0-9._-]{1,100}$`
+    #[schema(pattern = "^[a-zA-Z0-9._-]{1,100}$", min_length = 1, max_length = 100)]
     task_name: String,
-    /// `cron`, `api` (default), `cloud`, `service`, `startup`, `manual`, `spawn`, `workflow`,
-    /// `event`, `retry` or `rerun`.
+    /// Default `api`.
+    #[schema(value_type = Option<runledger_projections::schema::TriggeredBySchema>)]
     triggered_by: Option<String>,
     /// Default `default`; same pattern as task names.
+    #[schema(pattern = "^[a-zA-Z0-9._-]{1,100}$", min_length = 1, max_length = 100)]
     project: Option<String>,
-    #[schema(value_type = Option<Object>)]
     payload: Option<Value>,
-    /// At most 50; keys may not contain `:`.
+    /// At most 50; keys (1–100 characters, no control characters) may not
+    /// contain `:`; values at most 500 characters.
     tags: Option<BTreeMap<String, String>>,
-    /// At most 50 entries.
+    /// At most 50 entries; keys 1–100 characters, values at most 500.
     metadata: Option<BTreeMap<String, String>>,
+    #[serde(default, deserialize_with = "super::whole::maybe_whole")]
     priority: Option<i32>,
     /// Creating again with the key of an unfinished run of the same task returns that run (200).
+    #[schema(min_length = 1, max_length = 255, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]+$")]
     idempotency_key: Option<String>,
+    #[schema(min_length = 1, max_length = 255, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]+$")]
     concurrency_key: Option<String>,
-    /// Attempts before a failing run is dead-lettered (1–1000). Unset: never dead-lettered.
+    /// Attempts before a failing run is dead-lettered. Unset: never dead-lettered.
+    #[schema(minimum = 1, maximum = 1000)]
+    #[serde(default, deserialize_with = "super::whole::maybe_whole")]
     max_attempts: Option<i64>,
+    /// A running run past this many seconds ends `timeout` (at most 366 days).
+    #[schema(minimum = 1, maximum = 31622400)]
+    #[serde(default, deserialize_with = "super::whole::maybe_whole")]
     timeout_secs: Option<i64>,
     /// When the run should start (RFC 3339).
+    #[schema(format = DateTime)]
     scheduled_at: Option<String>,
+    #[schema(format = Uuid)]
     parent_run_id: Option<String>,
+    #[schema(format = Uuid)]
     continuation_of: Option<String>,
+    /// Runs that must end first (at most 100).
+    #[schema(max_items = 100, value_type = Option<Vec<Uuid>>)]
     depends_on: Option<Vec<String>>,
+    #[schema(min_length = 1, max_length = 255, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]+$")]
     external_execution_id: Option<String>,
+    #[schema(minimum = 0, maximum = 1000000)]
+    #[serde(default, deserialize_with = "super::whole::maybe_whole")]
     replica_index: Option<i64>,
     debug_mode: Option<bool>,
 }
@@ -248,54 +265,67 @@ async fn run_command(
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReasonRequest {
+    #[schema(minimum = 1)]
+    #[serde(default, deserialize_with = "super::whole::maybe_whole")]
     expected_version: Option<i64>,
-    /// At most 1000 characters.
+    #[schema(min_length = 1, max_length = 1000, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]+$")]
     reason: Option<String>,
 }
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StartRequest {
+    #[schema(minimum = 1)]
+    #[serde(default, deserialize_with = "super::whole::maybe_whole")]
     expected_version: Option<i64>,
+    #[schema(min_length = 1, max_length = 255, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]+$")]
     external_execution_id: Option<String>,
+    #[schema(minimum = 0, maximum = 1000000)]
+    #[serde(default, deserialize_with = "super::whole::maybe_whole")]
     replica_index: Option<i64>,
 }
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HeartbeatRequest {
+    #[schema(minimum = 1)]
+    #[serde(default, deserialize_with = "super::whole::maybe_whole")]
     expected_version: Option<i64>,
 }
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EndRequest {
+    #[schema(minimum = 1)]
+    #[serde(default, deserialize_with = "super::whole::maybe_whole")]
     expected_version: Option<i64>,
-    /// `success`, `failed`, `stopped`, `timeout`, `crashed`, `skipped`, `log_overflow` or `expired`.
+    #[schema(value_type = runledger_projections::schema::EndReasonSchema)]
     end_reason: String,
+    #[serde(default, deserialize_with = "super::whole::maybe_whole")]
     exit_code: Option<i64>,
-    /// At most 10,000 characters.
+    #[schema(max_length = 10000)]
     error: Option<String>,
-    #[schema(value_type = Option<Object>)]
     result: Option<Value>,
 }
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RescheduleRequest {
+    #[schema(minimum = 1)]
+    #[serde(default, deserialize_with = "super::whole::maybe_whole")]
     expected_version: Option<i64>,
-    /// RFC 3339.
+    #[schema(format = DateTime)]
     scheduled_at: String,
+    #[schema(min_length = 1, max_length = 1000, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]+$")]
     reason: Option<String>,
 }
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RetryRequest {
-    /// At most 1000 characters.
+    #[schema(min_length = 1, max_length = 1000, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]+$")]
     reason: Option<String>,
     /// Replaces the source run's payload on the new run.
-    #[schema(value_type = Option<Object>)]
     payload: Option<Value>,
     /// Retry the run's ended children that failed (end reason failed,
     /// timeout or crashed) instead of the run itself, in one transaction:
@@ -303,14 +333,13 @@ pub struct RetryRequest {
     failed_only: Option<bool>,
 }
 
-/// Body of `POST /api/runs/{id}/restart`.
+/// Body of `POST /api/runs/{id}/restart` and `/dlq-replay`.
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RestartRequest {
-    /// At most 1000 characters.
+    #[schema(min_length = 1, max_length = 1000, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]+$")]
     reason: Option<String>,
     /// Replaces the run's payload on the new run.
-    #[schema(value_type = Option<Object>)]
     payload: Option<Value>,
 }
 
@@ -318,33 +347,65 @@ pub struct RestartRequest {
 #[derive(Serialize, ToSchema)]
 pub struct RetryChildrenAccepted {
     /// The parent run.
-    #[schema(value_type = String)]
+    #[schema(value_type = String, format = Uuid)]
     run_id: Uuid,
     /// One new run per failed child, in the children's id order.
-    #[schema(value_type = Vec<String>)]
+    #[schema(value_type = Vec<String>, format = Uuid)]
     new_run_ids: Vec<Uuid>,
     /// The bulk operation that made them (`GET /api/operations/{id}`).
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, format = Uuid)]
     operation_id: Option<Uuid>,
-    /// Always `retry`.
-    action: &'static str,
-    /// Always `accepted`.
-    status: &'static str,
+    #[schema(inline)]
+    action: ChildrenAction,
+    status: Accepted,
     message: String,
+}
+
+/// A `failed_only` retry is always a retry.
+#[derive(Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ChildrenAction {
+    Retry,
+}
+
+/// What made the new run.
+#[derive(Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RetryKind {
+    /// `/retry` and `/replay`.
+    Retry,
+    /// `/dlq-replay`.
+    DlqReplay,
+    /// `/restart`.
+    Restart,
+}
+
+/// The command was accepted: the new run exists.
+#[derive(Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Accepted {
+    Accepted,
+}
+
+/// The answer of `/retry` and `/replay`: one new run, or with `failed_only`
+/// one per failed child.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum RetryAnswer {
+    Run(RetryAccepted),
+    Children(RetryChildrenAccepted),
 }
 
 #[derive(Serialize, ToSchema)]
 pub struct RetryAccepted {
     /// The source run; it is preserved.
-    #[schema(value_type = String)]
+    #[schema(value_type = String, format = Uuid)]
     run_id: Uuid,
     /// The new run.
-    #[schema(value_type = String)]
+    #[schema(value_type = String, format = Uuid)]
     new_run_id: Uuid,
-    /// Always `retry`.
-    action: &'static str,
-    /// Always `accepted`.
-    status: &'static str,
+    action: RetryKind,
+    status: Accepted,
     message: String,
 }
 
@@ -468,6 +529,8 @@ transition!(
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DebugRequest {
+    #[schema(minimum = 1)]
+    #[serde(default, deserialize_with = "super::whole::maybe_whole")]
     expected_version: Option<i64>,
     enabled: bool,
 }
@@ -556,13 +619,6 @@ async fn retry(
     let run_id = f.path_id(id);
     let reason = optional_text(&mut f, "reason", body.reason, MAX_REASON);
     let failed_only = body.failed_only.unwrap_or(false);
-    if failed_only && !matches!(action, RetryAction::Retry | RetryAction::Replay) {
-        f.add(
-            "body.failed_only",
-            "applies to retry and replay only; a dead-lettered run is replayed itself",
-            None,
-        );
-    }
     if failed_only && body.payload.is_some() {
         f.add(
             "body.payload",
@@ -587,21 +643,22 @@ async fn retry(
         Outcome::Retried { source, new_run, .. } => Ok((
             StatusCode::ACCEPTED,
             [(header::LOCATION, format!("/api/runs/{}", new_run.id))],
-            Json(RetryAccepted {
+            Json(RetryAnswer::Run(RetryAccepted {
                 run_id: source.id,
                 new_run_id: new_run.id,
                 action: match action {
-                    RetryAction::DlqReplay => "dlq_replay",
-                    RetryAction::Restart => "restart",
-                    RetryAction::Retry | RetryAction::Replay => "retry",
-                    RetryAction::Rerun => "rerun",
+                    RetryAction::DlqReplay => RetryKind::DlqReplay,
+                    RetryAction::Restart => RetryKind::Restart,
+                    RetryAction::Retry | RetryAction::Replay => RetryKind::Retry,
+                    // No route retries by rerunning: rerun is a bulk call.
+                    RetryAction::Rerun => return Err(ApiError::Internal("a rerun through a retry route".into())),
                 },
-                status: "accepted",
+                status: Accepted::Accepted,
                 message: format!(
                     "run {} created as attempt {} of task {}; run {} is preserved",
                     new_run.id, new_run.retry_attempt, new_run.task_name, source.id
                 ),
-            }),
+            })),
         )
             .into_response()),
         other => Err(ApiError::Internal(format!("retry answered {other:?}"))),
@@ -615,7 +672,7 @@ async fn retry(
     params(("id" = String, Path, description = "Run id")),
     request_body = RetryRequest,
     responses(
-        (status = 202, body = RetryAccepted),
+        (status = 202, description = "The new run, or with `failed_only` the new runs", body = RetryAnswer),
         (status = 404, body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The run has not ended", body = Problem, content_type = "application/problem+json"),
         (status = 422, body = Problem, content_type = "application/problem+json"),
@@ -688,14 +745,14 @@ async fn retry_failed_children(
     );
     Ok((
         StatusCode::ACCEPTED,
-        Json(RetryChildrenAccepted {
+        Json(RetryAnswer::Children(RetryChildrenAccepted {
             run_id: parent,
             new_run_ids,
             operation_id: report.operation_id,
-            action: "retry",
-            status: "accepted",
+            action: ChildrenAction::Retry,
+            status: Accepted::Accepted,
             message,
-        }),
+        })),
     )
         .into_response())
 }
@@ -729,7 +786,7 @@ async fn restart_run(
 /// dead-letter flag (409 if the run is not dead-lettered).
 #[utoipa::path(post, path = "/api/runs/{id}/dlq-replay", tag = "runs",
     params(("id" = String, Path, description = "Run id")),
-    request_body = RetryRequest,
+    request_body = RestartRequest,
     responses(
         (status = 202, body = RetryAccepted),
         (status = 404, body = Problem, content_type = "application/problem+json"),
@@ -741,8 +798,14 @@ async fn dlq_replay_run(
     Extension(BulkCap(cap)): Extension<BulkCap>,
     Path(id): Path<String>,
     RequestMeta(meta): RequestMeta,
-    JsonBody(body): JsonBody<RetryRequest>,
+    JsonBody(body): JsonBody<RestartRequest>,
 ) -> Result<Response, ApiError> {
+    // A dead-lettered run is replayed itself: there is no `failed_only`.
+    let body = RetryRequest {
+        reason: body.reason,
+        payload: body.payload,
+        failed_only: None,
+    };
     retry(&ledger, cap, meta, &id, body, RetryAction::DlqReplay).await
 }
 
@@ -751,7 +814,7 @@ async fn dlq_replay_run(
     params(("id" = String, Path, description = "Run id")),
     request_body = RetryRequest,
     responses(
-        (status = 202, body = RetryAccepted),
+        (status = 202, description = "The new run, or with `failed_only` the new runs", body = RetryAnswer),
         (status = 404, body = Problem, content_type = "application/problem+json"),
         (status = 409, body = Problem, content_type = "application/problem+json"),
         (status = 422, body = Problem, content_type = "application/problem+json"),

@@ -104,10 +104,11 @@ pub struct PositionPage {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CheckpointRequest {
-    /// Who saved it (a worker, a step); at most 200 characters.
+    /// Who saved it (a worker, a step).
+    #[schema(min_length = 1, max_length = 200, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]+$")]
     source: Option<String>,
     /// The state to resume from; any JSON but null.
-    #[schema(value_type = Object)]
+    #[schema(value_type = super::openapi::NotNull)]
     state: Value,
 }
 
@@ -193,13 +194,14 @@ async fn list_checkpoints(
 pub struct LogRequest {
     /// As the executor names it (`info`, `WARNING`, `trace`…), stored as
     /// given; 1 to 200 characters, default `info`.
+    #[schema(min_length = 1, max_length = 200, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]+$")]
     level: Option<String>,
-    /// A kind of line of your choosing (`stdout`, `progress`…); at most 200 characters.
+    /// A kind of line of your choosing (`stdout`, `progress`…).
     #[serde(rename = "type")]
+    #[schema(min_length = 1, max_length = 200, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]+$")]
     log_type: Option<String>,
-    /// 1 to 10,000 characters.
+    #[schema(min_length = 1, max_length = 10000)]
     message: String,
-    #[schema(value_type = Option<Object>)]
     data: Option<Value>,
 }
 
@@ -248,9 +250,15 @@ async fn record_log(
 #[allow(dead_code)]
 pub struct LogFilterParams {
     /// Comma-separated levels, as recorded; any matches.
+    #[param(
+        pattern = "^\\s*[^,\\s\\x00-\\x1f\\x7f-\\x9f][^,\\x00-\\x1f\\x7f-\\x9f]*(,\\s*[^,\\s\\x00-\\x1f\\x7f-\\x9f][^,\\x00-\\x1f\\x7f-\\x9f]*)*$"
+    )]
     level: Option<String>,
     /// Comma-separated types; any matches.
-    #[param(rename = "type")]
+    #[param(
+        rename = "type",
+        pattern = "^\\s*[^,\\s\\x00-\\x1f\\x7f-\\x9f][^,\\x00-\\x1f\\x7f-\\x9f]*(,\\s*[^,\\s\\x00-\\x1f\\x7f-\\x9f][^,\\x00-\\x1f\\x7f-\\x9f]*)*$"
+    )]
     log_type: Option<String>,
 }
 
@@ -294,15 +302,25 @@ async fn list_logs(
 #[serde(deny_unknown_fields)]
 pub struct UsageRequest {
     /// As the executor names it, stored as given; 1 to 200 characters.
+    #[schema(min_length = 1, max_length = 200, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]+$")]
     provider: String,
     /// As the executor names it, stored as given; 1 to 200 characters.
+    #[schema(min_length = 1, max_length = 200, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]+$")]
     model: String,
+    #[schema(minimum = 0, maximum = 1000000000000_i64)]
+    #[serde(deserialize_with = "super::whole::whole")]
     prompt_tokens: i64,
+    #[schema(minimum = 0, maximum = 1000000000000_i64)]
+    #[serde(deserialize_with = "super::whole::whole")]
     completion_tokens: i64,
     /// Defaults to prompt + completion; may be more (reasoning or cached
     /// tokens some providers count), never less.
+    #[serde(default, deserialize_with = "super::whole::maybe_whole")]
+    #[schema(minimum = 0, maximum = 2000000000000_i64)]
     total_tokens: Option<i64>,
     /// Cost in millionths of a US dollar; default 0.
+    #[schema(minimum = 0, maximum = 1000000000000_i64)]
+    #[serde(default, deserialize_with = "super::whole::maybe_whole")]
     cost_microusd: Option<i64>,
 }
 
@@ -464,16 +482,17 @@ async fn task_usage(
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ToolCallRequest {
-    /// At most 200 characters.
+    #[schema(min_length = 1, max_length = 200, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]+$")]
     tool_name: String,
-    #[schema(value_type = Option<Object>)]
     input: Option<Value>,
-    #[schema(value_type = Option<Object>)]
     output: Option<Value>,
-    /// 0 to 31,622,400,000 (366 days).
+    /// At most 366 days.
+    #[schema(minimum = 0, maximum = 31622400000_i64)]
+    #[serde(default, deserialize_with = "super::whole::maybe_whole")]
     duration_ms: Option<i64>,
     /// As the executor reports it (`success`, `ok`, `error`, `timeout`…),
     /// stored as given; 1 to 200 characters.
+    #[schema(min_length = 1, max_length = 200, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]+$")]
     status: String,
 }
 
@@ -514,8 +533,14 @@ async fn record_tool_call(
 #[allow(dead_code)]
 pub struct ToolCallFilterParams {
     /// Comma-separated tool names; any matches.
+    #[param(
+        pattern = "^\\s*[^,\\s\\x00-\\x1f\\x7f-\\x9f][^,\\x00-\\x1f\\x7f-\\x9f]*(,\\s*[^,\\s\\x00-\\x1f\\x7f-\\x9f][^,\\x00-\\x1f\\x7f-\\x9f]*)*$"
+    )]
     tool_name: Option<String>,
     /// Comma-separated statuses, as recorded; any matches.
+    #[param(
+        pattern = "^\\s*[^,\\s\\x00-\\x1f\\x7f-\\x9f][^,\\x00-\\x1f\\x7f-\\x9f]*(,\\s*[^,\\s\\x00-\\x1f\\x7f-\\x9f][^,\\x00-\\x1f\\x7f-\\x9f]*)*$"
+    )]
     status: Option<String>,
 }
 
@@ -559,13 +584,12 @@ async fn list_tool_calls(
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OutputRequest {
-    /// At most 200 characters.
+    #[schema(min_length = 1, max_length = 200, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]+$")]
     output_key: String,
     /// A JSON Schema (draft from its `$schema`, 2020-12 by default) the value
     /// must satisfy. Remote and file `$ref`s are not fetched.
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<super::openapi::JsonSchemaDoc>)]
     schema: Option<Value>,
-    #[schema(value_type = Object)]
     value: Value,
 }
 
@@ -653,6 +677,9 @@ async fn record_output(
 #[allow(dead_code)]
 pub struct OutputFilterParams {
     /// Comma-separated output keys; any matches.
+    #[param(
+        pattern = "^\\s*[^,\\s\\x00-\\x1f\\x7f-\\x9f][^,\\x00-\\x1f\\x7f-\\x9f]*(,\\s*[^,\\s\\x00-\\x1f\\x7f-\\x9f][^,\\x00-\\x1f\\x7f-\\x9f]*)*$"
+    )]
     output_key: Option<String>,
 }
 

@@ -83,16 +83,26 @@ pub struct ListRunsParams {
     offset: Option<i64>,
     /// Comma-separated; a run matches any value: a phase (`pending`, `running`, `paused`,
     /// `ended`), an end reason (`success`, `failed`, …), `deleted` or `dead_letter`.
+    #[param(
+        pattern = "^\\s*(pending|running|paused|ended|success|failed|stopped|timeout|crashed|skipped|log_overflow|expired|deleted|dead_letter)\\s*(,\\s*(pending|running|paused|ended|success|failed|stopped|timeout|crashed|skipped|log_overflow|expired|deleted|dead_letter)\\s*)*$"
+    )]
     status: Option<String>,
     /// Exact task name.
+    #[param(pattern = "^[a-zA-Z0-9._-]{1,100}$")]
     task_name: Option<String>,
     /// Exact project.
+    #[param(min_length = 1, max_length = 200, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]+$")]
     project: Option<String>,
     /// Comma-separated trigger sources (`cron`, `api`, `retry`, …).
+    #[param(
+        pattern = "^\\s*(cron|api|cloud|service|startup|manual|spawn|workflow|event|retry|rerun)\\s*(,\\s*(cron|api|cloud|service|startup|manual|spawn|workflow|event|retry|rerun)\\s*)*$"
+    )]
     triggered_by: Option<String>,
     /// Runs created at or after this time (RFC 3339).
+    #[param(format = DateTime)]
     created_after: Option<String>,
     /// Runs created at or before this time (RFC 3339).
+    #[param(format = DateTime)]
     created_before: Option<String>,
     /// Runs whose exit code is at least this (inclusive).
     exit_code_min: Option<i64>,
@@ -101,21 +111,40 @@ pub struct ListRunsParams {
     /// Only retries (`retry_attempt > 0`).
     retries_only: Option<bool>,
     /// Case-insensitive substring of the task name or the run id.
+    #[param(min_length = 1, max_length = 200, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]+$")]
     search: Option<String>,
-    /// `key:value`; repeat for several tags, all must match.
+    /// `key:value`; repeat for several tags (at most 20), all must match.
+    #[param(max_items = 20, value_type = Option<Vec<TagFilter>>)]
     tag: Option<Vec<String>>,
     /// Children of this run.
+    #[param(format = Uuid)]
     parent_run_id: Option<String>,
     /// Show soft-deleted runs too (hidden by default).
     include_deleted: Option<bool>,
-    /// `task_name`, `status`, `start_at`, `exit_code`, `duration` or `created_at` (default).
+    /// Default `created_at`.
+    #[param(value_type = Option<runledger_projections::schema::SortFieldSchema>)]
     sort_field: Option<String>,
-    /// `asc` or `desc` (default). Runs with no value for the sort field come last.
+    /// Default `desc`. Runs with no value for the sort field come last.
+    #[param(value_type = Option<runledger_projections::schema::SortDirectionSchema>)]
     sort_direction: Option<String>,
+}
+
+/// `as_of` of the lists that can travel in time.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct ListAsOfParams {
     /// The list as it was at this log position, or at this RFC 3339 time
     /// (every filter and sort applies to the runs as they were then).
+    #[param(value_type = Option<super::openapi::AsOfSchema>)]
     as_of: Option<String>,
 }
+
+/// A tag filter: `key:value` with a non-empty key.
+#[derive(ToSchema)]
+#[schema(value_type = String, pattern = "^[^:]+:")]
+#[allow(dead_code)]
+pub struct TagFilter(String);
 
 const MAX_TEXT_FILTER: usize = 200;
 
@@ -219,7 +248,7 @@ async fn list(ledger: &Ledger, mut query: RunQuery, as_of: Option<AsOf>) -> Resu
 }
 
 /// List runs with filters, sorting and pagination.
-#[utoipa::path(get, path = "/api/runs", tag = "runs", params(ListRunsParams),
+#[utoipa::path(get, path = "/api/runs", tag = "runs", params(ListRunsParams, ListAsOfParams),
     responses(
         (status = 200, body = RunList),
         (status = 400, body = Problem, content_type = "application/problem+json"),
@@ -235,7 +264,7 @@ async fn list_runs(State(ledger): State<Arc<Ledger>>, mut params: QueryParams) -
 /// The dead-letter queue: runs that failed on their last attempt and have
 /// not been replayed, with every filter, sort and `as_of` of `GET /api/runs`.
 /// `POST /api/runs/{id}/dlq-replay` (or `/bulk/dlq-replay`) replays them.
-#[utoipa::path(get, path = "/api/runs/dlq", tag = "runs", params(ListRunsParams),
+#[utoipa::path(get, path = "/api/runs/dlq", tag = "runs", params(ListRunsParams, ListAsOfParams),
     responses(
         (status = 200, body = RunList),
         (status = 400, body = Problem, content_type = "application/problem+json"),
@@ -251,7 +280,7 @@ async fn list_dlq(State(ledger): State<Arc<Ledger>>, mut params: QueryParams) ->
 
 /// List the runs of one task; the same filters as `GET /api/runs`.
 #[utoipa::path(get, path = "/api/tasks/{taskName}/runs", tag = "tasks",
-    params(("taskName" = String, Path, description = "Task name, ^[a-zA-Z0-9._-]{1,100}$"), ListRunsParams),
+    params(("taskName" = String, Path, description = "Task name"), ListRunsParams, ListAsOfParams),
     responses(
         (status = 200, body = RunList),
         (status = 422, body = Problem, content_type = "application/problem+json"),
@@ -283,6 +312,7 @@ async fn list_task_runs(
 #[allow(dead_code)]
 pub struct AsOfParams {
     /// The run as it was at this position, or at this RFC 3339 time.
+    #[param(value_type = Option<super::openapi::AsOfSchema>)]
     as_of: Option<String>,
 }
 
@@ -327,7 +357,7 @@ pub struct HistoryParams {
 
 #[derive(Serialize, ToSchema)]
 pub struct HistoryItem {
-    #[schema(value_type = Object)]
+    #[schema(value_type = super::openapi::EnvelopeSchema)]
     pub event: EventEnvelope,
     /// The run right after this event.
     pub state: RunState,
@@ -375,8 +405,10 @@ async fn run_history(
 #[allow(dead_code)]
 pub struct DiffParams {
     /// A position or an RFC 3339 time.
+    #[param(value_type = super::openapi::AsOfSchema)]
     from: String,
     /// A position or an RFC 3339 time, not before `from`.
+    #[param(value_type = super::openapi::AsOfSchema)]
     to: String,
     /// Runs per page, by run id.
     #[param(minimum = 1, maximum = 1000, default = 100)]
@@ -447,7 +479,10 @@ async fn runs_diff(State(ledger): State<Arc<Ledger>>, mut params: QueryParams) -
 #[allow(dead_code)]
 pub struct RunEventsParams {
     /// Comma-separated event types, e.g. `run.started,run.ended`.
-    #[param(rename = "type")]
+    #[param(
+        rename = "type",
+        pattern = "^\\s*(run\\.created|run\\.started|run\\.heartbeat|run\\.paused|run\\.resumed|run\\.rescheduled|run\\.checkpointed|run\\.logged|run\\.usage_recorded|run\\.tool_called|run\\.output_recorded|run\\.ended|run\\.dead_lettered|run\\.deleted|run\\.restored|run\\.retried|run\\.debug_mode_set|run\\.idempotency_key_reset)\\s*(,\\s*(run\\.created|run\\.started|run\\.heartbeat|run\\.paused|run\\.resumed|run\\.rescheduled|run\\.checkpointed|run\\.logged|run\\.usage_recorded|run\\.tool_called|run\\.output_recorded|run\\.ended|run\\.dead_lettered|run\\.deleted|run\\.restored|run\\.retried|run\\.debug_mode_set|run\\.idempotency_key_reset)\\s*)*$"
+    )]
     event_type: Option<String>,
     /// Only events after this stream version (for paging).
     #[param(minimum = 0, default = 0)]
@@ -458,7 +493,7 @@ pub struct RunEventsParams {
 
 #[derive(Serialize, ToSchema)]
 pub struct RunEvents {
-    #[schema(value_type = Vec<Object>)]
+    #[schema(value_type = Vec<super::openapi::EnvelopeSchema>)]
     pub events: Vec<EventEnvelope>,
     /// Pass as `after_version` for the next page; absent on the last page.
     pub next_after_version: Option<i64>,

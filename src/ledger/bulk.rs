@@ -316,7 +316,6 @@ pub struct OperationRecord {
     pub actor: String,
     pub request_id: Option<String>,
     /// The selector as given.
-    #[schema(value_type = Object)]
     pub selector: serde_json::Value,
     /// The log position the selection was taken at.
     pub as_of: i64,

@@ -2,6 +2,8 @@
 //! PostgreSQL schema per test. `backend_tests!` runs each scenario on both.
 #![allow(dead_code)]
 
+mod contract;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -12,6 +14,9 @@ use serde_json::{json, Value};
 use tempfile::TempDir;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+
+#[allow(unused_imports)]
+pub use contract::{contract_fault, send_checked, SendChecked};
 
 /// Where a test server keeps its ledger.
 pub enum Backend {
@@ -123,6 +128,9 @@ impl Reply {
         assert_eq!(self.body["code"], code, "body: {}", self.body);
         assert_eq!(self.body["status"], status);
         assert!(self.body["title"].is_string() && self.body["detail"].is_string() && self.body["type"].is_string());
+        // The `{code, message, details}` dialect of the same problem.
+        assert_eq!(self.body["message"], self.body["detail"], "body: {}", self.body);
+        assert!(self.body["details"].is_object(), "body: {}", self.body);
         assert!(
             self.body["instance"].as_str().is_some_and(|i| i.starts_with('/')),
             "body: {}",
@@ -311,7 +319,7 @@ impl TestServer {
         if let Some(body) = body {
             req = req.json(&body);
         }
-        Self::reply(req.send().await.expect("request")).await
+        Self::reply(send_checked(req).await.expect("request")).await
     }
 
     /// Sends a raw body with the given content type.
@@ -321,7 +329,7 @@ impl TestServer {
             .request(method, self.url(path))
             .header("content-type", content_type)
             .body(body.to_owned());
-        Self::reply(req.send().await.expect("request")).await
+        Self::reply(send_checked(req).await.expect("request")).await
     }
 
     /// A response read into a `Reply`.
