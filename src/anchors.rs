@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
-use runledger_events::anchor::{Anchor, AnchorKey, AnchorLog, AnchorReport, AnchorWriter};
+use runledger_events::anchor::{Anchor, AnchorKey, AnchorLog, AnchorReport, AnchorWriter, Fault};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -89,19 +89,26 @@ impl Anchoring {
     }
 
     /// Refuses a log behind its last trusted anchor: shorter than it, or
-    /// with another hash at its position. Returns that anchor's position (0
+    /// with another hash at its position; with a key, also an anchors file
+    /// holding a line the key did not sign. Returns that anchor's position (0
     /// without one). `doing` names what is refused ("start", "rebuild").
     pub async fn refuse_behind(&self, ledger: &Ledger, doing: &str) -> anyhow::Result<i64> {
         let Some(log) = self.read().await? else {
             return Ok(0);
         };
+        let path = self.path.display();
+        // Someone without the key wrote to the anchors file: evidence of
+        // tampering, however the log looks.
         if let Some(key) = &self.key {
-            let untrusted = log.anchors.iter().filter(|(_, a)| !a.is_signed_by(key)).count();
-            if untrusted > 0 {
-                tracing::warn!(
-                    untrusted,
-                    anchors = %self.path.display(),
-                    "anchors not signed by the anchor key are ignored; `runledger verify` lists them"
+            if let Some((line, anchor)) = log.anchors.iter().find(|(_, a)| !a.is_signed_by(key)) {
+                let fault = Fault::Forged {
+                    line: *line,
+                    position: anchor.position,
+                    unsigned: anchor.hmac.is_none(),
+                };
+                anyhow::bail!(
+                    "refusing to {doing}: {path}: {fault}. If the anchors were written before this key was \
+                     configured, or with another key, move {path} aside. `runledger verify` checks every anchor."
                 );
             }
         }
@@ -118,8 +125,7 @@ impl Anchoring {
             anyhow::bail!(
                 "refusing to {doing}: the log is behind its anchors file {path}: {fault}. Restore the database \
                  from a backup taken at or after that anchor; if the ledger was replaced on purpose, move {path} \
-                 aside. `runledger verify` checks every anchor.",
-                path = self.path.display()
+                 aside. `runledger verify` checks every anchor."
             );
         }
         Ok(last.position)
