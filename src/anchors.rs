@@ -55,14 +55,18 @@ impl Anchoring {
             (None, Some(secret)) => Some(AnchorKey::new(secret.as_bytes()).map_err(anyhow::Error::msg)?),
             (None, None) => None,
         };
-        let path = match (&args.path, url, ledger) {
-            (Some(path), _, _) => path.clone(),
-            (None, DatabaseUrl::Sqlite(db), _) => {
+        let path = match (&args.path, url) {
+            (Some(path), _) => path.clone(),
+            (None, DatabaseUrl::Sqlite(db)) => {
                 let mut name = db.as_os_str().to_owned();
                 name.push(".anchors");
                 PathBuf::from(name)
             }
-            (None, DatabaseUrl::Postgres(_), Ledger::Postgres(l)) => {
+            (None, DatabaseUrl::Postgres(_)) => {
+                let Ledger::Postgres(l) = ledger else {
+                    anyhow::bail!("a PostgreSQL URL opened another kind of ledger");
+                };
+                // One database can hold several ledgers, one per schema.
                 let (database, schema): (String, String) =
                     sqlx::query_as("SELECT current_database(), current_schema()")
                         .fetch_one(l.pool())
@@ -72,9 +76,6 @@ impl Anchoring {
                     file_safe(&database),
                     file_safe(&schema)
                 ))
-            }
-            (None, DatabaseUrl::Postgres(_), Ledger::Sqlite(_)) => {
-                unreachable!("a PostgreSQL URL opens a PostgreSQL ledger")
             }
         };
         Ok(Self { path, key })
