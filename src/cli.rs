@@ -9,6 +9,7 @@ use std::sync::Arc;
 use clap::{Args, Parser, Subcommand};
 use tokio::net::TcpListener;
 
+use crate::anchors::{AnchorArgs, Anchoring, Cadence};
 use crate::auth::Scope;
 use crate::http::{self, HttpConfig};
 use crate::ledger::{bundle, DatabaseUrl, Ledger};
@@ -26,11 +27,13 @@ pub enum Cmd {
     Serve(ServeArgs),
     /// Create or upgrade the database schema, then exit.
     Migrate(DatabaseArgs),
-    /// Re-compute the hash chain; exit 1 naming the first position that was
-    /// altered, removed or reordered.
-    Verify(DatabaseArgs),
-    /// Drop every projection and replay the log into it.
-    Rebuild(DatabaseArgs),
+    /// Re-compute the hash chain and check the log against its anchors; exit
+    /// 1 naming the first position that was altered, removed or reordered, a
+    /// truncated tail, a re-sealed chain or a forged anchor.
+    Verify(AnchoredArgs),
+    /// Drop every projection and replay the log into it (refused when the log
+    /// is behind its anchors).
+    Rebuild(AnchoredArgs),
     /// Write the log's events after a position as NDJSON, as stored.
     Export(ExportArgs),
     /// Load an NDJSON export, or one run's debug bundle, into an empty ledger
@@ -106,6 +109,15 @@ pub struct DatabaseArgs {
     pub database_url: DatabaseUrl,
 }
 
+/// A ledger and its anchors file.
+#[derive(Args, Debug, Clone)]
+pub struct AnchoredArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    #[command(flatten)]
+    pub anchors: AnchorArgs,
+}
+
 #[derive(Args, Debug, Clone)]
 pub struct ServeArgs {
     /// Address to listen on; port 0 picks a free port.
@@ -156,6 +168,14 @@ pub struct ServeArgs {
     /// `Last-Event-ID`).
     #[arg(long, env = "RUNLEDGER_STALLED_CLIENT_TIMEOUT_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
     pub stalled_client_timeout_secs: u64,
+    #[command(flatten)]
+    pub anchors: AnchorArgs,
+    /// Anchor the head after this many new events; 0: only by time.
+    #[arg(long, env = "RUNLEDGER_ANCHOR_EVERY_EVENTS", default_value_t = 1_000)]
+    pub anchor_every_events: u64,
+    /// Anchor the head this often, in seconds, when it moved; 0: only by count.
+    #[arg(long, env = "RUNLEDGER_ANCHOR_EVERY_SECS", default_value_t = 10)]
+    pub anchor_every_secs: u64,
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -168,7 +188,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Verify(args) => verify(args).await,
         Cmd::Rebuild(args) => {
-            let ledger = Ledger::open_existing(&args.database_url).await?;
+            let ledger = Ledger::open_existing(&args.database.database_url).await?;
+            Anchoring::resolve(&args.anchors, &args.database.database_url, &ledger)
+                .await?
+                .refuse_behind(&ledger, "rebuild")
+                .await?;
             let started = std::time::Instant::now();
             let (events, runs) = ledger.rebuild().await?;
             let secs = started.elapsed().as_secs_f64();
@@ -227,22 +251,61 @@ async fn token(args: TokenArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn verify(args: DatabaseArgs) -> anyhow::Result<()> {
-    let ledger = Ledger::open_existing(&args.database_url).await?;
+async fn verify(args: AnchoredArgs) -> anyhow::Result<()> {
+    let url = &args.database.database_url;
+    let ledger = Ledger::open_existing(url).await?;
+    let anchoring = Anchoring::resolve(&args.anchors, url, &ledger).await?;
+    // Anchors first: every anchor read is then at or below the log read.
+    let anchors = anchoring.read().await?;
     let report = ledger.verify().await?;
+    let mut failed = false;
     match report.first_break {
-        None => {
-            println!("ok: {} events, head {}, hash chain intact", report.events, report.head);
-            Ok(())
-        }
+        None => println!("ok: {} events, head {}, hash chain intact", report.events, report.head),
         Some((position, why)) => {
             println!(
                 "broken at position {position}: {why} ({} events before it verified)",
                 report.events
             );
-            std::process::exit(1);
+            failed = true;
         }
     }
+    let path = anchoring.path.display();
+    match anchors {
+        None => println!("note: no anchors file at {path}: a truncated tail or a re-sealed chain cannot be detected"),
+        Some(log) => {
+            let checked = anchoring.check(&ledger, &log).await?;
+            for fault in &checked.faults {
+                println!("{fault}");
+            }
+            failed |= !checked.faults.is_empty();
+            if !checked.unreadable.is_empty() {
+                println!(
+                    "note: lines {:?} of {path} hold no anchor (writes torn by a crash); skipped",
+                    checked.unreadable
+                );
+            }
+            let signatures = match (&anchoring.key, log.anchors.iter().any(|(_, a)| a.hmac.is_some())) {
+                (Some(_), _) => "signatures checked with the anchor key",
+                (None, true) => "signed, but no anchor key was given: signatures not checked",
+                (None, false) => "unsigned",
+            };
+            match &checked.last {
+                Some(last) if checked.faults.is_empty() => println!(
+                    "ok: {} anchors in {path} agree with the log, the last at position {} (written {}); {signatures}",
+                    checked.trusted, last.position, last.at
+                ),
+                Some(_) => println!(
+                    "{} of {} anchors in {path} trusted; {signatures}",
+                    checked.trusted, checked.anchors
+                ),
+                None => println!("note: {path} holds no trusted anchor; {signatures}"),
+            }
+        }
+    }
+    if failed {
+        std::process::exit(1);
+    }
+    Ok(())
 }
 
 async fn export(args: ExportArgs) -> anyhow::Result<()> {
@@ -354,6 +417,8 @@ async fn import_bundle(args: &ImportArgs, text: &str) -> anyhow::Result<()> {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let ledger = Arc::new(Ledger::open(&args.database.database_url).await?);
+    let anchoring = Anchoring::resolve(&args.anchors, &args.database.database_url, &ledger).await?;
+    let anchored = anchoring.refuse_behind(&ledger, "start").await?;
     let active = ledger.tokens().await?.iter().filter(|t| t.revoked_at.is_none()).count();
     // Without tokens the API is open: it may only listen where nobody but
     // this machine can reach it.
@@ -365,6 +430,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     let listener = TcpListener::bind(args.listen).await?;
     let addr = listener.local_addr()?;
+    let cadence = Cadence {
+        every_events: args.anchor_every_events,
+        every: std::time::Duration::from_secs(args.anchor_every_secs),
+    };
+    tracing::info!(anchors = %anchoring.path.display(), signed = anchoring.key.is_some(), "anchoring the head");
+    let stop_anchoring = tokio_util::sync::CancellationToken::new();
+    let anchoring = crate::anchors::start(ledger.clone(), anchoring, cadence, anchored, stop_anchoring.clone())?;
     if active == 0 {
         tracing::warn!(%addr, "no tokens are configured: the API is open to anyone who can reach this loopback address");
     } else {
@@ -394,7 +466,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         stalled_client_timeout: std::time::Duration::from_secs(args.stalled_client_timeout_secs),
         ..HttpConfig::default()
     };
-    http::serve(ledger, config, listener, shutdown_signal()).await?;
+    let served = http::serve(ledger, config, listener, shutdown_signal()).await;
+    // Every acknowledged write is committed: anchor the final head.
+    stop_anchoring.cancel();
+    anchoring.await?;
+    served?;
     tracing::info!("runledger stopped");
     Ok(())
 }

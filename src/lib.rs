@@ -1,6 +1,7 @@
 //! runledger: an event-sourced ledger for job runs.
 #![forbid(unsafe_code)]
 
+pub mod anchors;
 pub mod auth;
 pub mod cli;
 pub mod commands;

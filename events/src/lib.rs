@@ -2,6 +2,7 @@
 //! stored event carries, the SHA-256 hash chain, and the append-only log.
 #![forbid(unsafe_code)]
 
+pub mod anchor;
 pub mod chain;
 mod envelope;
 pub mod postgres;

@@ -423,10 +423,23 @@ pub fn spawn_binary(database_url: &str) -> (std::process::Child, String) {
 /// `spawn_binary` listening on `listen`; the base URL it returns is always
 /// on 127.0.0.1.
 pub fn spawn_binary_on(database_url: &str, listen: &str) -> (std::process::Child, String) {
+    spawn_binary_with(database_url, listen, &[])
+}
+
+/// `spawn_binary_on` with more `serve` arguments.
+pub fn spawn_binary_with(database_url: &str, listen: &str, args: &[&str]) -> (std::process::Child, String) {
     use std::io::{BufRead, BufReader};
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_runledger"))
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_runledger"));
+    command
         .args(["serve", "--listen", listen, "--database-url", database_url])
-        .env("RUST_LOG", "warn")
+        .args(args)
+        .env("RUST_LOG", "warn");
+    // A PostgreSQL server's default anchors file is in its working folder:
+    // keep it out of the checkout.
+    if database_url.starts_with("postgres") {
+        command.current_dir(std::env::temp_dir());
+    }
+    let mut child = command
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::inherit())
         .spawn()
