@@ -428,7 +428,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             args.listen
         );
     }
-    let listener = TcpListener::bind(args.listen).await?;
+    let listener = listen(args.listen, args.max_connections)?;
     let addr = listener.local_addr()?;
     let cadence = Cadence {
         every_events: args.anchor_every_events,
@@ -473,6 +473,20 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     served?;
     tracing::info!("runledger stopped");
     Ok(())
+}
+
+/// Binds `addr` with an accept queue as deep as the connection cap (at most
+/// 4096): with the default 128, a burst of new connections is dropped by
+/// the kernel and each client waits a second to retry.
+fn listen(addr: SocketAddr, max_connections: u32) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(max_connections.clamp(128, 4096))
 }
 
 async fn shutdown_signal() {

@@ -67,6 +67,9 @@ pub const POSTGRES_URL_VAR: &str = "RUNLEDGER_TEST_POSTGRES_URL";
 pub fn postgres_url(test: &str) -> Option<String> {
     match std::env::var(POSTGRES_URL_VAR) {
         Ok(url) if !url.is_empty() => Some(url),
+        _ if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!("{POSTGRES_URL_VAR} is not set in CI: the PostgreSQL half of {test} must run, not be skipped")
+        }
         _ => {
             use std::io::Write;
             // Written to the process's stderr directly: the test harness does
