@@ -59,20 +59,26 @@ impl TaskDeltas {
     }
 }
 
-/// Adds `$2…` to the task `$1`'s row (placeholders for both backends).
-pub static UPSERT_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+/// `INSERT INTO task_counts … {rows} ON CONFLICT … DO UPDATE`, adding
+/// each inserted row's counts to the task's: `rows` supplies the values in
+/// `task_name, count_columns()` order.
+pub fn upsert_sql(rows: &str) -> String {
     let columns = count_columns();
-    let marks: Vec<String> = (2..=columns.len() + 1).map(|i| format!("${i}")).collect();
     let sets: Vec<String> = columns
         .iter()
         .map(|c| format!("{c} = task_counts.{c} + excluded.{c}"))
         .collect();
     format!(
-        "INSERT INTO task_counts (task_name, {}) VALUES ($1, {}) ON CONFLICT (task_name) DO UPDATE SET {}",
+        "INSERT INTO task_counts (task_name, {}) {rows} ON CONFLICT (task_name) DO UPDATE SET {}",
         columns.join(", "),
-        marks.join(", "),
         sets.join(", ")
     )
+}
+
+/// Adds `$2…` to the task `$1`'s row (placeholders for both backends).
+pub static UPSERT_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let marks: Vec<String> = (2..=count_columns().len() + 1).map(|i| format!("${i}")).collect();
+    upsert_sql(&format!("VALUES ($1, {})", marks.join(", ")))
 });
 
 /// Drops the row of task `$1` once it counts no live run.

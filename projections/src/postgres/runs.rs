@@ -292,19 +292,9 @@ pub async fn store_task_deltas(conn: &mut PgConnection, deltas: &crate::task_cou
         return Ok(());
     }
     static UPSERT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-        let columns = crate::task_counts::count_columns();
-        let arrays: Vec<String> = (2..=columns.len() + 1).map(|i| format!("${i}::bigint[]")).collect();
-        let sets: Vec<String> = columns
-            .iter()
-            .map(|c| format!("{c} = task_counts.{c} + excluded.{c}"))
-            .collect();
-        format!(
-            "INSERT INTO task_counts (task_name, {}) SELECT * FROM UNNEST($1::text[], {}) \
-             ON CONFLICT (task_name) DO UPDATE SET {}",
-            columns.join(", "),
-            arrays.join(", "),
-            sets.join(", ")
-        )
+        let width = crate::task_counts::count_columns().len();
+        let arrays: Vec<String> = (2..=width + 1).map(|i| format!("${i}::bigint[]")).collect();
+        crate::task_counts::upsert_sql(&format!("SELECT * FROM UNNEST($1::text[], {})", arrays.join(", ")))
     });
     let names: Vec<&str> = deltas.0.keys().map(String::as_str).collect();
     let width = crate::task_counts::count_columns().len();
