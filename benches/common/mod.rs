@@ -1,6 +1,8 @@
 //! What the benches share. Each bench includes this module and uses part of it.
 #![allow(dead_code)]
 
+pub mod fixture;
+
 use std::future::Future;
 
 /// Runs `work(w)` for each of `writers` concurrent tasks and waits for all
