@@ -81,13 +81,31 @@ async fn queries(server: &Server, fixture: &Fixture) -> Vec<(String, String)> {
             );
         }
     }
-    for status in ["pending", "running", "ended", "success", "failed", "timeout", "deleted", "dead_letter"] {
-        add(&format!("status={status}"), format!("/api/runs?status={status}&limit=50"));
+    for status in [
+        "pending",
+        "running",
+        "ended",
+        "success",
+        "failed",
+        "timeout",
+        "deleted",
+        "dead_letter",
+    ] {
+        add(
+            &format!("status={status}"),
+            format!("/api/runs?status={status}&limit=50"),
+        );
     }
-    add("status=failed,timeout", "/api/runs?status=failed&status=timeout&limit=50".into());
+    add(
+        "status=failed,timeout",
+        "/api/runs?status=failed&status=timeout&limit=50".into(),
+    );
     add("project=billing", "/api/runs?project=billing&limit=50".into());
     add("task_name=task-3", "/api/runs?task_name=task-3&limit=50".into());
-    add("task_name=task-90 (rare)", "/api/runs?task_name=task-90&limit=50".into());
+    add(
+        "task_name=task-90 (rare)",
+        "/api/runs?task_name=task-90&limit=50".into(),
+    );
     add("triggered_by=cron", "/api/runs?triggered_by=cron&limit=50".into());
     add("triggered_by=manual", "/api/runs?triggered_by=manual&limit=50".into());
     let first = server.get("/api/runs?limit=1&sort_direction=asc").await;
@@ -97,7 +115,9 @@ async fn queries(server: &Server, fixture: &Fixture) -> Vec<(String, String)> {
     let mid = {
         let parse = |t: &str| chrono::DateTime::parse_from_rfc3339(t).unwrap();
         let (a, b) = (parse(&t0), parse(&t1));
-        (a + (b - a) / 2).to_utc().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+        (a + (b - a) / 2)
+            .to_utc()
+            .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
     };
     let mid = mid.replace('+', "%2B");
     add("created_after=mid", format!("/api/runs?created_after={mid}&limit=50"));
@@ -115,13 +135,22 @@ async fn queries(server: &Server, fixture: &Fixture) -> Vec<(String, String)> {
         "/api/runs?task_name=task-3&status=failed&sort_field=duration&limit=50".into(),
     );
     add("tag=env:prod", "/api/runs?tag=env:prod&limit=50".into());
-    add("tag=env:dev sort task_name", "/api/runs?tag=env:dev&sort_field=task_name&limit=50".into());
-    add("tag=team:team-3,env:prod", "/api/runs?tag=team:team-3&tag=env:prod&limit=50".into());
+    add(
+        "tag=env:dev sort task_name",
+        "/api/runs?tag=env:dev&sort_field=task_name&limit=50".into(),
+    );
+    add(
+        "tag=team:team-3,env:prod",
+        "/api/runs?tag=team:team-3&tag=env:prod&limit=50".into(),
+    );
     add("search=task-4", "/api/runs?search=task-4&limit=20".into());
     let sample = server.get("/api/runs?limit=200").await;
     let runs = sample["runs"].as_array().unwrap();
     let id = runs[17]["id"].as_str().unwrap().to_owned();
-    add("search=id fragment", format!("/api/runs?search={}&limit=20", &id[24..32]));
+    add(
+        "search=id fragment",
+        format!("/api/runs?search={}&limit=20", &id[24..32]),
+    );
     add("search=nothing", "/api/runs?search=zzzz-no-such&limit=20".into());
     let parent = runs
         .iter()
@@ -140,7 +169,10 @@ async fn queries(server: &Server, fixture: &Fixture) -> Vec<(String, String)> {
     let head = *fixture.ledger.head().borrow();
     let half = head / 2;
     add("as_of=head/2", format!("/api/runs?as_of={half}&limit=50"));
-    add("as_of=head/2 status=failed", format!("/api/runs?as_of={half}&status=failed&limit=50"));
+    add(
+        "as_of=head/2 status=failed",
+        format!("/api/runs?as_of={half}&status=failed&limit=50"),
+    );
     add(
         "as_of=head/2 task sort start_at",
         format!("/api/runs?as_of={half}&task_name=task-3&sort_field=start_at&limit=50"),
@@ -148,9 +180,15 @@ async fn queries(server: &Server, fixture: &Fixture) -> Vec<(String, String)> {
     add("dlq", "/api/runs/dlq?limit=50".into());
     add("tasks", "/api/tasks".into());
     add("task-3 runs", "/api/tasks/task-3/runs?limit=50".into());
-    add("task-3 runs sort status", "/api/tasks/task-3/runs?sort_field=status&limit=50".into());
+    add(
+        "task-3 runs sort status",
+        "/api/tasks/task-3/runs?sort_field=status&limit=50".into(),
+    );
     add("get run", format!("/api/runs/{id}"));
-    add("get run as_of=head/2", format!("/api/runs/{}?as_of={half}", fixture.big_run));
+    add(
+        "get run as_of=head/2",
+        format!("/api/runs/{}?as_of={half}", fixture.big_run),
+    );
     let big = fixture.big_run;
     add("big run events (1000)", format!("/api/runs/{big}/events?limit=1000"));
     add(
@@ -209,7 +247,8 @@ async fn storage(fixture: &Fixture, pg: Option<&PgConnectOptions>) -> (f64, i64)
     let bytes = match (fixture.location.strip_prefix("sqlite://"), pg) {
         (Some(path), _) => {
             let conn = rusqlite::Connection::open(path).unwrap();
-            conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())).unwrap();
+            conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+                .unwrap();
             std::fs::metadata(path).unwrap().len() as i64
         }
         (None, Some(base)) => {
@@ -295,12 +334,18 @@ fn main() {
         "queries: the real HTTP server on 127.0.0.1, one client, sequential requests, {iters} per query \
          (fewer after 10 s), after one warm-up; {cores} cores (shared); release build"
     );
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let sqlite = format!("SQLite {} (WAL, synchronous=FULL)", rusqlite::version());
         let missed = backend(&sqlite, None, &sizes, iters, &only).await;
         println!("SQLite: {missed} queries miss the goal");
-        match std::env::var("RUNLEDGER_BENCH_POSTGRES_URL").ok().filter(|u| !u.is_empty()) {
+        match std::env::var("RUNLEDGER_BENCH_POSTGRES_URL")
+            .ok()
+            .filter(|u| !u.is_empty())
+        {
             Some(url) => {
                 let base: PgConnectOptions = url.parse().expect("RUNLEDGER_BENCH_POSTGRES_URL");
                 let mut conn = base.connect().await.expect("connect to PostgreSQL");

@@ -109,10 +109,12 @@ impl Fixture {
                 built_in: None,
             };
         }
-        sqlx::raw_sql(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}"))
-            .execute(&mut admin)
-            .await
-            .unwrap();
+        sqlx::raw_sql(&format!(
+            "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}"
+        ))
+        .execute(&mut admin)
+        .await
+        .unwrap();
         let ledger = Arc::new(Ledger::open_postgres(options).await.unwrap());
         let (big_run, secs) = build(&ledger, runs).await;
         sqlx::raw_sql(&format!(

@@ -9,6 +9,7 @@ mod log;
 pub mod postgres;
 mod query;
 mod replay;
+pub mod run_counts;
 mod run_state;
 pub mod schema;
 pub mod sqlite;
@@ -23,11 +24,13 @@ pub use details::DetailRow;
 
 /// Every table the log's fold fills: what a rebuild empties and fills again.
 pub fn projection_tables() -> impl Iterator<Item = &'static str> {
-    ["runs", "run_tags", "run_history", "task_counts"]
+    ["runs", "run_tags", "run_history", "task_counts", "run_counts"]
         .into_iter()
         .chain(details::DETAIL_TABLES.iter().map(|t| t.name))
 }
 pub use log::{LogEntry, LogFilter};
-pub use query::{Arg, Candidates, RunFilter, RunQuery, SortDirection, SortField, SqlQuery, StatusValue, TaskSummary};
+pub use query::{
+    Arg, Candidates, Dialect, RunFilter, RunQuery, SortDirection, SortField, SqlQuery, StatusValue, TaskSummary,
+};
 pub use replay::{Replay, ReplayError};
 pub use run_state::{ApplyError, EventContext, Refusal, RefusalKind, RunState, RunStatus};

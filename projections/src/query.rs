@@ -184,6 +184,14 @@ impl Default for RunQuery {
     }
 }
 
+/// Which database a query is for: the few conditions whose index differs
+/// (search) are written per backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
 /// A bind value.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Arg {
@@ -197,12 +205,26 @@ pub struct SqlQuery {
     pub args: Vec<Arg>,
 }
 
-#[derive(Default)]
 pub(crate) struct Builder {
     pub(crate) args: Vec<Arg>,
+    pub(crate) dialect: Dialect,
+}
+
+/// For SQL that is the same in both dialects.
+impl Default for Builder {
+    fn default() -> Self {
+        Self::new(Dialect::Sqlite)
+    }
 }
 
 impl Builder {
+    pub(crate) fn new(dialect: Dialect) -> Self {
+        Self {
+            args: Vec::new(),
+            dialect,
+        }
+    }
+
     pub(crate) fn bind(&mut self, arg: Arg) -> String {
         self.args.push(arg);
         format!("${}", self.args.len())
@@ -228,6 +250,24 @@ fn contains_pattern(needle: &str) -> String {
     }
     out.push('%');
     out
+}
+
+/// Runs whose task name or id contains `needle`, case-insensitively. The
+/// candidates come from a trigram index (SQLite's FTS5 table `run_search`,
+/// PostgreSQL's `pg_trgm` indexes on `runs`) and the `LIKE` decides; a needle
+/// shorter than a trigram is a scan.
+fn search_condition(needle: &str, b: &mut Builder) -> String {
+    // Bound in the order they appear (see the module's note on placeholders).
+    let trigrams = needle.chars().count() >= 3;
+    let phrase = (trigrams && b.dialect == Dialect::Sqlite)
+        .then(|| b.text(&format!("{{task_name id}} : \"{}\"", needle.replace('"', "\"\""))));
+    let p = b.text(&contains_pattern(needle));
+    let like = format!("(lower(task_name) LIKE {p} ESCAPE '\\' OR lower(id) LIKE {p} ESCAPE '\\')");
+    match (phrase, b.dialect) {
+        (Some(m), _) => format!("id IN (SELECT id FROM run_search WHERE run_search MATCH {m}) AND {like}"),
+        (None, Dialect::Postgres) if trigrams => format!("id IN (SELECT id FROM runs WHERE {like})"),
+        (None, _) => like,
+    }
 }
 
 impl RunFilter {
@@ -292,10 +332,7 @@ impl RunFilter {
             parts.push("retry_attempt > 0".to_owned());
         }
         if let Some(search) = &self.search {
-            let p = b.text(&contains_pattern(search));
-            parts.push(format!(
-                "(lower(task_name) LIKE {p} ESCAPE '\\' OR lower(id) LIKE {p} ESCAPE '\\')"
-            ));
+            parts.push(search_condition(search, b));
         }
         for (key, value) in &self.tags {
             let (k, v) = (b.text(key), b.text(value));
@@ -310,6 +347,35 @@ impl RunFilter {
             parts.push(format!("parent_run_id = {}", b.text(&parent.to_string())));
         }
         parts
+    }
+}
+
+impl RunFilter {
+    /// Whether every condition is on a column of `run_counts`, so that the
+    /// total is a sum over it.
+    fn counted(&self) -> bool {
+        let Self {
+            statuses: _,
+            project: _,
+            task_name: _,
+            triggered_by: _,
+            created_after,
+            created_before,
+            exit_code_min: _,
+            exit_code_max: _,
+            retries_only: _,
+            search,
+            tags,
+            parent_run_id,
+            include_deleted: _,
+            dead_lettered_only: _,
+            candidates: _,
+        } = self;
+        created_after.is_none()
+            && created_before.is_none()
+            && search.is_none()
+            && tags.is_empty()
+            && parent_run_id.is_none()
     }
 }
 
@@ -338,9 +404,9 @@ impl RunQuery {
 
     /// The page: the state of each matching row, in order (for a past
     /// version, the current state and its changes: `RunChanges::decode`).
-    pub fn page_sql(&self) -> SqlQuery {
+    pub fn page_sql(&self, dialect: Dialect) -> SqlQuery {
         let table = self.table();
-        let mut b = Builder { args: Vec::new() };
+        let mut b = Builder::new(dialect);
         let filter = self.where_sql(&mut b);
         let dir = self.sort_direction.sql();
         let column = self.sort_field.column();
@@ -361,9 +427,9 @@ impl RunQuery {
 
     /// The ids of every matching run, in id order, ignoring sort, limit and
     /// offset: a bulk operation's selection.
-    pub fn ids_sql(&self) -> SqlQuery {
+    pub fn ids_sql(&self, dialect: Dialect) -> SqlQuery {
         let table = self.table();
-        let mut b = Builder { args: Vec::new() };
+        let mut b = Builder::new(dialect);
         let filter = self.where_sql(&mut b);
         SqlQuery {
             sql: format!("SELECT id FROM {table}{filter} ORDER BY id"),
@@ -371,10 +437,25 @@ impl RunQuery {
         }
     }
 
-    /// The number of matching rows, ignoring limit and offset.
-    pub fn count_sql(&self) -> SqlQuery {
+    /// The number of matching rows, ignoring limit and offset: a sum over
+    /// the maintained `run_counts` when the filter allows (see
+    /// `run_counts`), else a count of the rows.
+    pub fn count_sql(&self, dialect: Dialect) -> SqlQuery {
+        if self.as_of.is_none() && self.filter.counted() {
+            let mut b = Builder::new(dialect);
+            let parts = self.filter.conditions("run_counts", &mut b);
+            let filter = if parts.is_empty() {
+                String::new()
+            } else {
+                format!(" WHERE {}", parts.join(" AND "))
+            };
+            return SqlQuery {
+                sql: format!("SELECT CAST(COALESCE(SUM(n), 0) AS BIGINT) FROM run_counts{filter}"),
+                args: b.args,
+            };
+        }
         let table = self.table();
-        let mut b = Builder { args: Vec::new() };
+        let mut b = Builder::new(dialect);
         let filter = self.where_sql(&mut b);
         SqlQuery {
             sql: format!("SELECT COUNT(*) FROM {table}{filter}"),
@@ -401,7 +482,7 @@ impl TaskSummary {
     /// A page of tasks: name, total, then one count per key of `count_keys()`,
     /// from the maintained `task_counts` (see `task_counts`).
     pub fn counts_sql(limit: i64, offset: i64) -> SqlQuery {
-        let mut b = Builder { args: Vec::new() };
+        let mut b = Builder::default();
         let (limit, offset) = (b.int(limit), b.int(offset));
         SqlQuery {
             sql: format!(
@@ -447,21 +528,24 @@ mod tests {
             },
             ..Default::default()
         };
-        let page = q.page_sql();
+        let page = q.page_sql(Dialect::Sqlite);
         assert!(page.sql.contains("status IN ($1)"), "{}", page.sql);
         assert!(page.sql.contains("task_name = $2"));
-        assert!(page.sql.contains("LIKE $3"));
-        assert!(page.sql.contains("t.key = $4 AND t.value = $5"));
-        assert!(page.sql.ends_with("LIMIT $6 OFFSET $7"));
+        assert!(page.sql.contains("MATCH $3"), "{}", page.sql);
+        assert!(page.sql.contains("LIKE $4"));
+        assert!(page.sql.contains("t.key = $5 AND t.value = $6"));
+        assert!(page.sql.ends_with("LIMIT $7 OFFSET $8"));
         assert!(!page.sql.contains("NOT deleted"), "asking for deleted runs shows them");
-        assert_eq!(page.args[2], Arg::Text("%50\\%\\_%".into()));
-        assert_eq!(q.count_sql().args.len(), 5);
+        assert_eq!(page.args[3], Arg::Text("%50\\%\\_%".into()));
+        assert_eq!(q.count_sql(Dialect::Sqlite).args.len(), 6);
+        let pg = q.page_sql(Dialect::Postgres);
+        assert!(pg.sql.contains("id IN (SELECT id FROM runs WHERE") && pg.sql.contains("LIKE $3"));
     }
 
     #[test]
     fn deleted_runs_are_hidden_by_default() {
         let q = RunQuery::default();
-        assert!(q.count_sql().sql.contains("WHERE NOT deleted"));
+        assert!(q.count_sql(Dialect::Sqlite).sql.contains("WHERE NOT deleted"));
         let all = RunQuery {
             filter: RunFilter {
                 include_deleted: true,
@@ -469,7 +553,7 @@ mod tests {
             },
             ..q
         };
-        assert!(!all.count_sql().sql.contains("deleted"));
+        assert!(!all.count_sql(Dialect::Sqlite).sql.contains("deleted"));
     }
 
     #[test]

@@ -51,6 +51,16 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "task_counts",
         include_str!("../../migrations/sqlite/0011_task_counts.sql"),
     ),
+    (
+        12,
+        "run_counts",
+        include_str!("../../migrations/sqlite/0012_run_counts.sql"),
+    ),
+    (
+        13,
+        "run_search",
+        include_str!("../../migrations/sqlite/0013_run_search.sql"),
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -132,7 +132,8 @@ impl Ledger {
     /// log once, at start-up.
     async fn fill_new_projections(&self) -> anyhow::Result<()> {
         const SQL: &str = "SELECT COUNT(*) FROM (SELECT 1 FROM runs LIMIT 1) r \
-             WHERE NOT EXISTS (SELECT 1 FROM run_history) OR NOT EXISTS (SELECT 1 FROM run_lineage)";
+             WHERE NOT EXISTS (SELECT 1 FROM run_history) OR NOT EXISTS (SELECT 1 FROM run_lineage) \
+             OR NOT EXISTS (SELECT 1 FROM run_counts)";
         let missing: i64 = match self {
             Self::Sqlite(l) => l.count(SQL).await?,
             Self::Postgres(l) => l.count(SQL).await?,

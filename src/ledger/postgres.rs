@@ -397,6 +397,7 @@ async fn commit_batch(pool: &PgPool, jobs: &[Job]) -> Result<(Outcomes, i64), Ba
     runs::store_task_deltas(&mut tx, &store.task_deltas)
         .await
         .map_err(fail)?;
+    runs::store_run_counts(&mut tx, &store.run_counts).await.map_err(fail)?;
     let position = store.sealer.position;
     if !store.sealed.is_empty() {
         log::notify(&mut tx, position).await.map_err(fail)?;
@@ -423,6 +424,8 @@ struct BatchStore {
     details: Vec<DetailRow>,
     /// The batch's changes to its tasks' counts.
     task_deltas: runledger_projections::task_counts::TaskDeltas,
+    /// The batch's changes to `run_counts`.
+    run_counts: runledger_projections::run_counts::RunCountDeltas,
 }
 
 impl BatchStore {
@@ -436,6 +439,7 @@ impl BatchStore {
             history: Vec::new(),
             details: Vec::new(),
             task_deltas: Default::default(),
+            run_counts: Default::default(),
         }
     }
 }
@@ -501,6 +505,7 @@ impl RunStore for BatchStore {
         }
         self.history.extend_from_slice(versions);
         self.task_deltas.add(previous, state);
+        self.run_counts.add(previous, state);
         let tags = match previous {
             None => Tags::New,
             Some(p) if p.tags != state.tags => Tags::Replaced,

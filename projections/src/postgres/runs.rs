@@ -266,11 +266,11 @@ pub async fn store_many(conn: &mut PgConnection, rows: &[RunRow<'_>]) -> sqlx::R
 /// How many runs match the query, and — when there are at most `max` — their
 /// ids, in id order.
 pub async fn select(conn: &mut PgConnection, query: &RunQuery, max: usize) -> sqlx::Result<(i64, Option<Vec<Uuid>>)> {
-    let total = count(&mut *conn, &query.count_sql()).await?;
+    let total = count(&mut *conn, &query.count_sql(crate::Dialect::Postgres)).await?;
     if total as usize > max {
         return Ok((total, None));
     }
-    let rows: Vec<String> = scalars(&mut *conn, &query.ids_sql()).await?;
+    let rows: Vec<String> = scalars(&mut *conn, &query.ids_sql(crate::Dialect::Postgres)).await?;
     let ids = rows
         .iter()
         .map(|id| id.parse::<Uuid>().map_err(|e| sqlx::Error::Decode(Box::new(e))))
@@ -280,8 +280,8 @@ pub async fn select(conn: &mut PgConnection, query: &RunQuery, max: usize) -> sq
 
 /// A page of runs and the number of runs matching the filter.
 pub async fn list(conn: &mut PgConnection, query: &RunQuery) -> sqlx::Result<(Vec<RunState>, i64)> {
-    let runs = states(conn, &query.page_sql()).await?;
-    let total = count(conn, &query.count_sql()).await?;
+    let runs = states(conn, &query.page_sql(crate::Dialect::Postgres)).await?;
+    let total = count(conn, &query.count_sql(crate::Dialect::Postgres)).await?;
     Ok((runs, total))
 }
 
@@ -306,6 +306,40 @@ pub async fn store_task_deltas(conn: &mut PgConnection, deltas: &crate::task_cou
     query.execute(&mut *conn).await?;
     sqlx::query("DELETE FROM task_counts WHERE task_name = ANY($1) AND total = 0")
         .bind(&names)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Adds a batch's changes to `run_counts`: one upsert of every combination
+/// it touched, then the combinations left with no run are dropped.
+pub async fn store_run_counts(conn: &mut PgConnection, deltas: &crate::run_counts::RunCountDeltas) -> sqlx::Result<()> {
+    let changes: Vec<_> = deltas.changes().collect();
+    if changes.is_empty() {
+        return Ok(());
+    }
+    const UPSERT: &str = "INSERT INTO run_counts (key, project, task_name, status, end_reason, triggered_by, \
+         exit_code, retry_attempt, dead_lettered, deleted, n) \
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
+         $7::bigint[], $8::bigint[], $9::boolean[], $10::boolean[], $11::bigint[]) \
+         ON CONFLICT (key) DO UPDATE SET n = run_counts.n + excluded.n";
+    let keys: Vec<String> = changes.iter().map(|(k, _)| k.text()).collect();
+    sqlx::query(UPSERT)
+        .bind(&keys)
+        .bind(changes.iter().map(|(k, _)| k.project.as_str()).collect::<Vec<_>>())
+        .bind(changes.iter().map(|(k, _)| k.task_name.as_str()).collect::<Vec<_>>())
+        .bind(changes.iter().map(|(k, _)| k.status).collect::<Vec<_>>())
+        .bind(changes.iter().map(|(k, _)| k.end_reason).collect::<Vec<_>>())
+        .bind(changes.iter().map(|(k, _)| k.triggered_by).collect::<Vec<_>>())
+        .bind(changes.iter().map(|(k, _)| k.exit_code).collect::<Vec<_>>())
+        .bind(changes.iter().map(|(k, _)| i64::from(k.retry)).collect::<Vec<_>>())
+        .bind(changes.iter().map(|(k, _)| k.dead_lettered).collect::<Vec<_>>())
+        .bind(changes.iter().map(|(k, _)| k.deleted).collect::<Vec<_>>())
+        .bind(changes.iter().map(|(_, d)| *d).collect::<Vec<_>>())
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("DELETE FROM run_counts WHERE key = ANY($1) AND n = 0")
+        .bind(&keys)
         .execute(conn)
         .await?;
     Ok(())
@@ -408,5 +442,8 @@ pub async fn rebuild(conn: &mut PgConnection) -> Result<(u64, usize), String> {
         .execute(&mut *conn)
         .await
         .map_err(|e| e.to_string())?;
+    let mut counts = crate::run_counts::RunCountDeltas::default();
+    current.iter().for_each(|v| counts.add(None, &v.state));
+    store_run_counts(&mut *conn, &counts).await.map_err(|e| e.to_string())?;
     Ok((events, current.len()))
 }

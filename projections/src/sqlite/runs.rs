@@ -72,6 +72,9 @@ pub fn store(conn: &Connection, previous: Option<&RunState>, versions: &[History
     if let Some(delta) = crate::task_counts::delta(previous, &last.state) {
         store_task_delta(conn, &last.state.task_name, &delta)?;
     }
+    let mut counts = crate::run_counts::RunCountDeltas::default();
+    counts.add(previous, &last.state);
+    store_run_counts(conn, &counts)?;
     if let (Some(previous), Some(first)) = (previous, versions.first()) {
         conn.prepare_cached(CLOSE_VERSION_SQL)?.execute(params![
             first.state.position,
@@ -91,6 +94,31 @@ fn store_task_delta(conn: &Connection, task_name: &str, delta: &[i64]) -> rusqli
     if delta[0] < 0 {
         conn.prepare_cached(crate::task_counts::DROP_EMPTY_SQL)?
             .execute([task_name])?;
+    }
+    Ok(())
+}
+
+/// Adds changes to `run_counts`, dropping the combinations left with no run.
+fn store_run_counts(conn: &Connection, deltas: &crate::run_counts::RunCountDeltas) -> rusqlite::Result<()> {
+    for (key, delta) in deltas.changes() {
+        let text = key.text();
+        conn.prepare_cached(crate::run_counts::UPSERT_SQL)?.execute(params![
+            text,
+            key.project,
+            key.task_name,
+            key.status,
+            key.end_reason,
+            key.triggered_by,
+            key.exit_code,
+            i64::from(key.retry),
+            key.dead_lettered,
+            key.deleted,
+            delta
+        ])?;
+        if delta < 0 {
+            conn.prepare_cached(crate::run_counts::DROP_EMPTY_SQL)?
+                .execute([&text])?;
+        }
     }
     Ok(())
 }
@@ -154,6 +182,10 @@ fn store_row(conn: &Connection, previous: Option<&RunState>, state: &RunState) -
     let v = RunRowValues::of(state).map_err(json_err)?;
     conn.prepare_cached(&UPSERT)?
         .execute(rusqlite::params_from_iter(row_params(&v)))?;
+    if previous.is_none() {
+        conn.prepare_cached("INSERT INTO run_search (task_name, id) VALUES (?1, ?2)")?
+            .execute(params![state.task_name, v.id])?;
+    }
     if previous.map(|p| &p.tags) != Some(&state.tags) {
         let id = state.id.to_string();
         if previous.is_some() {
@@ -171,14 +203,14 @@ fn store_row(conn: &Connection, previous: Option<&RunState>, state: &RunState) -
 /// How many runs match the query, and — when there are at most `max` — their
 /// ids, in id order.
 pub fn select(conn: &Connection, query: &RunQuery, max: usize) -> rusqlite::Result<(i64, Option<Vec<Uuid>>)> {
-    let count = query.count_sql();
+    let count = query.count_sql(crate::Dialect::Sqlite);
     let total: i64 = conn
         .prepare_cached(&count.sql)?
         .query_row(rusqlite::params_from_iter(bind(&count.args)), |r| r.get(0))?;
     if total as usize > max {
         return Ok((total, None));
     }
-    let ids = texts(conn, &query.ids_sql())?
+    let ids = texts(conn, &query.ids_sql(crate::Dialect::Sqlite))?
         .iter()
         .map(|id| id.parse::<Uuid>().map_err(|e| json_err_any(e.to_string())))
         .collect::<rusqlite::Result<Vec<Uuid>>>()?;
@@ -191,8 +223,8 @@ fn json_err_any(message: String) -> rusqlite::Error {
 
 /// A page of runs and the number of runs matching the filter.
 pub fn list(conn: &Connection, query: &RunQuery) -> rusqlite::Result<(Vec<RunState>, i64)> {
-    let runs = query_states(conn, &query.page_sql())?;
-    let count = query.count_sql();
+    let runs = query_states(conn, &query.page_sql(crate::Dialect::Sqlite))?;
+    let count = query.count_sql(crate::Dialect::Sqlite);
     let total = conn
         .prepare_cached(&count.sql)?
         .query_row(rusqlite::params_from_iter(bind(&count.args)), |r| r.get(0))?;
@@ -254,7 +286,8 @@ pub fn log_page(conn: &Connection, after: i64, limit: i64) -> rusqlite::Result<V
 pub fn rebuild(conn: &Connection) -> Result<(u64, usize), crate::ReplayError> {
     let storage = |e: rusqlite::Error| crate::ReplayError::Storage(e.to_string());
     let _cache = RebuildCache::raise(conn).map_err(storage)?;
-    for table in crate::projection_tables() {
+    // The search index (SQLite's alone) is refilled as each run is stored.
+    for table in crate::projection_tables().chain(["run_search"]) {
         conn.execute_batch(&format!("DELETE FROM {table}")).map_err(storage)?;
     }
     let indexes = drop_indexes(conn).map_err(storage)?;
@@ -316,6 +349,9 @@ pub fn rebuild(conn: &Connection) -> Result<(u64, usize), crate::ReplayError> {
         store_row(conn, None, &version.state).map_err(storage)?;
     }
     conn.execute_batch(&crate::task_counts::REFILL_SQL).map_err(storage)?;
+    let mut counts = crate::run_counts::RunCountDeltas::default();
+    current.iter().for_each(|v| counts.add(None, &v.state));
+    store_run_counts(conn, &counts).map_err(storage)?;
     // History in key order: appended, like the closed versions before.
     current.sort_by_key(|v| v.state.position);
     for version in &current {

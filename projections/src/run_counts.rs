@@ -1,0 +1,126 @@
+//! `run_counts`: how many runs share each combination of the columns most
+//! list filters test (project, task, phase, end reason, trigger, exit code,
+//! whether a retry, dead-lettered, deleted). Maintained with every append
+//! from the run before and after it, like `task_counts`, so that the exact
+//! `total` of a list whose filters are all among these columns is a sum over
+//! a few thousand rows instead of a count over the runs table
+//! (`RunQuery::count_sql`). A combination that no run has has no row.
+//! `rebuild` fills it from the runs it has just folded.
+
+use std::collections::BTreeMap;
+
+use crate::RunState;
+
+/// The columns of `run_counts`, in table order (before `n`).
+pub const COLUMNS: &str =
+    "key, project, task_name, status, end_reason, triggered_by, exit_code, retry_attempt, dead_lettered, deleted";
+
+/// One combination: the `run_counts` columns of a run. `retry_attempt` is
+/// 0 or 1 (whether the run is a retry), which is all a filter asks of it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct CountKey {
+    pub project: String,
+    pub task_name: String,
+    pub status: &'static str,
+    pub end_reason: Option<&'static str>,
+    pub triggered_by: &'static str,
+    pub exit_code: Option<i64>,
+    pub retry: bool,
+    pub dead_lettered: bool,
+    pub deleted: bool,
+}
+
+impl CountKey {
+    pub fn of(run: &RunState) -> Self {
+        Self {
+            project: run.project.clone(),
+            task_name: run.task_name.clone(),
+            status: run.status.as_str(),
+            end_reason: run.end_reason.map(|r| r.as_str()),
+            triggered_by: run.triggered_by.as_str(),
+            exit_code: run.exit_code,
+            retry: run.retry_attempt > 0,
+            dead_lettered: run.dead_lettered,
+            deleted: run.deleted,
+        }
+    }
+
+    /// The row's primary key: the combination as a JSON array.
+    pub fn text(&self) -> String {
+        serde_json::json!([
+            self.project,
+            self.task_name,
+            self.status,
+            self.end_reason,
+            self.triggered_by,
+            self.exit_code,
+            self.retry,
+            self.dead_lettered,
+            self.deleted
+        ])
+        .to_string()
+    }
+}
+
+/// Changes to `run_counts`, summed per combination: +1 for where a run is
+/// after an append, -1 for where it was before.
+#[derive(Debug, Default)]
+pub struct RunCountDeltas(pub BTreeMap<CountKey, i64>);
+
+impl RunCountDeltas {
+    pub fn add(&mut self, previous: Option<&RunState>, current: &RunState) {
+        let after = CountKey::of(current);
+        if let Some(before) = previous.map(CountKey::of) {
+            if before == after {
+                return;
+            }
+            *self.0.entry(before).or_default() -= 1;
+        }
+        *self.0.entry(after).or_default() += 1;
+    }
+
+    /// The combinations whose count changes, with the change.
+    pub fn changes(&self) -> impl Iterator<Item = (&CountKey, i64)> {
+        self.0.iter().filter(|(_, d)| **d != 0).map(|(k, d)| (k, *d))
+    }
+}
+
+/// Adds `$11` to the combination `$1…$10` (in `COLUMNS` order), making its
+/// row if it has none.
+pub const UPSERT_SQL: &str = "INSERT INTO run_counts (key, project, task_name, status, end_reason, \
+     triggered_by, exit_code, retry_attempt, dead_lettered, deleted, n) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+     ON CONFLICT (key) DO UPDATE SET n = run_counts.n + excluded.n";
+
+/// Drops the row of combination `$1` once no run has it.
+pub const DROP_EMPTY_SQL: &str = "DELETE FROM run_counts WHERE key = $1 AND n = 0";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::RunStatus;
+    use runledger_events::EndReason;
+
+    #[test]
+    fn an_append_moves_a_run_between_combinations() {
+        let mut run = RunState::empty(uuid::Uuid::now_v7());
+        run.task_name = "t".into();
+        let mut d = RunCountDeltas::default();
+        d.add(None, &run);
+        let mut ended = run.clone();
+        ended.status = RunStatus::Ended;
+        ended.end_reason = Some(EndReason::Failed);
+        ended.exit_code = Some(2);
+        d.add(Some(&run), &ended);
+        let changes: Vec<_> = d.changes().collect();
+        assert_eq!(changes.len(), 1, "created then ended: one run, where it ended");
+        assert_eq!(changes[0].0.end_reason, Some("failed"));
+        assert_eq!(changes[0].1, 1);
+        let mut same = RunCountDeltas::default();
+        let mut heartbeat = ended.clone();
+        heartbeat.version += 1;
+        same.add(Some(&ended), &heartbeat);
+        assert!(same.0.is_empty(), "a change no counted column sees is no change");
+        assert_ne!(CountKey::of(&run).text(), CountKey::of(&ended).text());
+    }
+}
