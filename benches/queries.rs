@@ -98,7 +98,7 @@ async fn queries(server: &Server, fixture: &Fixture) -> Vec<(String, String)> {
     }
     add(
         "status=failed,timeout",
-        "/api/runs?status=failed&status=timeout&limit=50".into(),
+        "/api/runs?status=failed,timeout&limit=50".into(),
     );
     add("project=billing", "/api/runs?project=billing&limit=50".into());
     add("task_name=task-3", "/api/runs?task_name=task-3&limit=50".into());

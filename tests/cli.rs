@@ -43,6 +43,7 @@ async fn dump(s: &TestServer) -> Vec<String> {
         "SELECT task_name || '|' || total || '|' || pending || '|' || running || '|' || paused || '|' || ended || '|' || \
          success || '|' || failed || '|' || stopped || '|' || timeout || '|' || crashed || '|' || skipped || '|' || \
          log_overflow || '|' || expired || '|' || dead_letter FROM task_counts ORDER BY task_name",
+        "SELECT key || '|' || n FROM run_counts ORDER BY key",
     ] {
         rows.extend(s.query_strings(sql).await);
     }
@@ -218,6 +219,7 @@ async fn rebuild_replays_the_log_into_identical_projections(mut s: TestServer) {
         "run_outputs",
         "run_lineage",
         "task_counts",
+        "run_counts",
     ] {
         assert!(
             s.query_i64(&format!("SELECT COUNT(*) FROM {table}")).await > 0,
@@ -229,6 +231,7 @@ async fn rebuild_replays_the_log_into_identical_projections(mut s: TestServer) {
     s.exec_sql("DELETE FROM run_logs").await.unwrap();
     s.exec_sql("DELETE FROM run_lineage").await.unwrap();
     s.exec_sql("UPDATE task_counts SET failed = failed + 7").await.unwrap();
+    s.exec_sql("UPDATE run_counts SET n = n + 3").await.unwrap();
     s.exec_sql("UPDATE run_usage SET cost_microusd = 0").await.unwrap();
     s.exec_sql("UPDATE runs SET status = 'pending', state = '{}'")
         .await
@@ -255,6 +258,7 @@ async fn a_server_rebuilds_an_empty_history_at_start_up(mut s: TestServer) {
     s.exec_sql("DELETE FROM run_history").await.unwrap();
     s.exec_sql("DELETE FROM run_lineage").await.unwrap();
     s.exec_sql("UPDATE task_counts SET failed = failed + 7").await.unwrap();
+    s.exec_sql("DELETE FROM run_counts").await.unwrap();
     assert_ne!(dump(&s).await, before);
     let node = common::Node::start(&s.database_url());
     let run = s.query_strings("SELECT id FROM runs ORDER BY id LIMIT 1").await;
