@@ -1069,7 +1069,127 @@ async fn task_summaries_page_by_name_with_a_full_total(s: TestServer) {
     s.stop().await;
 }
 
+/// Follows `next_cursor` from the first page of `path` (which has no `?`
+/// parameters of paging); every page's ids, in order.
+async fn walk(s: &TestServer, path: &str, limit: usize) -> Vec<Vec<String>> {
+    let sep = if path.contains('?') { '&' } else { '?' };
+    let mut pages = Vec::new();
+    let mut next = format!("{path}{sep}limit={limit}");
+    loop {
+        let reply = s.get(&next).await;
+        let body = reply.ok(200).clone();
+        let ids = common::ids(&body);
+        assert!(ids.len() <= limit);
+        let cursor = body["next_cursor"].as_str().map(str::to_owned);
+        assert_eq!(
+            cursor.is_some(),
+            ids.len() == limit,
+            "a cursor follows exactly the full pages of {next}"
+        );
+        pages.push(ids);
+        match cursor {
+            Some(c) => next = format!("{path}{sep}limit={limit}&cursor={c}"),
+            None => return pages,
+        }
+        assert!(pages.len() < 100, "the cursor of {path} does not end");
+    }
+}
+
+/// For every sort both ways, with runs that lack the sort value (never
+/// started, no exit code) among them and ties on it, the pages a cursor
+/// walks concatenate to the whole list in the same order.
+async fn cursor_pages_concatenate_to_the_list_in_every_sort(s: TestServer) {
+    for (task, steps) in [
+        ("b", vec!["start", "end:failed:2"]),
+        ("a", vec![]),
+        ("c", vec!["start"]),
+        ("a", vec!["start", "end:success:0"]),
+        ("b", vec![]),
+        ("c", vec!["start", "end:failed:2"]),
+        ("a", vec!["start", "end:failed:1"]),
+        ("b", vec!["start"]),
+    ] {
+        s.run_through(task, json!({}), &steps).await;
+    }
+    for field in ["created_at", "start_at", "task_name", "status", "exit_code", "duration"] {
+        for dir in ["asc", "desc"] {
+            let path = format!("/api/runs?sort_field={field}&sort_direction={dir}");
+            let whole = common::ids(s.get(&format!("{path}&limit=1000")).await.ok(200));
+            assert_eq!(whole.len(), 8);
+            for limit in [1, 3] {
+                let pages = walk(&s, &path, limit).await;
+                assert_eq!(pages.concat(), whole, "cursor pages of {path} by {limit}");
+            }
+        }
+    }
+    let failed = common::ids(s.get("/api/runs?status=failed&limit=1000").await.ok(200));
+    let pages = walk(&s, "/api/runs?status=failed&sort_field=exit_code", 2).await;
+    assert_eq!(pages.concat().len(), failed.len(), "filters apply to every page");
+    let head = s.query_i64("SELECT MAX(position) FROM events").await;
+    let as_of = walk(&s, &format!("/api/runs?as_of={head}"), 3).await;
+    assert_eq!(as_of.concat().len(), 8, "as_of lists page by cursor too");
+}
+
+/// A run created between two pages moves every offset page by one (the
+/// second page repeats the first's last run); the cursor's page does not.
+async fn a_cursor_page_is_stable_under_concurrent_inserts(s: TestServer) {
+    for task in ["a", "b", "c", "d"] {
+        s.create(json!({"task_name": task})).await;
+    }
+    let first = s.get("/api/runs?limit=2").await.ok(200).clone();
+    let cursor = first["next_cursor"].as_str().unwrap().to_owned();
+    let rest_before = common::ids(s.get("/api/runs?limit=2&offset=2").await.ok(200));
+    s.create(json!({"task_name": "new"})).await;
+    let by_offset = common::ids(s.get("/api/runs?limit=2&offset=2").await.ok(200));
+    assert_eq!(by_offset[0], common::ids(&first)[1], "the offset page moved");
+    let by_cursor = s
+        .get(&format!("/api/runs?limit=2&cursor={cursor}"))
+        .await
+        .ok(200)
+        .clone();
+    assert_eq!(common::ids(&by_cursor), rest_before);
+    assert_eq!(by_cursor["total"], 5, "the total is of the list now");
+    for path in ["/api/runs/dlq", "/api/tasks/a/runs"] {
+        assert!(s.get(path).await.ok(200)["next_cursor"].is_null(), "{path}");
+    }
+}
+
+/// A cursor that is not one the server answered, one for another sort, or
+/// one beside an offset is refused with the parameter named.
+async fn a_bad_cursor_is_refused(s: TestServer) {
+    for task in ["a", "b"] {
+        s.create(json!({"task_name": task})).await;
+    }
+    let cursor = s.get("/api/runs?limit=1").await.ok(200)["next_cursor"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let forged = hex_of(r#"["created_at","desc","soon","01890000-0000-7000-8000-000000000000"]"#);
+    let null_on_required = hex_of(r#"["task_name","asc",null,"01890000-0000-7000-8000-000000000000"]"#);
+    for bad in [
+        "zz".to_owned(),
+        "abc".to_owned(),
+        hex_of("[1,2]"),
+        forged,
+        null_on_required,
+        format!("{cursor}&sort_field=task_name"),
+        format!("{cursor}&sort_direction=asc"),
+        format!("{cursor}&offset=1"),
+    ] {
+        s.get(&format!("/api/runs?cursor={bad}"))
+            .await
+            .invalid_at("query.cursor");
+    }
+}
+
+fn hex_of(text: &str) -> String {
+    text.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
 backend_tests!(
+    cursor_pages_concatenate_to_the_list_in_every_sort,
+    a_cursor_page_is_stable_under_concurrent_inserts,
+    a_bad_cursor_is_refused,
     the_default_order_is_newest_first_and_pages_concatenate_to_it,
     the_default_page_is_fifty_runs_and_the_total_counts_them_all,
     sorting_by_task_name_both_ways_breaks_ties_by_id,

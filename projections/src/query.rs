@@ -123,6 +123,30 @@ impl SortField {
         })
     }
 
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Duration => "duration",
+            other => other.column(),
+        }
+    }
+
+    /// Whether the column has no value for some runs (they sort last).
+    fn nullable(&self) -> bool {
+        matches!(self, Self::StartAt | Self::ExitCode | Self::Duration)
+    }
+
+    /// The run's value of the column, as the column stores it.
+    fn value(&self, run: &RunState) -> Option<Arg> {
+        match self {
+            Self::TaskName => Some(Arg::Text(run.task_name.clone())),
+            Self::Status => Some(Arg::Text(run.status.as_str().to_owned())),
+            Self::StartAt => run.start_at.map(|t| Arg::Int(t.as_micros())),
+            Self::ExitCode => run.exit_code.map(Arg::Int),
+            Self::Duration => run.duration_ms.map(Arg::Int),
+            Self::CreatedAt => Some(Arg::Int(run.created_at.as_micros())),
+        }
+    }
+
     fn column(&self) -> &'static str {
         match self {
             Self::TaskName => "task_name",
@@ -151,11 +175,86 @@ impl SortDirection {
         }
     }
 
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Asc => "asc",
+            Self::Desc => "desc",
+        }
+    }
+
     fn sql(&self) -> &'static str {
         match self {
             Self::Asc => "ASC",
             Self::Desc => "DESC",
         }
+    }
+
+    /// How a later row compares with an earlier one.
+    fn after(&self) -> &'static str {
+        match self {
+            Self::Asc => ">",
+            Self::Desc => "<",
+        }
+    }
+}
+
+/// Where a keyset page starts: after the row with this sort value and id,
+/// in the sort it was issued for. Unlike an offset, it does not move when
+/// runs are added or changed before it. Opaque to clients: hex of a JSON
+/// array.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Cursor {
+    pub sort_field: SortField,
+    pub sort_direction: SortDirection,
+    /// The last row's sort value (`None`: it had none, so it sorts last).
+    pub value: Option<Arg>,
+    pub id: String,
+}
+
+impl Cursor {
+    /// The cursor after `run` in the sort of `query`.
+    pub fn after(run: &RunState, query: &RunQuery) -> Self {
+        Self {
+            sort_field: query.sort_field,
+            sort_direction: query.sort_direction,
+            value: query.sort_field.value(run),
+            id: run.id.to_string(),
+        }
+    }
+
+    pub fn encode(&self) -> String {
+        let value = match &self.value {
+            None => serde_json::Value::Null,
+            Some(Arg::Int(i)) => (*i).into(),
+            Some(Arg::Text(t)) => t.as_str().into(),
+        };
+        let json = serde_json::json!([self.sort_field.as_str(), self.sort_direction.as_str(), value, self.id]);
+        hex::encode(json.to_string())
+    }
+
+    pub fn parse(text: &str) -> Result<Self, &'static str> {
+        const BAD: &str = "must be a next_cursor this server answered";
+        let bytes = hex::decode(text).map_err(|_| BAD)?;
+        let parts: (String, String, serde_json::Value, Uuid) = serde_json::from_slice(&bytes).map_err(|_| BAD)?;
+        let sort_field = SortField::parse(&parts.0).ok_or(BAD)?;
+        let value = match parts.2 {
+            serde_json::Value::Null => None,
+            serde_json::Value::Number(n) => Some(Arg::Int(n.as_i64().ok_or(BAD)?)),
+            serde_json::Value::String(s) => Some(Arg::Text(s)),
+            _ => return Err(BAD),
+        };
+        let text_column = matches!(sort_field, SortField::TaskName | SortField::Status);
+        if value.as_ref().is_some_and(|v| matches!(v, Arg::Text(_)) != text_column)
+            || (value.is_none() && !sort_field.nullable())
+        {
+            return Err(BAD);
+        }
+        Ok(Self {
+            sort_field,
+            sort_direction: SortDirection::parse(&parts.1).ok_or(BAD)?,
+            value,
+            id: parts.3.to_string(),
+        })
     }
 }
 
@@ -169,6 +268,8 @@ pub struct RunQuery {
     /// The runs table as it was at this log position: answered from
     /// `run_history`, the version of each run valid there.
     pub as_of: Option<i64>,
+    /// Start after this row instead of at `offset` (which is then 0).
+    pub cursor: Option<Cursor>,
 }
 
 impl Default for RunQuery {
@@ -180,6 +281,7 @@ impl Default for RunQuery {
             limit: 50,
             offset: 0,
             as_of: None,
+            cursor: None,
         }
     }
 }
@@ -388,13 +490,18 @@ impl RunQuery {
         }
     }
 
-    fn where_sql(&self, b: &mut Builder) -> String {
+    fn where_parts(&self, b: &mut Builder) -> Vec<String> {
         let mut parts = Vec::new();
         if let Some(position) = self.as_of {
             let p = b.int(position);
             parts.push(format!("position <= {p} AND valid_to > {p}"));
         }
         parts.extend(self.filter.conditions(self.table(), b));
+        parts
+    }
+
+    fn where_sql(&self, b: &mut Builder) -> String {
+        let parts = self.where_parts(b);
         if parts.is_empty() {
             String::new()
         } else {
@@ -404,24 +511,65 @@ impl RunQuery {
 
     /// The page: the state of each matching row, in order (for a past
     /// version, the current state and its changes: `RunChanges::decode`).
-    pub fn page_sql(&self, dialect: Dialect) -> SqlQuery {
+    /// Run the queries in turn until `limit` rows have come: after a cursor
+    /// on a column some runs lack, the rows with a value come first and those
+    /// without after them, each from its own index range.
+    pub fn page_sql(&self, dialect: Dialect) -> Vec<SqlQuery> {
         let table = self.table();
-        let mut b = Builder::new(dialect);
-        let filter = self.where_sql(&mut b);
         let dir = self.sort_direction.sql();
         let column = self.sort_field.column();
-        let limit = b.int(self.limit);
-        let offset = b.int(self.offset);
         let state = if self.as_of.is_some() {
             crate::columns::HISTORY_STATE
         } else {
             "state"
         };
-        SqlQuery {
-            sql: format!(
-                "SELECT {state} FROM {table}{filter} ORDER BY {column} {dir} NULLS LAST, id {dir} LIMIT {limit} OFFSET {offset}"
-            ),
-            args: b.args,
+        // `after`: the keyset condition, if any.
+        let page = |after: Option<&dyn Fn(&mut Builder) -> String>, order: &str| {
+            let mut b = Builder::new(dialect);
+            let mut parts = self.where_parts(&mut b);
+            if let Some(after) = after {
+                parts.push(after(&mut b));
+            }
+            let filter = if parts.is_empty() {
+                String::new()
+            } else {
+                format!(" WHERE {}", parts.join(" AND "))
+            };
+            let limit = b.int(self.limit);
+            let offset = if self.cursor.is_some() {
+                String::new()
+            } else {
+                format!(" OFFSET {}", b.int(self.offset))
+            };
+            SqlQuery {
+                sql: format!("SELECT {state} FROM {table}{filter} ORDER BY {order} LIMIT {limit}{offset}"),
+                args: b.args,
+            }
+        };
+        // Runs without a value sort last; on a column every run has, saying
+        // so would only keep PostgreSQL from reading its index backwards.
+        let nulls_last = if self.sort_field.nullable() { " NULLS LAST" } else { "" };
+        let order = format!("{column} {dir}{nulls_last}, id {dir}");
+        let Some(cursor) = &self.cursor else {
+            return vec![page(None, &order)];
+        };
+        let cmp = self.sort_direction.after();
+        let nulls_order = format!("id {dir}");
+        let nulls = |b: &mut Builder| format!("{column} IS NULL AND id {cmp} {}", b.text(&cursor.id));
+        match &cursor.value {
+            None => vec![page(Some(&nulls), &nulls_order)],
+            Some(value) => {
+                let valued = |b: &mut Builder| {
+                    let v = b.bind(value.clone());
+                    format!("({column}, id) {cmp} ({v}, {})", b.text(&cursor.id))
+                };
+                let mut queries = vec![page(Some(&valued), &order)];
+                if self.sort_field.nullable() {
+                    let all_nulls = |_: &mut Builder| format!("{column} IS NULL");
+                    queries.push(page(Some(&all_nulls), &nulls_order));
+                }
+                queries
+            }
         }
     }
 
@@ -528,7 +676,7 @@ mod tests {
             },
             ..Default::default()
         };
-        let page = q.page_sql(Dialect::Sqlite);
+        let page = q.page_sql(Dialect::Sqlite).remove(0);
         assert!(page.sql.contains("status IN ($1)"), "{}", page.sql);
         assert!(page.sql.contains("task_name = $2"));
         assert!(page.sql.contains("MATCH $3"), "{}", page.sql);
@@ -538,7 +686,7 @@ mod tests {
         assert!(!page.sql.contains("NOT deleted"), "asking for deleted runs shows them");
         assert_eq!(page.args[3], Arg::Text("%50\\%\\_%".into()));
         assert_eq!(q.count_sql(Dialect::Sqlite).args.len(), 6);
-        let pg = q.page_sql(Dialect::Postgres);
+        let pg = q.page_sql(Dialect::Postgres).remove(0);
         assert!(pg.sql.contains("id IN (SELECT id FROM runs WHERE") && pg.sql.contains("LIKE $3"));
     }
 

@@ -158,6 +158,7 @@ async fn children(ledger: &Ledger, run_id: Uuid, cap: usize) -> Result<Vec<RunSt
             limit: DETAIL_PAGE,
             offset: out.len() as i64,
             as_of: None,
+            cursor: None,
         };
         let (page, total) = ledger.list_runs(query).await?;
         if total as usize > cap {

@@ -56,8 +56,8 @@ async fn list_children(
     let parent = parent.expect("checked");
     existing(&ledger, parent).await?;
     query.filter.parent_run_id = Some(parent);
-    let (runs, total) = ledger.list_runs(query).await?;
-    Ok(Json(RunList { runs, total }))
+    let (runs, total) = ledger.list_runs(query.clone()).await?;
+    Ok(Json(RunList::page(&query, runs, total)))
 }
 
 #[derive(Serialize, ToSchema)]

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use axum::extract::{Path, State};
 use axum::Json;
 use runledger_events::{EventEnvelope, TriggeredBy, RUN_EVENT_TYPES};
-use runledger_projections::{RunFilter, RunQuery, RunState, SortDirection, SortField, StatusValue};
+use runledger_projections::{Cursor, RunFilter, RunQuery, RunState, SortDirection, SortField, StatusValue};
 use serde::Serialize;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
@@ -67,6 +67,24 @@ pub struct RunList {
     pub runs: Vec<RunState>,
     /// Runs matching the filters, ignoring limit and offset.
     pub total: i64,
+    /// Send as `cursor`, with the same filters and sort, for the page after
+    /// this one; null when this page is not full (no page follows).
+    pub next_cursor: Option<String>,
+}
+
+impl RunList {
+    /// A page of `query`'s answer, with the cursor after it when it is full.
+    pub fn page(query: &RunQuery, runs: Vec<RunState>, total: i64) -> Self {
+        let next_cursor = match runs.last() {
+            Some(last) if runs.len() as i64 == query.limit => Some(Cursor::after(last, query).encode()),
+            _ => None,
+        };
+        Self {
+            runs,
+            total,
+            next_cursor,
+        }
+    }
 }
 
 /// The query parameters of the runs list (documentation of what
@@ -81,6 +99,11 @@ pub struct ListRunsParams {
     /// Runs to skip.
     #[param(minimum = 0, default = 0)]
     offset: Option<i64>,
+    /// The `next_cursor` of the page before: the page after its last row,
+    /// however many runs were added or changed before it since. Send the
+    /// same filters, `sort_field` and `sort_direction`, and no `offset`.
+    #[param(min_length = 1, max_length = 2000, pattern = "^[0-9a-f]+$")]
+    cursor: Option<String>,
     /// Comma-separated; a run matches any value: a phase (`pending`, `running`, `paused`,
     /// `ended`), an end reason (`success`, `failed`, …), `deleted` or `dead_letter`.
     #[param(
@@ -202,6 +225,26 @@ pub fn run_query(params: &mut QueryParams) -> RunQuery {
             );
         }
     }
+    let cursor_location = params.location("cursor");
+    let cursor = params.parsed("cursor", Cursor::parse);
+    if let Some(c) = &cursor {
+        if (c.sort_field, c.sort_direction) != (sort_field, sort_direction) {
+            params.faults.add(
+                cursor_location.clone(),
+                format!(
+                    "was issued for sort_field={} and sort_direction={}; send the same",
+                    c.sort_field.as_str(),
+                    c.sort_direction.as_str()
+                ),
+                None,
+            );
+        }
+        if offset > 0 {
+            params
+                .faults
+                .add(cursor_location, "cannot be combined with offset", None);
+        }
+    }
     if let (Some(after), Some(before)) = (created_after, created_before) {
         if after > before {
             let location = params.location("created_after");
@@ -235,6 +278,7 @@ pub fn run_query(params: &mut QueryParams) -> RunQuery {
         limit,
         offset,
         as_of: None,
+        cursor,
     }
 }
 
@@ -243,8 +287,8 @@ async fn list(ledger: &Ledger, mut query: RunQuery, as_of: Option<AsOf>) -> Resu
     if let Some(at) = as_of {
         query.as_of = Some(resolve(ledger, at).await?);
     }
-    let (runs, total) = ledger.list_runs(query).await?;
-    Ok(Json(RunList { runs, total }))
+    let (runs, total) = ledger.list_runs(query.clone()).await?;
+    Ok(Json(RunList::page(&query, runs, total)))
 }
 
 /// List runs with filters, sorting and pagination.

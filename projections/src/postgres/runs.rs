@@ -280,7 +280,14 @@ pub async fn select(conn: &mut PgConnection, query: &RunQuery, max: usize) -> sq
 
 /// A page of runs and the number of runs matching the filter.
 pub async fn list(conn: &mut PgConnection, query: &RunQuery) -> sqlx::Result<(Vec<RunState>, i64)> {
-    let runs = states(conn, &query.page_sql(crate::Dialect::Postgres)).await?;
+    let mut runs = Vec::new();
+    for part in query.page_sql(crate::Dialect::Postgres) {
+        runs.extend(states(&mut *conn, &part).await?);
+        if runs.len() as i64 >= query.limit {
+            break;
+        }
+    }
+    runs.truncate(query.limit as usize);
     let total = count(conn, &query.count_sql(crate::Dialect::Postgres)).await?;
     Ok((runs, total))
 }

@@ -223,7 +223,14 @@ fn json_err_any(message: String) -> rusqlite::Error {
 
 /// A page of runs and the number of runs matching the filter.
 pub fn list(conn: &Connection, query: &RunQuery) -> rusqlite::Result<(Vec<RunState>, i64)> {
-    let runs = query_states(conn, &query.page_sql(crate::Dialect::Sqlite))?;
+    let mut runs = Vec::new();
+    for part in query.page_sql(crate::Dialect::Sqlite) {
+        runs.extend(query_states(conn, &part)?);
+        if runs.len() as i64 >= query.limit {
+            break;
+        }
+    }
+    runs.truncate(query.limit as usize);
     let count = query.count_sql(crate::Dialect::Sqlite);
     let total = conn
         .prepare_cached(&count.sql)?
