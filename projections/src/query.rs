@@ -310,6 +310,8 @@ pub struct SqlQuery {
 pub(crate) struct Builder {
     pub(crate) args: Vec<Arg>,
     pub(crate) dialect: Dialect,
+    /// For a count, not a page: the conditions need not follow an order.
+    pub(crate) counting: bool,
 }
 
 /// For SQL that is the same in both dialects.
@@ -324,6 +326,7 @@ impl Builder {
         Self {
             args: Vec::new(),
             dialect,
+            counting: false,
         }
     }
 
@@ -438,9 +441,15 @@ impl RunFilter {
         }
         for (key, value) in &self.tags {
             let (k, v) = (b.text(key), b.text(value));
-            parts.push(format!(
-                "EXISTS (SELECT 1 FROM run_tags t WHERE t.run_id = {table}.id AND t.key = {k} AND t.value = {v})"
-            ));
+            // A page reads runs in its order and checks each one's tags; a
+            // count starts from the tag's index entries.
+            parts.push(if b.counting {
+                format!("id IN (SELECT t.run_id FROM run_tags t WHERE t.key = {k} AND t.value = {v})")
+            } else {
+                format!(
+                    "EXISTS (SELECT 1 FROM run_tags t WHERE t.run_id = {table}.id AND t.key = {k} AND t.value = {v})"
+                )
+            });
         }
         if self.dead_lettered_only {
             parts.push("dead_lettered".to_owned());
@@ -591,6 +600,7 @@ impl RunQuery {
     pub fn count_sql(&self, dialect: Dialect) -> SqlQuery {
         if self.as_of.is_none() && self.filter.counted() {
             let mut b = Builder::new(dialect);
+            b.counting = true;
             let parts = self.filter.conditions("run_counts", &mut b);
             let filter = if parts.is_empty() {
                 String::new()
@@ -604,6 +614,7 @@ impl RunQuery {
         }
         let table = self.table();
         let mut b = Builder::new(dialect);
+        b.counting = true;
         let filter = self.where_sql(&mut b);
         SqlQuery {
             sql: format!("SELECT COUNT(*) FROM {table}{filter}"),

@@ -266,6 +266,14 @@ impl TestServer {
         }
     }
 
+    /// A connection to the test's PostgreSQL schema (panics on SQLite).
+    pub async fn pg_connection(&self) -> sqlx::PgConnection {
+        match &self.backend {
+            Backend::Postgres { url, schema } => pg_connect(url, schema).await,
+            Backend::Sqlite { .. } => panic!("not a PostgreSQL test"),
+        }
+    }
+
     /// The `--database-url` that points a `runledger` process at this test's database.
     pub fn database_url(&self) -> String {
         match &self.backend {
