@@ -10,7 +10,7 @@ mod common;
 use common::TestServer;
 use runledger_events::{EndReason, Timestamp, TriggeredBy};
 use runledger_projections::{
-    Arg, Cursor, Dialect, RunFilter, RunQuery, RunStatus, SortDirection, SortField, SqlQuery, StatusValue,
+    Arg, Cursor, Dialect, RunFilter, RunQuery, RunStatus, SortDirection, SortField, SqlQuery, StatusValue, TaskSummary,
 };
 use serde_json::json;
 use sqlx::Arguments;
@@ -156,6 +156,17 @@ const SORTS: [SortField; 6] = [
 /// Every query the lists run: (what it is, its SQL).
 fn queries(parent: uuid::Uuid, head: i64, dialect: Dialect) -> Vec<(String, SqlQuery)> {
     let mut out = Vec::new();
+    for sql in [
+        TaskSummary::LAST_RUN_SQL,
+        TaskSummary::LAST_SUCCESS_SQL,
+        TaskSummary::LAST_FAILURE_SQL,
+    ] {
+        let q = SqlQuery {
+            sql: sql.to_owned(),
+            args: vec![Arg::Text("etl".into())],
+        };
+        out.push(("a task's latest runs".to_owned(), q));
+    }
     let id = "01890000-0000-7000-8000-000000000000".to_owned();
     for as_of in [None, Some(head / 2)] {
         let when = if as_of.is_some() { " as_of" } else { "" };

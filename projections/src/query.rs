@@ -667,8 +667,16 @@ impl TaskSummary {
         "SELECT state FROM runs WHERE task_name = $1 AND NOT deleted ORDER BY created_at DESC, id DESC LIMIT 1";
     pub const LAST_SUCCESS_SQL: &'static str = "SELECT state FROM runs WHERE task_name = $1 AND NOT deleted \
          AND end_reason = 'success' ORDER BY end_at DESC, id DESC LIMIT 1";
-    pub const LAST_FAILURE_SQL: &'static str = "SELECT state FROM runs WHERE task_name = $1 AND NOT deleted \
-         AND end_reason IN ('failed', 'timeout', 'crashed') ORDER BY end_at DESC, id DESC LIMIT 1";
+    /// The latest of the latest run of each failure reason: three ranges of
+    /// `runs_task_end`, each read from its end.
+    pub const LAST_FAILURE_SQL: &'static str = "SELECT state FROM (\
+         SELECT * FROM (SELECT state, end_at, id FROM runs WHERE task_name = $1 AND NOT deleted \
+         AND end_reason = 'failed' ORDER BY end_at DESC, id DESC LIMIT 1) f UNION ALL \
+         SELECT * FROM (SELECT state, end_at, id FROM runs WHERE task_name = $1 AND NOT deleted \
+         AND end_reason = 'timeout' ORDER BY end_at DESC, id DESC LIMIT 1) t UNION ALL \
+         SELECT * FROM (SELECT state, end_at, id FROM runs WHERE task_name = $1 AND NOT deleted \
+         AND end_reason = 'crashed' ORDER BY end_at DESC, id DESC LIMIT 1) c) latest \
+         ORDER BY end_at DESC, id DESC LIMIT 1";
 }
 
 #[cfg(test)]

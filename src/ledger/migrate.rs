@@ -61,6 +61,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "run_search",
         include_str!("../../migrations/sqlite/0013_run_search.sql"),
     ),
+    (
+        14,
+        "runs_task_end",
+        include_str!("../../migrations/sqlite/0014_runs_task_end.sql"),
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]
