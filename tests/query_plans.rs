@@ -316,10 +316,18 @@ async fn no_list_query_scans_a_whole_table(s: TestServer, dialect: Dialect) {
         if !scans.is_empty() {
             failures.push(format!("{name}: {scans:?}\n  {}\n  plan:\n{plan}", q.sql));
         }
+        // A sort with no filter reads its index in order: nothing to sort,
+        // so the first page costs its rows whatever the size of the table.
+        let sorts = plan
+            .lines()
+            .any(|l| l.contains("TEMP B-TREE") || l.trim_start().trim_start_matches("-> ").starts_with("Sort"));
+        if name.contains(" of sort ") && !name.contains("as_of") && sorts {
+            failures.push(format!("{name} sorts:\n  {}\n  plan:\n{plan}", q.sql));
+        }
     }
     assert!(
         failures.is_empty(),
-        "{} queries scan a whole table:\n{}",
+        "{} queries scan a whole table or sort an unfiltered list:\n{}",
         failures.len(),
         failures.join("\n")
     );

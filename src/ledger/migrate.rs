@@ -66,6 +66,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "runs_task_end",
         include_str!("../../migrations/sqlite/0014_runs_task_end.sql"),
     ),
+    (
+        15,
+        "sort_indexes",
+        include_str!("../../migrations/sqlite/0015_sort_indexes.sql"),
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]
