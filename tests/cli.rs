@@ -44,6 +44,7 @@ async fn dump(s: &TestServer) -> Vec<String> {
          success || '|' || failed || '|' || stopped || '|' || timeout || '|' || crashed || '|' || skipped || '|' || \
          log_overflow || '|' || expired || '|' || dead_letter FROM task_counts ORDER BY task_name",
         "SELECT key || '|' || n FROM run_counts ORDER BY key",
+        "SELECT key || '|' || value || '|' || n FROM tag_counts ORDER BY key, value",
     ] {
         rows.extend(s.query_strings(sql).await);
     }
@@ -232,6 +233,7 @@ async fn rebuild_replays_the_log_into_identical_projections(mut s: TestServer) {
     s.exec_sql("DELETE FROM run_lineage").await.unwrap();
     s.exec_sql("UPDATE task_counts SET failed = failed + 7").await.unwrap();
     s.exec_sql("UPDATE run_counts SET n = n + 3").await.unwrap();
+    s.exec_sql("UPDATE tag_counts SET n = n + 3").await.unwrap();
     s.exec_sql("UPDATE run_usage SET cost_microusd = 0").await.unwrap();
     s.exec_sql("UPDATE runs SET status = 'pending', state = '{}'")
         .await

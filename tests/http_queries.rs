@@ -1186,7 +1186,33 @@ fn hex_of(text: &str) -> String {
     text.bytes().map(|b| format!("{b:02x}")).collect()
 }
 
+async fn total(s: &TestServer, path: &str) -> Value {
+    s.get(path).await.ok(200)["total"].clone()
+}
+
+/// The total of one tag alone comes from maintained counts: deleting and
+/// restoring a run moves it, and other filters beside the tag still count.
+async fn a_tags_total_follows_deletes_and_restores(s: TestServer) {
+    let mut ids = Vec::new();
+    for env in ["prod", "prod", "dev"] {
+        ids.push(id(&s.create(json!({"task_name": "t", "tags": {"env": env}})).await));
+    }
+    assert_eq!(total(&s, "/api/runs?tag=env:prod").await, 2);
+    s.delete(&format!("/api/runs/{}", ids[0]), json!({})).await.ok(200);
+    assert_eq!(total(&s, "/api/runs?tag=env:prod").await, 1);
+    assert_eq!(total(&s, "/api/runs?tag=env:prod&include_deleted=true").await, 2);
+    assert_eq!(total(&s, "/api/runs?tag=env:prod&status=deleted").await, 1);
+    s.post(&format!("/api/runs/{}/restore", ids[0]), json!({}))
+        .await
+        .ok(200);
+    assert_eq!(total(&s, "/api/runs?tag=env:prod").await, 2);
+    assert_eq!(total(&s, "/api/runs?tag=env:dev").await, 1);
+    assert_eq!(total(&s, "/api/runs?tag=env:none").await, 0);
+    assert_eq!(s.query_i64("SELECT COUNT(*) FROM tag_counts").await, 2);
+}
+
 backend_tests!(
+    a_tags_total_follows_deletes_and_restores,
     cursor_pages_concatenate_to_the_list_in_every_sort,
     a_cursor_page_is_stable_under_concurrent_inserts,
     a_bad_cursor_is_refused,

@@ -24,9 +24,16 @@ pub use details::DetailRow;
 
 /// Every table the log's fold fills: what a rebuild empties and fills again.
 pub fn projection_tables() -> impl Iterator<Item = &'static str> {
-    ["runs", "run_tags", "run_history", "task_counts", "run_counts"]
-        .into_iter()
-        .chain(details::DETAIL_TABLES.iter().map(|t| t.name))
+    [
+        "runs",
+        "run_tags",
+        "run_history",
+        "task_counts",
+        "run_counts",
+        "tag_counts",
+    ]
+    .into_iter()
+    .chain(details::DETAIL_TABLES.iter().map(|t| t.name))
 }
 pub use log::{LogEntry, LogFilter};
 pub use query::{

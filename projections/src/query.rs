@@ -598,6 +598,22 @@ impl RunQuery {
     /// the maintained `run_counts` when the filter allows (see
     /// `run_counts`), else a count of the rows.
     pub fn count_sql(&self, dialect: Dialect) -> SqlQuery {
+        let one_tag_alone = self.filter.tags.len() == 1
+            && RunFilter {
+                tags: Vec::new(),
+                ..self.filter.clone()
+            } == RunFilter::default();
+        if self.as_of.is_none() && one_tag_alone {
+            let mut b = Builder::new(dialect);
+            let (key, value) = &self.filter.tags[0];
+            let (k, v) = (b.text(key), b.text(value));
+            return SqlQuery {
+                sql: format!(
+                    "SELECT CAST(COALESCE(SUM(n), 0) AS BIGINT) FROM tag_counts WHERE key = {k} AND value = {v}"
+                ),
+                args: b.args,
+            };
+        }
         if self.as_of.is_none() && self.filter.counted() {
             let mut b = Builder::new(dialect);
             b.counting = true;

@@ -6,6 +6,10 @@
 //! a few thousand rows instead of a count over the runs table
 //! (`RunQuery::count_sql`). A combination that no run has has no row.
 //! `rebuild` fills it from the runs it has just folded.
+//!
+//! `tag_counts` does the same for tags: how many live runs have each
+//! `key:value`, so that the total of a list filtered by one tag alone is
+//! one row.
 
 use std::collections::BTreeMap;
 
@@ -62,28 +66,62 @@ impl CountKey {
     }
 }
 
-/// Changes to `run_counts`, summed per combination: +1 for where a run is
-/// after an append, -1 for where it was before.
+/// Changes to `run_counts` and `tag_counts`, summed per combination and
+/// per tag: +1 for where a run is after an append, -1 for where it was.
 #[derive(Debug, Default)]
-pub struct RunCountDeltas(pub BTreeMap<CountKey, i64>);
+pub struct RunCountDeltas {
+    pub runs: BTreeMap<CountKey, i64>,
+    pub tags: BTreeMap<(String, String), i64>,
+}
 
 impl RunCountDeltas {
     pub fn add(&mut self, previous: Option<&RunState>, current: &RunState) {
         let after = CountKey::of(current);
-        if let Some(before) = previous.map(CountKey::of) {
-            if before == after {
-                return;
+        let before = previous.map(CountKey::of);
+        if before.as_ref() != Some(&after) {
+            if let Some(before) = before {
+                *self.runs.entry(before).or_default() -= 1;
             }
-            *self.0.entry(before).or_default() -= 1;
+            *self.runs.entry(after).or_default() += 1;
         }
-        *self.0.entry(after).or_default() += 1;
+        let live_tags = |run: &RunState| {
+            if run.deleted {
+                Default::default()
+            } else {
+                run.tags.clone()
+            }
+        };
+        let (was, is) = (previous.map(live_tags).unwrap_or_default(), live_tags(current));
+        if was != is {
+            for tag in was {
+                *self.tags.entry(tag).or_default() -= 1;
+            }
+            for tag in is {
+                *self.tags.entry(tag).or_default() += 1;
+            }
+        }
     }
 
     /// The combinations whose count changes, with the change.
     pub fn changes(&self) -> impl Iterator<Item = (&CountKey, i64)> {
-        self.0.iter().filter(|(_, d)| **d != 0).map(|(k, d)| (k, *d))
+        self.runs.iter().filter(|(_, d)| **d != 0).map(|(k, d)| (k, *d))
+    }
+
+    /// The tags whose count of live runs changes, with the change.
+    pub fn tag_changes(&self) -> impl Iterator<Item = (&str, &str, i64)> {
+        self.tags
+            .iter()
+            .filter(|(_, d)| **d != 0)
+            .map(|((k, v), d)| (k.as_str(), v.as_str(), *d))
     }
 }
+
+/// Adds `$3` to the live runs tagged `$1:$2`.
+pub const TAG_UPSERT_SQL: &str = "INSERT INTO tag_counts (key, value, n) VALUES ($1, $2, $3) \
+     ON CONFLICT (key, value) DO UPDATE SET n = tag_counts.n + excluded.n";
+
+/// Drops the row of tag `$1:$2` once no live run has it.
+pub const TAG_DROP_EMPTY_SQL: &str = "DELETE FROM tag_counts WHERE key = $1 AND value = $2 AND n = 0";
 
 /// Adds `$11` to the combination `$1…$10` (in `COLUMNS` order), making its
 /// row if it has none.
@@ -120,7 +158,22 @@ mod tests {
         let mut heartbeat = ended.clone();
         heartbeat.version += 1;
         same.add(Some(&ended), &heartbeat);
-        assert!(same.0.is_empty(), "a change no counted column sees is no change");
+        assert!(same.runs.is_empty(), "a change no counted column sees is no change");
+        let mut tagged = run.clone();
+        tagged.tags.insert("env".into(), "prod".into());
+        let mut t = RunCountDeltas::default();
+        t.add(None, &tagged);
+        let mut deleted = tagged.clone();
+        deleted.deleted = true;
+        t.add(Some(&tagged), &deleted);
+        assert_eq!(
+            t.tag_changes().count(),
+            0,
+            "created then deleted: no live run has the tag"
+        );
+        let mut only_delete = RunCountDeltas::default();
+        only_delete.add(Some(&tagged), &deleted);
+        assert_eq!(only_delete.tag_changes().collect::<Vec<_>>(), [("env", "prod", -1)]);
         assert_ne!(CountKey::of(&run).text(), CountKey::of(&ended).text());
     }
 }

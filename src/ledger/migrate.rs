@@ -71,6 +71,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "sort_indexes",
         include_str!("../../migrations/sqlite/0015_sort_indexes.sql"),
     ),
+    (
+        16,
+        "tag_counts",
+        include_str!("../../migrations/sqlite/0016_tag_counts.sql"),
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -321,6 +321,7 @@ pub async fn store_task_deltas(conn: &mut PgConnection, deltas: &crate::task_cou
 /// Adds a batch's changes to `run_counts`: one upsert of every combination
 /// it touched, then the combinations left with no run are dropped.
 pub async fn store_run_counts(conn: &mut PgConnection, deltas: &crate::run_counts::RunCountDeltas) -> sqlx::Result<()> {
+    store_tag_counts(&mut *conn, deltas).await?;
     let changes: Vec<_> = deltas.changes().collect();
     if changes.is_empty() {
         return Ok(());
@@ -349,6 +350,35 @@ pub async fn store_run_counts(conn: &mut PgConnection, deltas: &crate::run_count
         .bind(&keys)
         .execute(conn)
         .await?;
+    Ok(())
+}
+
+/// Adds a batch's changes to `tag_counts`, then drops the tags left with no
+/// live run.
+async fn store_tag_counts(conn: &mut PgConnection, deltas: &crate::run_counts::RunCountDeltas) -> sqlx::Result<()> {
+    let changes: Vec<_> = deltas.tag_changes().collect();
+    if changes.is_empty() {
+        return Ok(());
+    }
+    let keys: Vec<&str> = changes.iter().map(|c| c.0).collect();
+    let values: Vec<&str> = changes.iter().map(|c| c.1).collect();
+    let counts: Vec<i64> = changes.iter().map(|c| c.2).collect();
+    sqlx::query(
+        "INSERT INTO tag_counts (key, value, n) SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[]) \
+         ON CONFLICT (key, value) DO UPDATE SET n = tag_counts.n + excluded.n",
+    )
+    .bind(&keys)
+    .bind(&values)
+    .bind(&counts)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(
+        "DELETE FROM tag_counts WHERE (key, value) IN (SELECT * FROM UNNEST($1::text[], $2::text[])) AND n = 0",
+    )
+    .bind(&keys)
+    .bind(&values)
+    .execute(conn)
+    .await?;
     Ok(())
 }
 

@@ -98,7 +98,8 @@ fn store_task_delta(conn: &Connection, task_name: &str, delta: &[i64]) -> rusqli
     Ok(())
 }
 
-/// Adds changes to `run_counts`, dropping the combinations left with no run.
+/// Adds changes to `run_counts` and `tag_counts`, dropping the rows left
+/// with no run.
 fn store_run_counts(conn: &Connection, deltas: &crate::run_counts::RunCountDeltas) -> rusqlite::Result<()> {
     for (key, delta) in deltas.changes() {
         let text = key.text();
@@ -118,6 +119,14 @@ fn store_run_counts(conn: &Connection, deltas: &crate::run_counts::RunCountDelta
         if delta < 0 {
             conn.prepare_cached(crate::run_counts::DROP_EMPTY_SQL)?
                 .execute([&text])?;
+        }
+    }
+    for (key, value, delta) in deltas.tag_changes() {
+        conn.prepare_cached(crate::run_counts::TAG_UPSERT_SQL)?
+            .execute(params![key, value, delta])?;
+        if delta < 0 {
+            conn.prepare_cached(crate::run_counts::TAG_DROP_EMPTY_SQL)?
+                .execute(params![key, value])?;
         }
     }
     Ok(())
