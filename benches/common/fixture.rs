@@ -63,7 +63,9 @@ impl Fixture {
         let done = path.with_extension("done");
         let location = format!("sqlite://{}", path.display());
         if done.exists() {
+            let opened = Instant::now();
             let ledger = Arc::new(Ledger::open(&DatabaseUrl::Sqlite(path)).await.unwrap());
+            opened_in(opened);
             let big_run = std::fs::read_to_string(&done).unwrap().trim().parse().unwrap();
             return Self {
                 ledger,
@@ -100,7 +102,9 @@ impl Fixture {
             .flatten();
         let options = base.clone().options([("search_path", schema.as_str())]);
         if let Some(big_run) = done {
+            let opened = Instant::now();
             let ledger = Arc::new(Ledger::open_postgres(options).await.unwrap());
+            opened_in(opened);
             return Self {
                 ledger,
                 runs,
@@ -131,6 +135,15 @@ impl Fixture {
             big_run,
             built_in: Some(secs),
         }
+    }
+}
+
+/// Says how long opening a kept ledger took when it was long: a build that
+/// added migrations migrates it (and may rebuild its projections) first.
+fn opened_in(started: Instant) {
+    let secs = started.elapsed().as_secs_f64();
+    if secs > 1.0 {
+        println!("fixture: opened in {secs:.1} s (migrations and any rebuild they asked for)");
     }
 }
 
