@@ -10,7 +10,8 @@
 //! `cargo bench --bench queries`; `RUNLEDGER_BENCH_SIZES` (default
 //! `100000,1000000`), `RUNLEDGER_BENCH_ITERS` (default 40 requests per query,
 //! fewer once a query has taken 10 s), `RUNLEDGER_BENCH_ONLY` (run only the
-//! queries whose name contains it).
+//! queries whose name contains it), `RUNLEDGER_BENCH_BACKENDS` (default
+//! `sqlite,postgres`).
 
 #[path = "common/mod.rs"]
 mod common;
@@ -346,6 +347,7 @@ fn main() {
     let iters = if quick { 2 } else { iters.max(2) };
     let only = std::env::var("RUNLEDGER_BENCH_ONLY").unwrap_or_default();
     let sizes = sizes(quick);
+    let backends = std::env::var("RUNLEDGER_BENCH_BACKENDS").unwrap_or_else(|_| "sqlite,postgres".into());
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
     println!(
         "queries: the real HTTP server on 127.0.0.1, one client, sequential requests, {iters} per query \
@@ -356,9 +358,14 @@ fn main() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let sqlite = format!("SQLite {} (WAL, synchronous=FULL)", rusqlite::version());
-        let missed = backend(&sqlite, None, &sizes, iters, &only).await;
-        println!("SQLite: {missed} queries miss the goal");
+        if backends.contains("sqlite") {
+            let sqlite = format!("SQLite {} (WAL, synchronous=FULL)", rusqlite::version());
+            let missed = backend(&sqlite, None, &sizes, iters, &only).await;
+            println!("SQLite: {missed} queries miss the goal");
+        }
+        if !backends.contains("postgres") {
+            return;
+        }
         match std::env::var("RUNLEDGER_BENCH_POSTGRES_URL")
             .ok()
             .filter(|u| !u.is_empty())
