@@ -1211,7 +1211,36 @@ async fn a_tags_total_follows_deletes_and_restores(s: TestServer) {
     assert_eq!(s.query_i64("SELECT COUNT(*) FROM tag_counts").await, 2);
 }
 
+/// Several phases or end reasons are merged from one index range each: the
+/// pages at every offset, both ways, are slices of the one order.
+async fn pages_of_several_statuses_are_slices_of_one_order(s: TestServer) {
+    let mut failures = Vec::new();
+    for (i, reason) in ["failed", "success", "timeout", "failed", "timeout", "crashed", "failed"]
+        .iter()
+        .enumerate()
+    {
+        let run = s
+            .run_through(&format!("t{i}"), json!({}), &["start", &format!("end:{reason}:1")])
+            .await;
+        if *reason != "success" {
+            failures.push(id(&run));
+        }
+    }
+    s.run_through("running", json!({}), &["start"]).await;
+    let newest_first: Vec<String> = failures.iter().rev().cloned().collect();
+    for (dir, order) in [("desc", newest_first.clone()), ("asc", failures.clone())] {
+        for offset in 0..=failures.len() {
+            let path = format!("/api/runs?status=failed,timeout,crashed&sort_direction={dir}&limit=2&offset={offset}");
+            let end = (offset + 2).min(order.len());
+            expect_list(&s, &path, &order[offset..end], order.len() as i64).await;
+        }
+    }
+    let phases = common::ids(s.get("/api/runs?status=running,ended&limit=100").await.ok(200));
+    assert_eq!(phases.len(), 8);
+}
+
 backend_tests!(
+    pages_of_several_statuses_are_slices_of_one_order,
     a_tags_total_follows_deletes_and_restores,
     cursor_pages_concatenate_to_the_list_in_every_sort,
     a_cursor_page_is_stable_under_concurrent_inserts,

@@ -1,7 +1,8 @@
 //! Every supported list query is served by an index: the query plan of each
 //! filter, each sort both ways, each cursor and `as_of`, and of each total,
 //! must not scan the whole `runs` or `run_history` table (SQLite: `SCAN`
-//! without an index; PostgreSQL, with sequential scans priced out: `Seq
+//! without an index; PostgreSQL, with sequential scans and sorts priced
+//! out, so that a tiny table plans as a large one would: `Seq
 //! Scan`). A slow query fails here without a timing. On a ledger with a few
 //! runs of each kind, so that the planner sees real rows.
 
@@ -26,6 +27,16 @@ fn filters(parent: uuid::Uuid) -> Vec<(&'static str, RunFilter)> {
             "status=failed",
             RunFilter {
                 statuses: vec![StatusValue::EndReason(EndReason::Failed)],
+                ..f()
+            },
+        ),
+        (
+            "status=failed,timeout",
+            RunFilter {
+                statuses: vec![
+                    StatusValue::EndReason(EndReason::Failed),
+                    StatusValue::EndReason(EndReason::Timeout),
+                ],
                 ..f()
             },
         ),
@@ -247,7 +258,7 @@ async fn full_scans(s: &TestServer, q: &SqlQuery, dialect: Dialect) -> (Vec<Stri
         }
         Dialect::Postgres => {
             let mut conn = s.pg_connection().await;
-            sqlx::raw_sql("SET enable_seqscan = off")
+            sqlx::raw_sql("SET enable_seqscan = off; SET enable_sort = off")
                 .execute(&mut conn)
                 .await
                 .unwrap();

@@ -524,6 +524,9 @@ impl RunQuery {
     /// on a column some runs lack, the rows with a value come first and those
     /// without after them, each from its own index range.
     pub fn page_sql(&self, dialect: Dialect) -> Vec<SqlQuery> {
+        if let Some(merged) = self.merged_statuses_sql(dialect) {
+            return vec![merged];
+        }
         let table = self.table();
         let dir = self.sort_direction.sql();
         let column = self.sort_field.column();
@@ -580,6 +583,60 @@ impl RunQuery {
                 queries
             }
         }
+    }
+
+    /// A newest- (or oldest-) first page of several phases, or several end
+    /// reasons: one `(status|end_reason, created_at)` index range per value,
+    /// each read from its end for as many rows as the page needs, merged.
+    /// One `IN` over that index sorted every matching run before the first
+    /// page (all failures and timeouts); the created-at index filtered would
+    /// read the whole table for rare values. `None` where it does not apply.
+    fn merged_statuses_sql(&self, dialect: Dialect) -> Option<SqlQuery> {
+        let statuses = &self.filter.statuses;
+        let column = if statuses.iter().all(|s| matches!(s, StatusValue::Phase(_))) {
+            "status"
+        } else if statuses.iter().all(|s| matches!(s, StatusValue::EndReason(_))) {
+            "end_reason"
+        } else {
+            return None;
+        };
+        if statuses.len() < 2
+            || self.sort_field != SortField::CreatedAt
+            || self.as_of.is_some()
+            || self.cursor.is_some()
+        {
+            return None;
+        }
+        let rest = RunFilter {
+            statuses: Vec::new(),
+            ..self.filter.clone()
+        };
+        let dir = self.sort_direction.sql();
+        let mut b = Builder::new(dialect);
+        let mut branches = Vec::new();
+        for (i, status) in statuses.iter().enumerate() {
+            let mut parts = rest.conditions("runs", &mut b);
+            let value = match status {
+                StatusValue::Phase(p) => b.text(p.as_str()),
+                StatusValue::EndReason(r) => b.text(r.as_str()),
+                _ => unreachable!("checked above"),
+            };
+            parts.push(format!("{column} = {value}"));
+            let needed = b.int(self.limit.saturating_add(self.offset));
+            branches.push(format!(
+                "SELECT * FROM (SELECT created_at, id, state FROM runs WHERE {} \
+                 ORDER BY created_at {dir}, id {dir} LIMIT {needed}) b{i}",
+                parts.join(" AND ")
+            ));
+        }
+        let (limit, offset) = (b.int(self.limit), b.int(self.offset));
+        Some(SqlQuery {
+            sql: format!(
+                "SELECT state FROM ({}) merged ORDER BY created_at {dir}, id {dir} LIMIT {limit} OFFSET {offset}",
+                branches.join(" UNION ALL ")
+            ),
+            args: b.args,
+        })
     }
 
     /// The ids of every matching run, in id order, ignoring sort, limit and
