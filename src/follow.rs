@@ -4,9 +4,13 @@
 //! Subscribers read by position from the ring, or from the log when their
 //! position is older than the ring, so a thousand subscribers cost one query
 //! per commit, a slow subscriber costs at most one page, and nothing a
-//! subscriber does can hold up a writer.
+//! subscriber does can hold up a writer. With no subscriber the follower
+//! reads nothing (each read parses and serializes every event): it only
+//! moves past the head, and a subscriber that comes reads what it needs
+//! from the log.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -43,6 +47,8 @@ pub struct LogTail {
     ring: RwLock<VecDeque<Arc<Frame>>>,
     capacity: usize,
     cached: watch::Sender<i64>,
+    /// Live subscriptions: the follower reads ahead only for them.
+    subscribers: AtomicUsize,
 }
 
 impl LogTail {
@@ -54,6 +60,7 @@ impl LogTail {
             ring: RwLock::new(VecDeque::with_capacity(capacity.min(65_536))),
             capacity: capacity.max(1),
             cached: watch::channel(head).0,
+            subscribers: AtomicUsize::new(0),
         });
         tokio::spawn(follow(tail.clone(), shutdown));
         tail
@@ -97,6 +104,15 @@ impl LogTail {
         Ok(page)
     }
 
+    /// Nobody is following: forget the ring and stand at `head`, so that a
+    /// subscriber reads anything before it from the log (the ring and the
+    /// position change together, under the ring's lock).
+    fn skip_to(&self, head: i64) {
+        let mut ring = self.ring.write().expect("ring lock");
+        ring.clear();
+        self.cached.send_replace(head);
+    }
+
     fn push(&self, page: Vec<LogEntry>) {
         let mut ring = self.ring.write().expect("ring lock");
         for entry in page {
@@ -118,6 +134,17 @@ async fn follow(tail: Arc<LogTail>, shutdown: CancellationToken) {
     let mut head = tail.ledger.head();
     let mut last = *tail.cached.borrow();
     loop {
+        while tail.subscribers.load(Ordering::Acquire) == 0 {
+            let now = *head.borrow_and_update();
+            if now > last {
+                tail.skip_to(now);
+                last = now;
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                changed = head.changed() => if changed.is_err() { return },
+            }
+        }
         loop {
             match tail.ledger.read_log(last, FOLLOW_PAGE).await {
                 Ok(page) => {
@@ -178,6 +205,7 @@ const SUBSCRIBER_PAGE: usize = 500;
 
 impl Drop for Subscription {
     fn drop(&mut self) {
+        self.tail.subscribers.fetch_sub(1, Ordering::AcqRel);
         ::metrics::gauge!("runledger_sse_clients").decrement(1.0);
     }
 }
@@ -185,6 +213,7 @@ impl Drop for Subscription {
 impl Subscription {
     pub fn new(tail: Arc<LogTail>, after: i64, filter: LogFilter, until: Until, shutdown: CancellationToken) -> Self {
         let position = tail.position();
+        tail.subscribers.fetch_add(1, Ordering::AcqRel);
         ::metrics::gauge!("runledger_sse_clients").increment(1.0);
         Self {
             tail,
