@@ -15,6 +15,8 @@
 //! `cargo bench --bench abuse`; `RUNLEDGER_BENCH_SECS` sets how long each
 //! neighbours variant runs (default 8). Exits 1 when a check fails.
 
+#[path = "common/mod.rs"]
+mod common;
 #[path = "abuse/fixtures.rs"]
 mod fixtures;
 #[path = "abuse/half_open.rs"]
@@ -28,8 +30,6 @@ use std::time::Duration;
 
 use fixtures::Backend;
 use neighbours::Bad;
-use sqlx::postgres::PgConnectOptions;
-use sqlx::ConnectOptions;
 
 struct Plan {
     neighbours_for: Duration,
@@ -75,10 +75,7 @@ fn main() {
     // `cargo bench` passes `--bench`; any other argument (e.g. from
     // `cargo test --benches`) means a quick smoke run.
     let quick = std::env::args().skip(1).any(|a| a != "--bench");
-    let secs: u64 = std::env::var("RUNLEDGER_BENCH_SECS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(8);
+    let secs: u64 = common::setting("RUNLEDGER_BENCH_SECS", 8);
     let plan = if quick {
         Plan {
             neighbours_for: Duration::from_secs(1),
@@ -92,9 +89,6 @@ fn main() {
             storms: 3,
         }
     };
-    let postgres = std::env::var("RUNLEDGER_BENCH_POSTGRES_URL")
-        .ok()
-        .filter(|u| !u.is_empty());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -113,18 +107,9 @@ fn main() {
             &mut checks,
         )
         .await;
-        match postgres {
-            Some(url) => {
-                let base: PgConnectOptions = url.parse().expect("RUNLEDGER_BENCH_POSTGRES_URL");
-                let mut conn = base.connect().await.expect("connect to PostgreSQL");
-                let version: String = sqlx::query_scalar("SHOW server_version")
-                    .fetch_one(&mut conn)
-                    .await
-                    .unwrap();
-                let name = format!("PostgreSQL {version} (a fresh schema per experiment, dropped after)");
-                backend(&name, Backend::Postgres(base, url), &plan, &mut checks).await;
-            }
-            None => println!("== PostgreSQL SKIPPED: set RUNLEDGER_BENCH_POSTGRES_URL to a PostgreSQL URL"),
+        if let Some((base, url, version)) = common::postgres_from_env().await {
+            let name = format!("PostgreSQL {version} (a fresh schema per experiment, dropped after)");
+            backend(&name, Backend::Postgres(base, url), &plan, &mut checks).await;
         }
     });
     if checks.0.is_empty() {

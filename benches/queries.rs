@@ -340,10 +340,7 @@ async fn backend(name: &str, pg: Option<&PgConnectOptions>, sizes: &[usize], ite
 
 fn main() {
     let quick = std::env::args().skip(1).any(|a| a != "--bench");
-    let iters: usize = std::env::var("RUNLEDGER_BENCH_ITERS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(40);
+    let iters: usize = common::setting("RUNLEDGER_BENCH_ITERS", 40);
     let iters = if quick { 2 } else { iters.max(2) };
     let only = std::env::var("RUNLEDGER_BENCH_ONLY").unwrap_or_default();
     let sizes = sizes(quick);
@@ -366,21 +363,9 @@ fn main() {
         if !backends.contains("postgres") {
             return;
         }
-        match std::env::var("RUNLEDGER_BENCH_POSTGRES_URL")
-            .ok()
-            .filter(|u| !u.is_empty())
-        {
-            Some(url) => {
-                let base: PgConnectOptions = url.parse().expect("RUNLEDGER_BENCH_POSTGRES_URL");
-                let mut conn = base.connect().await.expect("connect to PostgreSQL");
-                let version: String = sqlx::query_scalar("SHOW server_version")
-                    .fetch_one(&mut conn)
-                    .await
-                    .unwrap();
-                let missed = backend(&format!("PostgreSQL {version}"), Some(&base), &sizes, iters, &only).await;
-                println!("PostgreSQL: {missed} queries miss the goal");
-            }
-            None => println!("== PostgreSQL SKIPPED: set RUNLEDGER_BENCH_POSTGRES_URL to a PostgreSQL URL"),
+        if let Some((base, _, version)) = common::postgres_from_env().await {
+            let missed = backend(&format!("PostgreSQL {version}"), Some(&base), &sizes, iters, &only).await;
+            println!("PostgreSQL: {missed} queries miss the goal");
         }
     });
 }

@@ -32,3 +32,30 @@ pub async fn create_runs(ledger: &runledger::ledger::Ledger, w: usize, count: us
             .expect("create");
     }
 }
+
+/// A bench setting from the environment, or `default` when unset or not
+/// parseable.
+pub fn setting<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// The PostgreSQL a bench may also run on (`RUNLEDGER_BENCH_POSTGRES_URL`):
+/// its connection options, URL and server version; `None` (after saying so)
+/// when unset.
+pub async fn postgres_from_env() -> Option<(sqlx::postgres::PgConnectOptions, String, String)> {
+    use sqlx::ConnectOptions;
+    let Some(url) = std::env::var("RUNLEDGER_BENCH_POSTGRES_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+    else {
+        println!("== PostgreSQL SKIPPED: set RUNLEDGER_BENCH_POSTGRES_URL to a PostgreSQL URL");
+        return None;
+    };
+    let base: sqlx::postgres::PgConnectOptions = url.parse().expect("RUNLEDGER_BENCH_POSTGRES_URL");
+    let mut conn = base.connect().await.expect("connect to PostgreSQL");
+    let version: String = sqlx::query_scalar("SHOW server_version")
+        .fetch_one(&mut conn)
+        .await
+        .expect("the server's version");
+    Some((base, url, version))
+}
