@@ -37,18 +37,7 @@ struct Plan {
     storms: usize,
 }
 
-/// Failed checks, said at the end; any makes the bench exit 1.
-#[derive(Default)]
-struct Checks(Vec<String>);
-
-impl Checks {
-    fn expect(&mut self, ok: bool, what: String) {
-        if !ok {
-            println!("  FAILED: {what}");
-            self.0.push(what);
-        }
-    }
-}
+use common::Checks;
 
 async fn backend(name: &str, backend: Backend, plan: &Plan, checks: &mut Checks) {
     println!("== {name}");
@@ -112,13 +101,5 @@ fn main() {
             backend(&name, Backend::Postgres(base, url), &plan, &mut checks).await;
         }
     });
-    if checks.0.is_empty() {
-        println!("all checks passed");
-    } else {
-        println!("{} checks failed:", checks.0.len());
-        for failure in &checks.0 {
-            println!("  {failure}");
-        }
-        std::process::exit(1);
-    }
+    checks.finish();
 }

@@ -21,6 +21,7 @@
 mod ceiling;
 #[path = "common/mod.rs"]
 mod common;
+use common::Checks;
 #[path = "http/ledger.rs"]
 mod ledger;
 #[path = "http/load.rs"]
@@ -120,30 +121,24 @@ struct Runtimes {
     load: Runtime,
 }
 
-/// Failed checks, said at the end; any makes the bench exit 1.
-#[derive(Default)]
-struct Checks(Vec<String>);
-
-impl Checks {
-    fn report(&mut self, what: &str, report: &Report) {
-        if report.errors() > 0 {
-            let failure = format!(
-                "{what}: {} requests failed ({})",
-                report.errors(),
-                report.failures_shown()
-            );
-            println!("    FAILED: {failure}");
-            self.0.push(failure);
-        }
-        if report.exhausted > 0 {
-            let failure = format!(
-                "{what}: {} connections ran out of runs to act on before the time was up",
-                report.exhausted
-            );
-            println!("    FAILED: {failure}");
-            self.0.push(failure);
-        }
-    }
+/// What a load report must show: no failed request, and runs to act on
+/// until the time was up.
+fn check_report(checks: &mut Checks, what: &str, report: &Report) {
+    checks.expect(
+        report.errors() == 0,
+        format!(
+            "{what}: {} requests failed ({})",
+            report.errors(),
+            report.failures_shown()
+        ),
+    );
+    checks.expect(
+        report.exhausted == 0,
+        format!(
+            "{what}: {} connections ran out of runs to act on before the time was up",
+            report.exhausted
+        ),
+    );
 }
 
 fn ms(d: Duration) -> f64 {
@@ -185,7 +180,7 @@ fn ceiling(rt: &Runtimes, plan: &Plan, checks: &mut Checks) -> Option<Report> {
     rt.server.block_on(serving.stop());
     println!("{}", figures("POST /api/runs", &report));
     println!("      {}", done.shown(report.elapsed));
-    checks.report("ceiling", &report);
+    check_report(checks, "ceiling", &report);
     Some(report)
 }
 
@@ -229,7 +224,7 @@ fn ledger_cases(rt: &Runtimes, path: &Path, plan: &Plan, ceiling: Option<&Report
         if let Some(setup) = setup.shown() {
             println!("      ({setup})");
         }
-        checks.report(route.shown(), &report);
+        check_report(checks, route.shown(), &report);
         fastest = Some(fastest.unwrap_or(0.0).max(report.rate()));
     }
     rt.server.block_on(serving.stop());
@@ -342,13 +337,5 @@ fn main() {
     let ceiling = ceiling(&rt, &plan, &mut checks);
     fresh(&rt, &plan, ceiling.as_ref(), &mut checks);
     large(&rt, &plan, ceiling.as_ref(), &mut checks);
-    if checks.0.is_empty() {
-        println!("all checks passed");
-    } else {
-        println!("{} checks failed:", checks.0.len());
-        for failure in &checks.0 {
-            println!("  {failure}");
-        }
-        std::process::exit(1);
-    }
+    checks.finish();
 }

@@ -59,3 +59,30 @@ pub async fn postgres_from_env() -> Option<(sqlx::postgres::PgConnectOptions, St
         .expect("the server's version");
     Some((base, url, version))
 }
+
+/// Failed checks, said at the end; any makes the bench exit 1.
+#[derive(Default)]
+pub struct Checks(pub Vec<String>);
+
+impl Checks {
+    /// Records `what` as failed (and says so at once) unless `ok`.
+    pub fn expect(&mut self, ok: bool, what: String) {
+        if !ok {
+            println!("  FAILED: {what}");
+            self.0.push(what);
+        }
+    }
+
+    /// Says whether every check passed; exits 1 when one did not.
+    pub fn finish(self) {
+        if self.0.is_empty() {
+            println!("all checks passed");
+            return;
+        }
+        println!("{} checks failed:", self.0.len());
+        for failure in &self.0 {
+            println!("  {failure}");
+        }
+        std::process::exit(1);
+    }
+}

@@ -116,22 +116,29 @@ impl RunCountDeltas {
     }
 }
 
-/// Adds `$3` to the live runs tagged `$1:$2`.
-pub const TAG_UPSERT_SQL: &str = "INSERT INTO tag_counts (key, value, n) VALUES ($1, $2, $3) \
-     ON CONFLICT (key, value) DO UPDATE SET n = tag_counts.n + excluded.n";
+/// `INSERT INTO run_counts … {rows} ON CONFLICT … DO UPDATE`, adding each
+/// row's `n` to its combination's: `rows` supplies the values in `COLUMNS`
+/// order, then `n` (a `VALUES` list, or an `UNNEST` of arrays).
+pub fn upsert_sql(rows: &str) -> String {
+    format!(
+        "INSERT INTO run_counts ({COLUMNS}, n) {rows} ON CONFLICT (key) DO UPDATE SET n = run_counts.n + excluded.n"
+    )
+}
 
-/// Drops the row of tag `$1:$2` once no live run has it.
-pub const TAG_DROP_EMPTY_SQL: &str = "DELETE FROM tag_counts WHERE key = $1 AND value = $2 AND n = 0";
+/// The same for `tag_counts`: `rows` supplies key, value, n.
+pub fn tag_upsert_sql(rows: &str) -> String {
+    format!("INSERT INTO tag_counts (key, value, n) {rows} ON CONFLICT (key, value) DO UPDATE SET n = tag_counts.n + excluded.n")
+}
 
-/// Adds `$11` to the combination `$1…$10` (in `COLUMNS` order), making its
-/// row if it has none.
-pub const UPSERT_SQL: &str = "INSERT INTO run_counts (key, project, task_name, status, end_reason, \
-     triggered_by, exit_code, retry_attempt, dead_lettered, deleted, n) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
-     ON CONFLICT (key) DO UPDATE SET n = run_counts.n + excluded.n";
+/// Drops the combinations of `{keys}` left with no run.
+pub fn drop_empty_sql(keys: &str) -> String {
+    format!("DELETE FROM run_counts WHERE key {keys} AND n = 0")
+}
 
-/// Drops the row of combination `$1` once no run has it.
-pub const DROP_EMPTY_SQL: &str = "DELETE FROM run_counts WHERE key = $1 AND n = 0";
+/// Drops the tags of `{tags}` (a `(key, value)` condition) left with no live run.
+pub fn tag_drop_empty_sql(tags: &str) -> String {
+    format!("DELETE FROM tag_counts WHERE (key, value) {tags} AND n = 0")
+}
 
 #[cfg(test)]
 mod tests {

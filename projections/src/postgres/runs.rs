@@ -326,13 +326,14 @@ pub async fn store_run_counts(conn: &mut PgConnection, deltas: &crate::run_count
     if changes.is_empty() {
         return Ok(());
     }
-    const UPSERT: &str = "INSERT INTO run_counts (key, project, task_name, status, end_reason, triggered_by, \
-         exit_code, retry_attempt, dead_lettered, deleted, n) \
-         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
-         $7::bigint[], $8::bigint[], $9::boolean[], $10::boolean[], $11::bigint[]) \
-         ON CONFLICT (key) DO UPDATE SET n = run_counts.n + excluded.n";
+    static UPSERT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        crate::run_counts::upsert_sql(
+            "SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
+             $7::bigint[], $8::bigint[], $9::boolean[], $10::boolean[], $11::bigint[])",
+        )
+    });
     let keys: Vec<String> = changes.iter().map(|(k, _)| k.text()).collect();
-    sqlx::query(UPSERT)
+    sqlx::query(&UPSERT)
         .bind(&keys)
         .bind(changes.iter().map(|(k, _)| k.project.as_str()).collect::<Vec<_>>())
         .bind(changes.iter().map(|(k, _)| k.task_name.as_str()).collect::<Vec<_>>())
@@ -346,7 +347,7 @@ pub async fn store_run_counts(conn: &mut PgConnection, deltas: &crate::run_count
         .bind(changes.iter().map(|(_, d)| *d).collect::<Vec<_>>())
         .execute(&mut *conn)
         .await?;
-    sqlx::query("DELETE FROM run_counts WHERE key = ANY($1) AND n = 0")
+    sqlx::query(&crate::run_counts::drop_empty_sql("= ANY($1)"))
         .bind(&keys)
         .execute(conn)
         .await?;
@@ -363,18 +364,17 @@ async fn store_tag_counts(conn: &mut PgConnection, deltas: &crate::run_counts::R
     let keys: Vec<&str> = changes.iter().map(|c| c.0).collect();
     let values: Vec<&str> = changes.iter().map(|c| c.1).collect();
     let counts: Vec<i64> = changes.iter().map(|c| c.2).collect();
-    sqlx::query(
-        "INSERT INTO tag_counts (key, value, n) SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[]) \
-         ON CONFLICT (key, value) DO UPDATE SET n = tag_counts.n + excluded.n",
-    )
+    sqlx::query(&crate::run_counts::tag_upsert_sql(
+        "SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[])",
+    ))
     .bind(&keys)
     .bind(&values)
     .bind(&counts)
     .execute(&mut *conn)
     .await?;
-    sqlx::query(
-        "DELETE FROM tag_counts WHERE (key, value) IN (SELECT * FROM UNNEST($1::text[], $2::text[])) AND n = 0",
-    )
+    sqlx::query(&crate::run_counts::tag_drop_empty_sql(
+        "IN (SELECT * FROM UNNEST($1::text[], $2::text[]))",
+    ))
     .bind(&keys)
     .bind(&values)
     .execute(conn)

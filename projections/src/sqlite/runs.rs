@@ -101,9 +101,19 @@ fn store_task_delta(conn: &Connection, task_name: &str, delta: &[i64]) -> rusqli
 /// Adds changes to `run_counts` and `tag_counts`, dropping the rows left
 /// with no run.
 fn store_run_counts(conn: &Connection, deltas: &crate::run_counts::RunCountDeltas) -> rusqlite::Result<()> {
+    use crate::run_counts::{drop_empty_sql, tag_drop_empty_sql, tag_upsert_sql, upsert_sql};
+    static SQL: std::sync::LazyLock<[String; 4]> = std::sync::LazyLock::new(|| {
+        let marks: Vec<String> = (1..=11).map(|i| format!("${i}")).collect();
+        [
+            upsert_sql(&format!("VALUES ({})", marks.join(", "))),
+            drop_empty_sql("= $1"),
+            tag_upsert_sql("VALUES ($1, $2, $3)"),
+            tag_drop_empty_sql("= ($1, $2)"),
+        ]
+    });
     for (key, delta) in deltas.changes() {
         let text = key.text();
-        conn.prepare_cached(crate::run_counts::UPSERT_SQL)?.execute(params![
+        conn.prepare_cached(&SQL[0])?.execute(params![
             text,
             key.project,
             key.task_name,
@@ -117,16 +127,13 @@ fn store_run_counts(conn: &Connection, deltas: &crate::run_counts::RunCountDelta
             delta
         ])?;
         if delta < 0 {
-            conn.prepare_cached(crate::run_counts::DROP_EMPTY_SQL)?
-                .execute([&text])?;
+            conn.prepare_cached(&SQL[1])?.execute([&text])?;
         }
     }
     for (key, value, delta) in deltas.tag_changes() {
-        conn.prepare_cached(crate::run_counts::TAG_UPSERT_SQL)?
-            .execute(params![key, value, delta])?;
+        conn.prepare_cached(&SQL[2])?.execute(params![key, value, delta])?;
         if delta < 0 {
-            conn.prepare_cached(crate::run_counts::TAG_DROP_EMPTY_SQL)?
-                .execute(params![key, value])?;
+            conn.prepare_cached(&SQL[3])?.execute(params![key, value])?;
         }
     }
     Ok(())
