@@ -168,6 +168,10 @@ pub struct ServeArgs {
     /// `Last-Event-ID`).
     #[arg(long, env = "RUNLEDGER_STALLED_CLIENT_TIMEOUT_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
     pub stalled_client_timeout_secs: u64,
+    /// How many tasks `/metrics` names in `runledger_task_runs` (those with
+    /// the most live runs); every other task's runs are summed as `other`.
+    #[arg(long, env = "RUNLEDGER_METRICS_TOP_TASKS", default_value_t = 20, value_parser = clap::value_parser!(u16).range(0..=1000))]
+    pub metrics_top_tasks: u16,
     #[command(flatten)]
     pub anchors: AnchorArgs,
     /// Anchor the head after this many new events; 0: only by time.
@@ -464,6 +468,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         max_connections: args.max_connections as usize,
         header_read_timeout: std::time::Duration::from_secs(args.header_read_timeout_secs),
         stalled_client_timeout: std::time::Duration::from_secs(args.stalled_client_timeout_secs),
+        metrics_top_tasks: usize::from(args.metrics_top_tasks),
         ..HttpConfig::default()
     };
     let served = http::serve(ledger, config, listener, shutdown_signal()).await;

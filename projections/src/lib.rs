@@ -5,6 +5,7 @@
 mod changes;
 mod columns;
 pub mod details;
+pub mod gauges;
 mod log;
 pub mod postgres;
 mod query;

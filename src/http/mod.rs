@@ -99,6 +99,8 @@ pub struct HttpConfig {
     /// Longest a client may leave the server's writes unread (a stalled
     /// stream client) before its connection is closed.
     pub stalled_client_timeout: Duration,
+    /// How many tasks `/metrics` names in `runledger_task_runs`.
+    pub metrics_top_tasks: usize,
 }
 
 impl Default for HttpConfig {
@@ -120,6 +122,7 @@ impl Default for HttpConfig {
             max_connections: 4_096,
             header_read_timeout: Duration::from_secs(10),
             stalled_client_timeout: Duration::from_secs(30),
+            metrics_top_tasks: metrics::DEFAULT_TOP_TASKS,
         }
     }
 }
@@ -174,6 +177,7 @@ pub fn api(
         .layer(Extension(streams))
         .layer(Extension(bulk::BulkCap(config.bulk_cap)))
         .layer(Extension(debug_bundle::BundleCap(config.bundle_max_events)))
+        .layer(Extension(metrics::TopTasks(config.metrics_top_tasks.min(metrics::MAX_TOP_TASKS))))
         .layer(middleware::from_fn(error::problems))
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {

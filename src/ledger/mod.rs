@@ -6,6 +6,7 @@ pub mod bulk;
 pub mod bundle;
 mod details;
 mod execute;
+mod gauges;
 mod idempotency;
 pub mod migrate;
 mod postgres;

@@ -21,7 +21,7 @@ const READERS: usize = 4;
 
 pub struct SqliteLedger {
     writer: Writer,
-    pool: Arc<ReadPool>,
+    pub(super) pool: Arc<ReadPool>,
 }
 
 fn token_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TokenRow> {
