@@ -2,7 +2,8 @@
 //! of the exposition format accepts line by line, HELP and TYPE once for
 //! every family (and `promtool check metrics` clean, where promtool is
 //! installed; CI installs it), process and build metrics, and run gauges
-//! that follow the ledger — on both backends.
+//! that follow the ledger — on both backends. The README's alert rules only
+//! name metrics that are served.
 
 mod common;
 
@@ -450,8 +451,99 @@ async fn a_scrape_that_cannot_read_the_runs_serves_the_rest(s: TestServer) {
     s.stop().await;
 }
 
+/// The README's `yaml` block that holds `key`, parsed.
+fn readme_yaml(key: &str) -> yaml_rust2::Yaml {
+    let mut docs = yaml_rust2::YamlLoader::load_from_str(&readme_block(key)).expect("the README's yaml parses");
+    docs.remove(0)
+}
+
+/// The text of the README's `yaml` block that holds `key`.
+fn readme_block(key: &str) -> String {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let block = readme
+        .split("```yaml\n")
+        .skip(1)
+        .filter_map(|rest| rest.split_once("\n```").map(|(b, _)| b))
+        .find(|b| b.lines().any(|l| l.starts_with(&format!("{key}:"))))
+        .unwrap_or_else(|| panic!("the README has no yaml block with {key}:"));
+    block.to_owned()
+}
+
+/// The metric names an expression reads (identifiers of our families'
+/// prefixes; PromQL functions, labels and durations are none of these).
+fn metric_names(expr: &str) -> Vec<String> {
+    expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
+        .filter(|w| ["runledger_", "process_", "http_"].iter().any(|p| w.starts_with(p)))
+        .map(str::to_owned)
+        .collect()
+}
+
+async fn the_readme_scrape_config_and_alert_rules_name_served_metrics(s: TestServer) {
+    let served = scrape(&s).await;
+    let config = readme_yaml("scrape_configs");
+    let job = &config["scrape_configs"][0];
+    assert_eq!(job["metrics_path"].as_str(), Some("/metrics"));
+    let target = job["static_configs"][0]["targets"][0].as_str().expect("a target");
+    assert!(target.ends_with(":9477"), "the default port: {target}");
+    // promtool parses the rules' PromQL too, where it is installed.
+    let tool = std::env::var("RUNLEDGER_PROMTOOL").unwrap_or_else(|_| "promtool".into());
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("rules.yml");
+    std::fs::write(&file, readme_block("groups")).unwrap();
+    match std::process::Command::new(&tool)
+        .arg("check")
+        .arg("rules")
+        .arg(&file)
+        .output()
+    {
+        Ok(out) => assert!(
+            out.status.success(),
+            "promtool check rules: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        Err(e) if std::env::var("CI").is_ok_and(|v| v == "true") => panic!("{tool}: {e}"),
+        Err(e) => eprintln!("SKIPPED promtool check rules: {tool}: {e}"),
+    }
+    let rules = readme_yaml("groups");
+    let rules = rules["groups"][0]["rules"].as_vec().expect("rules");
+    let mut alerts = Vec::new();
+    for rule in rules {
+        let alert = rule["alert"].as_str().expect("an alert name");
+        let expr = rule["expr"].as_str().expect("an expr");
+        assert!(rule["for"].as_str().is_some(), "{alert} has a for:");
+        assert!(
+            rule["annotations"]["summary"].as_str().is_some(),
+            "{alert} has a summary"
+        );
+        let names = metric_names(expr);
+        assert!(!names.is_empty(), "{alert} reads no metric: {expr}");
+        for name in names {
+            assert!(
+                served.contains_key(&name),
+                "{alert} reads {name}, which /metrics does not serve"
+            );
+        }
+        alerts.push(alert.to_owned());
+    }
+    assert!(alerts.len() >= 2, "{alerts:?}");
+    let reads: Vec<String> = rules
+        .iter()
+        .flat_map(|r| metric_names(r["expr"].as_str().unwrap()))
+        .collect();
+    for name in ["runledger_dead_letter_runs", "runledger_stream_tail_lag_events"] {
+        assert!(reads.iter().any(|r| r == name), "no rule reads {name}");
+    }
+    s.stop().await;
+}
+
 mod sqlite {
     use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_readme_scrape_config_and_alert_rules_name_served_metrics() {
+        super::the_readme_scrape_config_and_alert_rules_name_served_metrics(TestServer::sqlite().await).await
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_scrape_that_cannot_read_the_runs_serves_the_rest() {
@@ -475,6 +567,13 @@ mod sqlite {
 
 mod postgres {
     use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_readme_scrape_config_and_alert_rules_name_served_metrics() {
+        if let Some(s) = TestServer::postgres("the_readme_scrape_config_and_alert_rules_name_served_metrics").await {
+            super::the_readme_scrape_config_and_alert_rules_name_served_metrics(s).await
+        }
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_scrape_that_cannot_read_the_runs_serves_the_rest() {
