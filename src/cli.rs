@@ -13,12 +13,17 @@ use crate::anchors::{AnchorArgs, Anchoring, Cadence};
 use crate::auth::Scope;
 use crate::http::{self, HttpConfig};
 use crate::ledger::{bundle, DatabaseUrl, Ledger};
+use crate::logging::LogFormat;
 
 #[derive(Parser, Debug)]
 #[command(name = "runledger", version, about = "An event-sourced ledger for job runs")]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Cmd,
+    /// How the log on stderr is written: `text` (coloured only on a
+    /// terminal) or `json` (one object per line).
+    #[arg(long, global = true, env = "RUNLEDGER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 }
 
 #[derive(Subcommand, Debug)]

@@ -9,3 +9,4 @@ pub mod domain;
 pub mod follow;
 pub mod http;
 pub mod ledger;
+pub mod logging;

@@ -1,13 +1,20 @@
 #![forbid(unsafe_code)]
 
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
+use runledger::logging::LogFormat;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
-        .with_writer(std::io::stderr)
-        .init();
-    runledger::cli::run(runledger::cli::Cli::parse()).await
+    // Parsed first: the log's format is one of its options.
+    let cli = runledger::cli::Cli::parse();
+    let format = cli.log_format;
+    runledger::logging::init(format);
+    match runledger::cli::run(cli).await {
+        // A JSON log stays JSON to its last line.
+        Err(error) if format == LogFormat::Json => {
+            tracing::error!(error = format!("{error:#}"), "runledger failed");
+            std::process::exit(1)
+        }
+        result => result,
+    }
 }
