@@ -20,14 +20,18 @@ use super::error::{ApiError, FieldError};
 #[derive(Debug, Default)]
 pub struct QueryContract {
     routes: HashMap<(Method, String), HashSet<String>>,
+    /// The documented route templates, whatever their methods.
+    paths: HashSet<String>,
 }
 
 impl QueryContract {
     /// From the served document: each operation's `in: query` parameters.
     pub fn from_openapi(openapi: &Value) -> Self {
         let mut routes = HashMap::new();
+        let mut documented = HashSet::new();
         let paths = openapi.get("paths").and_then(Value::as_object);
         for (path, item) in paths.into_iter().flatten() {
+            documented.insert(path.clone());
             for (method, operation) in item.as_object().into_iter().flatten() {
                 let Ok(method) = method.to_ascii_uppercase().parse::<Method>() else {
                     continue;
@@ -43,7 +47,10 @@ impl QueryContract {
                 routes.insert((method, path.clone()), names);
             }
         }
-        Self { routes }
+        Self {
+            routes,
+            paths: documented,
+        }
     }
 
     /// The names of `query` that the route does not read.
@@ -55,6 +62,11 @@ impl QueryContract {
             method.clone()
         };
         let known = self.routes.get(&(method, route.to_owned()));
+        if known.is_none() && self.paths.contains(route) {
+            // A method the route does not have: the router answers 405, and
+            // the query string of a call that is refused anyway is no fault.
+            return Vec::new();
+        }
         query
             .iter()
             .filter(|(name, _)| !known.is_some_and(|k| k.contains(name)))
@@ -111,6 +123,10 @@ mod tests {
         assert_eq!(refused[0].location, "query.limit");
         // A path parameter is not a query parameter.
         assert_eq!(contract.unread(&Method::GET, route, &q(&[("id", "x")])).len(), 1);
+        // A method the route lacks is left to the router's 405.
+        assert!(contract
+            .unread(&Method::DELETE, route, &q(&[("limit", "5")]))
+            .is_empty());
         // A route the document does not know reads no query.
         assert_eq!(contract.unread(&Method::GET, "/elsewhere", &q(&[("a", "")])).len(), 1);
     }
