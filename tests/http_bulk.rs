@@ -340,6 +340,15 @@ async fn invalid_selectors_are_422_at_their_location_and_change_nothing(s: TestS
         malformed.problem(400, "malformed_request");
     }
     assert_eq!(s.event_count().await, before);
+    // An empty except_ids leaves nothing out, so it may stand beside ids.
+    let counted = s
+        .post(
+            "/api/runs/bulk/cancel",
+            json!({"ids": [run], "except_ids": [], "dry_run": true}),
+        )
+        .await;
+    assert_eq!(counted.ok(200)["selected"], 1, "{}", counted.body);
+    assert_eq!(s.event_count().await, before);
     s.get("/api/operations/nope").await.invalid_at("path.id");
     s.get(&format!("/api/operations/{run}?limit=0"))
         .await

@@ -79,6 +79,16 @@ async fn text_the_ledger_cannot_store_is_422_and_appends_nothing(s: TestServer) 
         .await
         .invalid_at("query.zzz");
     assert_eq!(s.event_count().await, before + 1);
+    // The document says so: a text field with no shape of its own refuses
+    // U+0000, so a client generated from it never sends one.
+    let doc = s.get("/openapi.json").await.ok(200).clone();
+    let no_nul = json!("^[^\\u0000]*$");
+    let schemas = &doc["components"]["schemas"];
+    assert_eq!(
+        schemas["CreateRunRequest"]["properties"]["metadata"]["additionalProperties"]["pattern"],
+        no_nul
+    );
+    assert_eq!(schemas["LogRequest"]["properties"]["message"]["pattern"], no_nul);
     s.stop().await;
 }
 

@@ -55,7 +55,8 @@ pub struct BulkRequest {
     /// as arrays or comma-separated strings.
     #[schema(value_type = Option<Object>)]
     filter: Option<serde_json::Map<String, Value>>,
-    /// Runs to leave out of a `match_all` selection.
+    /// Runs to leave out of a `match_all` selection (an empty list, which
+    /// leaves out nothing, may stand beside `ids`).
     #[schema(value_type = Option<Vec<uuid::Uuid>>)]
     except_ids: Option<Vec<String>>,
     /// Count what the call would change and write nothing; the answer's
@@ -147,7 +148,8 @@ impl Selector {
                 }
                 for (field, given) in [
                     ("filter", body.filter.is_some()),
-                    ("except_ids", body.except_ids.is_some()),
+                    // An empty list excepts nothing: it is as if absent.
+                    ("except_ids", body.except_ids.as_ref().is_some_and(|e| !e.is_empty())),
                 ] {
                     if given {
                         f.add(format!("body.{field}"), "applies to match_all selectors only", None);

@@ -289,6 +289,37 @@ fn complete(doc: &mut Value) {
             complete_operation(path, method, operation, &headers, &schemas);
         }
     }
+    no_nul_in_strings(doc);
+}
+
+/// What no text field may hold: neither backend stores U+0000, so the
+/// parsers refuse it (422) and the document says so.
+const NO_NUL: &str = "^[^\\u0000]*$";
+
+/// Gives every string schema under `schema` that states no shape of its own
+/// (pattern, enum, const or format) the `NO_NUL` pattern, so a generated
+/// client or fuzzer never sends what the parsers refuse.
+fn no_nul_in_strings(schema: &mut Value) {
+    match schema {
+        Value::Object(map) => {
+            let is_string = match map.get("type") {
+                Some(Value::String(t)) => t == "string",
+                Some(Value::Array(types)) => types.iter().any(|t| t == "string"),
+                _ => false,
+            };
+            let shaped = ["pattern", "enum", "const", "format"]
+                .iter()
+                .any(|k| map.contains_key(*k));
+            if is_string && !shaped {
+                map.insert("pattern".into(), Value::String(NO_NUL.into()));
+            }
+            for value in map.values_mut() {
+                no_nul_in_strings(value);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(no_nul_in_strings),
+        _ => {}
+    }
 }
 
 const RATE_LIMIT: [&str; 3] = ["X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset"];
