@@ -21,8 +21,11 @@ struct Process {
 }
 
 impl Process {
-    async fn start(url: &str) -> Self {
+    /// `cwd` is where the server keeps what it writes beside the database
+    /// (a PostgreSQL ledger's anchors file), so nothing lands in the checkout.
+    async fn start(url: &str, cwd: &std::path::Path) -> Self {
         let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_runledger"))
+            .current_dir(cwd)
             .args(["serve", "--listen", "127.0.0.1:0", "--database-url", url])
             .args(["--rate-limit-per-second", "0"])
             .env("RUST_LOG", "error")
@@ -90,7 +93,8 @@ pub async fn storms(backend: &Backend, plan: &Plan, checks: &mut Checks) {
         plan.storms,
         env!("CARGO_BIN_EXE_runledger")
     );
-    let mut process = Process::start(&db.url()).await;
+    let cwd = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let mut process = Process::start(&db.url(), cwd.path()).await;
     let (mut total_acknowledged, mut total_found) = (0, 0);
     for storm in 1..=plan.storms {
         let client = reqwest::Client::new();
@@ -110,7 +114,7 @@ pub async fn storms(backend: &Backend, plan: &Plan, checks: &mut Checks) {
             failed += fails;
         }
         let restart = Instant::now();
-        process = Process::start(&db.url()).await;
+        process = Process::start(&db.url(), cwd.path()).await;
         let restarted_in = restart.elapsed();
         let found = found(&process.base, &acknowledged).await;
         println!(
