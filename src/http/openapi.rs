@@ -399,9 +399,11 @@ fn complete_operation(path: &str, method: &str, operation: &mut Value, headers: 
             if parameter["in"] == "query" && parameter["required"] != true {
                 // An empty value of an optional parameter means it was not
                 // given (`extract::QueryParams::many`), whatever its schema.
+                // `const`, not `maxLength: 0`: generators type that as any
+                // string, which would hide the parameter's own type.
                 if let Some(schema) = parameter.get_mut("schema") {
                     let given = schema.take();
-                    *schema = json!({ "anyOf": [given, { "type": "string", "maxLength": 0 }] });
+                    *schema = json!({ "anyOf": [given, { "type": "string", "const": "" }] });
                 }
                 continue;
             }
