@@ -32,7 +32,8 @@ from runledger_client.models import (
     EndRequest, EventPage, Health, HeartbeatRequest, Lineage, LogList,
     LogRequest, NotNullType0, OperationRecord, OutputList, OutputRequest, Problem,
     ReasonRequest, RetryAccepted, RetryRequest, RunEvents, RunHistory,
-    RunList, RunState, RunStatus, RunsDiff, RunUsage, StartRequest, TaskList,
+    RunList, RunState, RunStatus, RunsDiff, RunUsage, SortField, StartRequest,
+    TaskList,
     TaskUsage, ToolCallList, ToolCallRequest, TriggeredBy, UsageRequest,
 )
 from runledger_client.types import Response
@@ -86,7 +87,7 @@ def main() -> None:
     got = ok("get", get_run.sync_detailed(run, client=client), RunState)
     assert got.id == run and got.tags["env"] == "ci" and got.payload == {"n": 1}, got
     listed = ok("list", list_runs.sync_detailed(
-        client=client, task_name="client-py", status="pending", tag=["env:ci"], sort_field="created_at", limit=10,
+        client=client, task_name="client-py", status="pending", tag=["env:ci"], sort_field=SortField.CREATED_AT, limit=10,
     ), RunList)
     assert run in [r.id for r in listed.runs] and listed.total >= 1, listed
 
