@@ -66,7 +66,10 @@ async function main(): Promise<void> {
     const ended = ok("end", await client.POST("/api/runs/{id}/end", { params: path, body: { end_reason: "failed", exit_code: 2, error: "disk full" } }));
     check(ended.status === "ended" && ended.end_reason === "failed" && ended.exit_code === 2, "end records the failure");
 
-    // Its events, history, and the run and list as of a position.
+    // Its stream (it ends after run.ended), events, history, and the run
+    // and the changes as of a position.
+    const stream = await client.GET("/api/runs/{id}/stream", { params: path, parseAs: "text" });
+    check(stream.response.ok && typeof stream.data === "string" && stream.data.includes("event: run.ended"), "the run's stream");
     const events = ok("events", await client.GET("/api/runs/{id}/events", { params: { path: { id }, query: { limit: 100 } } }));
     const startedAt = events.events.find((e) => e.type === "run.started");
     check(startedAt !== undefined, "the events hold run.started");
