@@ -164,7 +164,41 @@ again (marked `Idempotent-Replayed: true`) without appending anything; with anot
 pub fn document(openapi: &utoipa::openapi::OpenApi) -> Value {
     let mut doc = serde_json::to_value(openapi).expect("the OpenAPI document serializes");
     complete(&mut doc);
+    state_any_members(&mut doc);
     doc
+}
+
+/// Says what JSON Schema leaves implicit, which changes nothing for a
+/// validator: an object with no `properties` takes any
+/// (`additionalProperties: true`), an array with no `items` holds any
+/// (`items: {}`). Generators read a missing one as none: openapi-typescript
+/// types such an object `Record<string, never>`, openapi-python-client drops
+/// a schema with such an array (tests/clients.rs generates both clients).
+fn state_any_members(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            let is = |t: &str| match map.get("type") {
+                Some(Value::String(s)) => s == t,
+                Some(Value::Array(types)) => types.iter().any(|s| s == t),
+                _ => false,
+            };
+            let (object, array) = (is("object"), is("array"));
+            if object && !map.contains_key("properties") && !map.contains_key("additionalProperties") {
+                map.insert("additionalProperties".into(), Value::Bool(true));
+            }
+            if array && !map.contains_key("items") && !map.contains_key("prefixItems") {
+                map.insert("items".into(), json!({}));
+            }
+            for (key, member) in map.iter_mut() {
+                // Values, not schemas.
+                if !["example", "examples", "default", "enum", "const"].contains(&key.as_str()) {
+                    state_any_members(member);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(state_any_members),
+        _ => {}
+    }
 }
 
 fn header(description: &str, schema: Value) -> Value {
@@ -396,9 +430,11 @@ fn complete_operation(path: &str, method: &str, operation: &mut Value, headers: 
             if parameter["in"] == "query" && parameter["required"] != true {
                 // An empty value of an optional parameter means it was not
                 // given (`extract::QueryParams::many`), whatever its schema.
+                // `const`, not `maxLength: 0`: generators type that as any
+                // string, which would hide the parameter's own type.
                 if let Some(schema) = parameter.get_mut("schema") {
                     let given = schema.take();
-                    *schema = json!({ "anyOf": [given, { "type": "string", "maxLength": 0 }] });
+                    *schema = json!({ "anyOf": [given, { "type": "string", "const": "" }] });
                 }
                 continue;
             }
