@@ -20,9 +20,6 @@ use tokio_util::sync::CancellationToken;
 use crate::commands::{Action, Command, CommandError, RunCommand};
 use crate::ledger::{DueRun, Ledger, LedgerError};
 
-/// The actor of every event the ledger appends by itself.
-pub const SYSTEM_ACTOR: &str = "system";
-
 /// The longest the enforcer sleeps before looking again, by default: a run
 /// created with a deadline sooner than the one the enforcer waits for is
 /// ended at most this late.
@@ -100,7 +97,7 @@ async fn enforce(ledger: &Ledger, run: DueRun, now: Timestamp) -> Result<bool, L
         expected_version: Some(run.version),
         action: Action::EnforceDeadline { now },
     });
-    match ledger.execute(command, Metadata::actor(SYSTEM_ACTOR)).await {
+    match ledger.execute(command, Metadata::actor(crate::auth::SYSTEM)).await {
         Ok(_) => {
             tracing::debug!(run_id = %run.run_id, "deadline enforced");
             Ok(true)

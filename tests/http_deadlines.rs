@@ -282,7 +282,45 @@ async fn attempts_at_one_deadline_from_one_version_append_one_end(s: TestServer)
     s.stop().await;
 }
 
+/// A ledger written before deadlines existed (no `deadline_at`, migration
+/// 17 not applied, states without deadlines): its first start folds the
+/// running runs' `timeout_secs` into deadlines again, and enforces them.
+async fn a_ledger_from_before_deadlines_enforces_the_timeouts_it_already_held(mut s: TestServer) {
+    let run = s.create(json!({"task_name": "old", "timeout_secs": 1})).await;
+    let id = run["id"].as_str().unwrap().to_owned();
+    s.post(&format!("/api/runs/{id}/start"), json!({})).await.ok(200);
+    s.shutdown().await;
+    let migrations = match s.backend {
+        common::Backend::Sqlite { .. } => "DELETE FROM schema_migrations WHERE version = 17",
+        common::Backend::Postgres { .. } => "DELETE FROM _sqlx_migrations WHERE version = 17",
+    };
+    for sql in [
+        "DROP INDEX runs_deadline",
+        "ALTER TABLE runs DROP COLUMN deadline_at",
+        "ALTER TABLE run_history DROP COLUMN deadline_at",
+        "UPDATE runs SET state = '{}'",
+        migrations,
+    ] {
+        s.exec_sql(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+    let node = Node::start(&s.database_url());
+    let client = reqwest::Client::new();
+    let waited = Instant::now();
+    let run = loop {
+        let run = get(&client, &node.base, &format!("/api/runs/{id}")).await;
+        if run["status"] == "ended" {
+            break run;
+        }
+        assert!(waited.elapsed() < PATIENCE, "never enforced: {run}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(run["end_reason"], "timeout");
+    drop(node);
+    s.stop().await;
+}
+
 backend_tests!(
+    a_ledger_from_before_deadlines_enforces_the_timeouts_it_already_held,
     attempts_at_one_deadline_from_one_version_append_one_end,
     a_running_run_past_its_timeout_ends_timeout_by_the_system,
     a_pending_run_past_expires_at_ends_expired_and_a_started_one_is_unaffected,
