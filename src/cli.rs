@@ -179,8 +179,9 @@ pub struct ServeArgs {
     pub metrics_top_tasks: u16,
     /// The longest the deadline enforcer sleeps between looks for due runs,
     /// in milliseconds (it also wakes at the next known deadline): a run
-    /// created with a sooner deadline is ended at most this late.
-    #[arg(long, env = "RUNLEDGER_DEADLINE_POLL_MS", default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    /// created with a sooner deadline is ended at most this late. 0: this
+    /// node enforces no deadline (an offline copy under inspection, say).
+    #[arg(long, env = "RUNLEDGER_DEADLINE_POLL_MS", default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(0..=3_600_000))]
     pub deadline_poll_ms: u64,
     #[command(flatten)]
     pub anchors: AnchorArgs,

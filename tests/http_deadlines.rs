@@ -512,3 +512,38 @@ async fn two_postgres_nodes_racing_for_the_same_deadlines_append_one_end_each() 
         .execute(&mut conn)
         .await;
 }
+
+/// `--deadline-poll-ms 0` (`deadline_poll` zero): the node enforces nothing,
+/// so an offline copy under inspection is left as it was. A negative
+/// check, so it waits past the default poll once.
+async fn a_node_with_enforcement_off_ends_nothing(s: TestServer) {
+    let run = s.create(json!({"task_name": "kept", "expires_at": in_secs(-60)})).await;
+    assert_eq!(run["deadline_reason"], "expired", "due, but nobody enforces it");
+    tokio::time::sleep(runledger::deadlines::DEFAULT_POLL + Duration::from_millis(500)).await;
+    let id = run["id"].as_str().unwrap();
+    assert_eq!(s.get(&format!("/api/runs/{id}")).await.ok(200)["status"], "pending");
+    s.stop().await;
+}
+
+mod enforcement_off {
+    use runledger::http::HttpConfig;
+
+    fn off() -> HttpConfig {
+        HttpConfig {
+            deadline_poll: std::time::Duration::ZERO,
+            ..HttpConfig::default()
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite() {
+        super::a_node_with_enforcement_off_ends_nothing(super::TestServer::sqlite_with(off()).await).await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres() {
+        if let Some(s) = super::TestServer::postgres_with("a_node_with_enforcement_off_ends_nothing", off()).await {
+            super::a_node_with_enforcement_off_ends_nothing(s).await
+        }
+    }
+}

@@ -102,7 +102,7 @@ pub struct HttpConfig {
     /// How many tasks `/metrics` names in `runledger_task_runs`.
     pub metrics_top_tasks: usize,
     /// The longest the deadline enforcer, which `serve` runs beside the
-    /// API, sleeps between looks for due runs.
+    /// API, sleeps between looks for due runs; zero: no enforcer.
     pub deadline_poll: Duration,
 }
 
@@ -237,7 +237,8 @@ pub async fn serve(
     metrics::handle();
     let stop = CancellationToken::new();
     let tail = LogTail::start(ledger.clone(), config.tail_capacity, stop.clone());
-    let deadlines = crate::deadlines::start(ledger.clone(), config.deadline_poll, stop.clone());
+    let deadlines = (!config.deadline_poll.is_zero())
+        .then(|| crate::deadlines::start(ledger.clone(), config.deadline_poll, stop.clone()));
     let streams = Streams {
         tail,
         shutdown: stop.clone(),
@@ -260,6 +261,8 @@ pub async fn serve(
     };
     server::run(router, listener, limits, stop).await;
     // Stopped with the server: no end is appended after `serve` returns.
-    let _ = deadlines.await;
+    if let Some(deadlines) = deadlines {
+        let _ = deadlines.await;
+    }
     Ok(())
 }
