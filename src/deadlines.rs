@@ -17,7 +17,7 @@ use runledger_events::{Metadata, Timestamp};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::commands::{Action, Command, CommandError, RunCommand};
+use crate::commands::{Action, Command, CommandError, Outcome, RunCommand};
 use crate::ledger::{DueRun, Ledger, LedgerError};
 
 /// The longest the enforcer sleeps before looking again, by default: a run
@@ -98,8 +98,12 @@ async fn enforce(ledger: &Ledger, run: DueRun, now: Timestamp) -> Result<bool, L
         action: Action::EnforceDeadline { now },
     });
     match ledger.execute(command, Metadata::actor(crate::auth::SYSTEM)).await {
-        Ok(_) => {
-            tracing::debug!(run_id = %run.run_id, "deadline enforced");
+        Ok(outcome) => {
+            let reason = match &outcome {
+                Outcome::Updated(state) => state.end_reason.map(|r| r.as_str()),
+                _ => None,
+            };
+            tracing::info!(run_id = %run.run_id, end_reason = reason.unwrap_or("?"), "deadline passed: run ended");
             Ok(true)
         }
         // A heartbeat, an end or another node came first: the run is no
