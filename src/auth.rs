@@ -91,8 +91,11 @@ pub fn scopes_text(scopes: &[Scope]) -> String {
 /// The actor of every event appended while the API runs open (no tokens).
 pub const ANONYMOUS: &str = "anonymous";
 
+/// The actor of every event the ledger appends by itself (deadlines).
+pub const SYSTEM: &str = "system";
+
 /// A token's name: the actor of every event it appends.
-/// `^[a-zA-Z0-9._:@-]{1,64}$`, and not `anonymous`.
+/// `^[a-zA-Z0-9._:@-]{1,64}$`, and neither `anonymous` nor `system`.
 pub fn parse_token_name(text: &str) -> Result<String, String> {
     if text.is_empty() || text.len() > 64 {
         return Err(format!(
@@ -111,6 +114,12 @@ pub fn parse_token_name(text: &str) -> Result<String, String> {
     if text == ANONYMOUS {
         return Err(format!(
             "{ANONYMOUS:?} is the actor of the open API; choose another name"
+        ));
+    }
+    // An event by `system` must be the ledger's own, never a caller's.
+    if text == SYSTEM {
+        return Err(format!(
+            "{SYSTEM:?} is the actor of the ledger's own events; choose another name"
         ));
     }
     Ok(text.to_owned())
@@ -206,6 +215,7 @@ mod tests {
     fn names_and_secrets() {
         assert!(parse_token_name("scheduler-1@eu:prod").is_ok());
         assert!(parse_token_name("anonymous").is_err());
+        assert!(parse_token_name("system").is_err());
         assert!(parse_token_name("").is_err());
         assert!(parse_token_name("a b").is_err());
         let (a, b) = (new_secret(), new_secret());

@@ -177,6 +177,12 @@ pub struct ServeArgs {
     /// the most live runs); every other task's runs are summed as `other`.
     #[arg(long, env = "RUNLEDGER_METRICS_TOP_TASKS", default_value_t = 20, value_parser = clap::value_parser!(u16).range(0..=1000))]
     pub metrics_top_tasks: u16,
+    /// The longest the deadline enforcer sleeps between looks for due runs,
+    /// in milliseconds (it also wakes at the next known deadline): a run
+    /// created with a sooner deadline is ended at most this late. 0: this
+    /// node enforces no deadline (an offline copy under inspection, say).
+    #[arg(long, env = "RUNLEDGER_DEADLINE_POLL_MS", default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(0..=3_600_000))]
+    pub deadline_poll_ms: u64,
     #[command(flatten)]
     pub anchors: AnchorArgs,
     /// Anchor the head after this many new events; 0: only by time.
@@ -474,6 +480,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         header_read_timeout: std::time::Duration::from_secs(args.header_read_timeout_secs),
         stalled_client_timeout: std::time::Duration::from_secs(args.stalled_client_timeout_secs),
         metrics_top_tasks: usize::from(args.metrics_top_tasks),
+        deadline_poll: std::time::Duration::from_millis(args.deadline_poll_ms),
         ..HttpConfig::default()
     };
     let served = http::serve(ledger, config, listener, shutdown_signal()).await;

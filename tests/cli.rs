@@ -13,7 +13,7 @@ async fn dump(s: &TestServer) -> Vec<String> {
     let mut rows = s
         .query_strings(
             "SELECT id || '|' || status || '|' || version || '|' || position || '|' || deleted || '|' || \
-             dead_lettered || '|' || created_at || '|' || state FROM runs ORDER BY id",
+             dead_lettered || '|' || created_at || '|' || COALESCE(deadline_at, -1) || '|' || state FROM runs ORDER BY id",
         )
         .await;
     rows.extend(
@@ -185,7 +185,10 @@ async fn rebuild_replays_the_log_into_identical_projections(mut s: TestServer) {
     let ids: Vec<String> = s
         .query_strings("SELECT id FROM runs WHERE status = 'ended' ORDER BY id")
         .await;
-    let live = s.create(json!({"task_name": "busy"})).await;
+    // Far-off deadlines: the rebuild must fold the same `deadline_at`.
+    let live = s
+        .create(json!({"task_name": "busy", "timeout_secs": 3600, "heartbeat_timeout_secs": 3600}))
+        .await;
     let live = live["id"].as_str().unwrap().to_owned();
     s.post(&format!("/api/runs/{live}/start"), json!({})).await.ok(200);
     let beat = format!("/api/runs/{live}/heartbeat");
@@ -235,7 +238,7 @@ async fn rebuild_replays_the_log_into_identical_projections(mut s: TestServer) {
     s.exec_sql("UPDATE run_counts SET n = n + 3").await.unwrap();
     s.exec_sql("UPDATE tag_counts SET n = n + 3").await.unwrap();
     s.exec_sql("UPDATE run_usage SET cost_microusd = 0").await.unwrap();
-    s.exec_sql("UPDATE runs SET status = 'pending', state = '{}'")
+    s.exec_sql("UPDATE runs SET status = 'pending', deadline_at = NULL, state = '{}'")
         .await
         .unwrap();
     let out = s.cli(&["rebuild"]);

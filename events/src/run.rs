@@ -113,6 +113,12 @@ pub struct RunCreated {
     pub max_attempts: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_secs: Option<i64>,
+    /// A run still pending at this time ends `expired`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Timestamp>,
+    /// A running run with no heartbeat (or start) for this long ends `crashed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_timeout_secs: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scheduled_at: Option<Timestamp>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -30,6 +30,13 @@ impl Timestamp {
         self.0.to_rfc3339_opts(SecondsFormat::Micros, true)
     }
 
+    /// `secs` seconds after `self`; `None` past the representable range.
+    pub fn plus_secs(&self, secs: i64) -> Option<Timestamp> {
+        chrono::TimeDelta::try_seconds(secs)
+            .and_then(|d| self.0.checked_add_signed(d))
+            .map(Self)
+    }
+
     /// Milliseconds from `earlier` to `self` (negative if `earlier` is later).
     pub fn millis_since(&self, earlier: &Timestamp) -> i64 {
         (self.0 - earlier.0).num_milliseconds()

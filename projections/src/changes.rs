@@ -61,6 +61,10 @@ pub struct RunChanges<'a> {
     end_at: Option<Timestamp>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     duration_ms: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    deadline_at: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    deadline_reason: Option<EndReason>,
     version: i64,
     position: i64,
 }
@@ -86,6 +90,8 @@ impl<'a> RunChanges<'a> {
             heartbeat_at: s.heartbeat_at,
             end_at: s.end_at,
             duration_ms: s.duration_ms,
+            deadline_at: s.deadline_at,
+            deadline_reason: s.deadline_reason,
             version: s.version,
             position: s.position,
         }
@@ -134,6 +140,8 @@ impl<'a> RunChanges<'a> {
             heartbeat_at: self.heartbeat_at,
             end_at: self.end_at,
             duration_ms: self.duration_ms,
+            deadline_at: self.deadline_at,
+            deadline_reason: self.deadline_reason,
             version: self.version,
             position: self.position,
             ..state
@@ -178,6 +186,8 @@ mod tests {
                 concurrency_key: Some("customer-7".into()),
                 max_attempts: Some(3),
                 timeout_secs: Some(60),
+                expires_at: Some(at(900_000_000)),
+                heartbeat_timeout_secs: Some(30),
                 depends_on: vec![Uuid::now_v7()],
                 ..Default::default()
             }),

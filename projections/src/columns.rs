@@ -6,7 +6,7 @@ use crate::{RunChanges, RunState};
 /// The columns of `runs`, in the order of `RunRowValues`.
 pub const RUN_COLUMNS: &str = "id, project, task_name, status, end_reason, exit_code, triggered_by, \
      retry_attempt, parent_run_id, idempotency_key, dead_lettered, deleted, created_at, start_at, end_at, \
-     duration_ms, version, position, state";
+     duration_ms, deadline_at, version, position, state";
 
 /// What an upsert of `runs` sets when the run exists (both dialects).
 pub const RUN_UPSERT_SET: &str = "project = excluded.project, task_name = excluded.task_name, \
@@ -15,7 +15,7 @@ pub const RUN_UPSERT_SET: &str = "project = excluded.project, task_name = exclud
      parent_run_id = excluded.parent_run_id, idempotency_key = excluded.idempotency_key, \
      dead_lettered = excluded.dead_lettered, deleted = excluded.deleted, created_at = excluded.created_at, \
      start_at = excluded.start_at, end_at = excluded.end_at, duration_ms = excluded.duration_ms, \
-     version = excluded.version, position = excluded.position, state = excluded.state";
+     deadline_at = excluded.deadline_at, version = excluded.version, position = excluded.position, state = excluded.state";
 
 /// One row of `runs`: the columns that filter and sort, and the state as JSON.
 pub struct RunRowValues<'a> {
@@ -36,6 +36,8 @@ pub struct RunRowValues<'a> {
     pub start_at: Option<i64>,
     pub end_at: Option<i64>,
     pub duration_ms: Option<i64>,
+    /// The run's next deadline; the enforcer finds due runs by it.
+    pub deadline_at: Option<i64>,
     pub version: i64,
     pub position: i64,
     pub state: String,
@@ -71,6 +73,7 @@ impl<'a> RunRowValues<'a> {
             start_at: s.start_at.map(|t| t.as_micros()),
             end_at: s.end_at.map(|t| t.as_micros()),
             duration_ms: s.duration_ms,
+            deadline_at: s.deadline_at.map(|t| t.as_micros()),
             version: s.version,
             position: s.position,
             state,
@@ -83,7 +86,7 @@ impl<'a> RunRowValues<'a> {
 /// stops.
 pub const HISTORY_COLUMNS: &str = "id, project, task_name, status, end_reason, exit_code, triggered_by, \
      retry_attempt, parent_run_id, idempotency_key, dead_lettered, deleted, created_at, start_at, end_at, \
-     duration_ms, version, position, changes, valid_to, valid_from_at, valid_to_at";
+     duration_ms, deadline_at, version, position, changes, valid_to, valid_from_at, valid_to_at";
 
 /// What a query of `run_history` selects for each version: the run's current
 /// state and the version's changes, for `RunChanges::decode`.

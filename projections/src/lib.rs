@@ -4,6 +4,7 @@
 
 mod changes;
 mod columns;
+pub mod deadlines;
 pub mod details;
 pub mod gauges;
 mod log;

@@ -120,6 +120,12 @@ pub struct RunState {
     pub concurrency_key: Option<String>,
     pub max_attempts: Option<i64>,
     pub timeout_secs: Option<i64>,
+    /// A run still pending at this time ends `expired`.
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub expires_at: Option<Timestamp>,
+    /// A running run with no heartbeat (or start, or resume) for this many
+    /// seconds ends `crashed`.
+    pub heartbeat_timeout_secs: Option<i64>,
     pub debug_mode: bool,
     /// The sequence of the run's last checkpoint (0: none yet).
     #[serde(default)]
@@ -139,6 +145,15 @@ pub struct RunState {
     #[schema(value_type = Option<String>, format = DateTime)]
     pub end_at: Option<Timestamp>,
     pub duration_ms: Option<i64>,
+    /// The run's next deadline: when the ledger ends it by itself, unless
+    /// an event comes first (the earliest of `expires_at` while pending, the
+    /// start plus `timeout_secs`, and the last sign of life plus
+    /// `heartbeat_timeout_secs` while running).
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub deadline_at: Option<Timestamp>,
+    /// How the run ends at `deadline_at`: `expired`, `timeout` or `crashed`.
+    #[schema(value_type = Option<crate::schema::EndReasonSchema>)]
+    pub deadline_reason: Option<EndReason>,
     /// The version of the run's stream: the number of events folded.
     pub version: i64,
     /// The log position of the run's last event.
@@ -176,6 +191,8 @@ impl RunState {
             concurrency_key: None,
             max_attempts: None,
             timeout_secs: None,
+            expires_at: None,
+            heartbeat_timeout_secs: None,
             debug_mode: false,
             last_checkpoint_sequence: 0,
             dead_lettered: false,
@@ -187,6 +204,8 @@ impl RunState {
             heartbeat_at: None,
             end_at: None,
             duration_ms: None,
+            deadline_at: None,
+            deadline_reason: None,
             version: 0,
             position: 0,
         }
@@ -239,6 +258,7 @@ impl RunState {
                 });
             }
             self.create(created, at);
+            self.arm_deadline(at.recorded_at);
             self.touch(at);
             return Ok(());
         }
@@ -349,6 +369,16 @@ impl RunState {
                 self.idempotency_key = None;
             }
         }
+        if matches!(
+            event,
+            RunEvent::Started(_)
+                | RunEvent::Heartbeat(_)
+                | RunEvent::Paused(_)
+                | RunEvent::Resumed(_)
+                | RunEvent::Ended(_)
+        ) {
+            self.arm_deadline(at.recorded_at);
+        }
         self.touch(at);
         #[cfg(debug_assertions)]
         debug_assert!(
@@ -357,6 +387,33 @@ impl RunState {
             event.event_type()
         );
         Ok(())
+    }
+
+    /// Sets the next deadline from the run's phase, after an event at `at`
+    /// that is a sign of life (a start, heartbeat or resume restarts the
+    /// heartbeat clock). A timeout counts from the start, paused time
+    /// included; a paused run is not expected to heartbeat. On a tie the
+    /// timeout is the reason.
+    fn arm_deadline(&mut self, at: Timestamp) {
+        let after = |from: Option<Timestamp>, secs: Option<i64>, reason: EndReason| {
+            from.zip(secs)
+                .and_then(|(from, secs)| from.plus_secs(secs))
+                .map(|t| (t, reason))
+        };
+        let next = match self.status {
+            RunStatus::Pending => self.expires_at.map(|t| (t, EndReason::Expired)),
+            RunStatus::Running => [
+                after(self.start_at, self.timeout_secs, EndReason::Timeout),
+                after(Some(at), self.heartbeat_timeout_secs, EndReason::Crashed),
+            ]
+            .into_iter()
+            .flatten()
+            .min_by_key(|(t, _)| *t),
+            RunStatus::Paused => after(self.start_at, self.timeout_secs, EndReason::Timeout),
+            RunStatus::Ended => None,
+        };
+        self.deadline_at = next.map(|(t, _)| t);
+        self.deadline_reason = next.map(|(_, r)| r);
     }
 
     fn touch(&mut self, at: &EventContext) {
@@ -387,6 +444,8 @@ impl RunState {
             concurrency_key: c.concurrency_key.clone(),
             max_attempts: c.max_attempts,
             timeout_secs: c.timeout_secs,
+            expires_at: c.expires_at,
+            heartbeat_timeout_secs: c.heartbeat_timeout_secs,
             debug_mode: c.debug_mode,
             created_at: at.recorded_at,
             scheduled_at: c.scheduled_at,

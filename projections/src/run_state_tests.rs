@@ -203,3 +203,70 @@ fn replaying_stored_envelopes_gives_the_same_state() {
     }
     assert_eq!(direct, replayed);
 }
+
+fn with_deadlines(id: Uuid) -> RunEvent {
+    RunEvent::Created(RunCreated {
+        run_id: id,
+        project: "default".into(),
+        task_name: "nightly-report".into(),
+        expires_at: Some(Timestamp::from_micros(10_000_000).unwrap()),
+        timeout_secs: Some(100),
+        heartbeat_timeout_secs: Some(5),
+        ..Default::default()
+    })
+}
+
+/// The run after `events` (the first is its creation), event i at i s.
+fn deadlines_after(events: &[RunEvent]) -> RunState {
+    let id = Uuid::now_v7();
+    let mut state = RunState::empty(id);
+    for (i, event) in events.iter().enumerate() {
+        let event = match event {
+            RunEvent::Created(_) => with_deadlines(id),
+            other => other.clone(),
+        };
+        let v = i as i64 + 1;
+        state.apply(&event, &at(v, v * 1_000_000)).expect("events apply");
+    }
+    state
+}
+
+fn secs(s: i64) -> Option<Timestamp> {
+    Timestamp::from_micros(s * 1_000_000)
+}
+
+#[test]
+fn a_pending_run_is_due_to_expire_and_a_start_replaces_it_with_the_running_deadlines() {
+    let pending = deadlines_after(&[placeholder()]);
+    assert_eq!(pending.deadline_at, secs(10));
+    assert_eq!(pending.deadline_reason, Some(EndReason::Expired));
+    // Started at 2 s: silent from 2 s for 5 s, well before the timeout.
+    let running = deadlines_after(&[placeholder(), started()]);
+    assert_eq!(running.deadline_at, secs(7));
+    assert_eq!(running.deadline_reason, Some(EndReason::Crashed));
+}
+
+#[test]
+fn a_heartbeat_postpones_the_heartbeat_deadline_and_an_end_clears_it() {
+    let beat = RunEvent::Heartbeat(Empty {});
+    let run = deadlines_after(&[placeholder(), started(), beat.clone(), beat]);
+    assert_eq!(run.deadline_at, secs(9));
+    let ended = when(&run, ended(EndReason::Success, 0)).unwrap();
+    assert_eq!((ended.deadline_at, ended.deadline_reason), (None, None));
+}
+
+#[test]
+fn a_paused_run_keeps_its_timeout_only_and_a_resume_restarts_the_heartbeat_clock() {
+    let paused = deadlines_after(&[placeholder(), started(), RunEvent::Paused(Reason::default())]);
+    assert_eq!(paused.deadline_at, secs(102), "started at 2 s with a 100 s timeout");
+    assert_eq!(paused.deadline_reason, Some(EndReason::Timeout));
+    let resumed = when(&paused, RunEvent::Resumed(Reason::default())).unwrap();
+    assert_eq!(resumed.deadline_at, secs(9), "resumed at 4 s");
+    assert_eq!(resumed.deadline_reason, Some(EndReason::Crashed));
+}
+
+#[test]
+fn a_run_without_deadline_fields_has_no_deadline() {
+    let run = given(&[placeholder(), started()]);
+    assert_eq!((run.deadline_at, run.deadline_reason), (None, None));
+}

@@ -33,6 +33,8 @@ pub struct CreateRun {
     pub concurrency_key: Option<String>,
     pub max_attempts: Option<i64>,
     pub timeout_secs: Option<i64>,
+    pub expires_at: Option<Timestamp>,
+    pub heartbeat_timeout_secs: Option<i64>,
     pub scheduled_at: Option<Timestamp>,
     pub parent_run_id: Option<Uuid>,
     pub continuation_of: Option<Uuid>,
@@ -56,6 +58,8 @@ impl CreateRun {
             concurrency_key: None,
             max_attempts: None,
             timeout_secs: None,
+            expires_at: None,
+            heartbeat_timeout_secs: None,
             scheduled_at: None,
             parent_run_id: None,
             continuation_of: None,
@@ -134,6 +138,11 @@ pub enum Action {
     SetDebugMode(RunDebugModeSet),
     /// Frees the run's idempotency key, so a create with it makes a new run.
     ResetIdempotencyKey,
+    /// Ends the run as its deadline says (`deadline_reason`), if the
+    /// deadline is due at `now`; the ledger's own command (actor `system`).
+    EnforceDeadline {
+        now: Timestamp,
+    },
 }
 
 /// A command on one existing run.
@@ -276,6 +285,8 @@ fn decide_create(create: &CreateRun, loaded: &Loaded) -> Result<Decision, Comman
         concurrency_key: create.concurrency_key.clone(),
         max_attempts: create.max_attempts,
         timeout_secs: create.timeout_secs,
+        expires_at: create.expires_at,
+        heartbeat_timeout_secs: create.heartbeat_timeout_secs,
         scheduled_at: create.scheduled_at,
         parent_run_id: create.parent_run_id,
         continuation_of: create.continuation_of,
@@ -331,20 +342,36 @@ fn decide_run(cmd: &RunCommand, loaded: &Loaded) -> Result<Decision, CommandErro
     match &cmd.action {
         Action::Start(started) => updated(vec![RunEvent::Started(started.clone())]),
         Action::Heartbeat => updated(vec![RunEvent::Heartbeat(Default::default())]),
-        Action::End(ended) => {
-            let mut events = vec![RunEvent::Ended(ended.clone())];
-            let out_of_attempts = state.max_attempts.is_some_and(|max| state.retry_attempt + 1 >= max);
-            if ended.end_reason.is_failure() && out_of_attempts {
-                events.push(RunEvent::DeadLettered(Reason {
-                    reason: Some(format!(
-                        "{} after attempt {} of {}",
-                        ended.end_reason,
-                        state.retry_attempt + 1,
-                        state.max_attempts.unwrap_or_default()
-                    )),
+        Action::End(ended) => updated(end_events(state, ended.clone())),
+        Action::EnforceDeadline { now } => {
+            let due = state.deadline_at.zip(state.deadline_reason).filter(|(at, _)| at <= now);
+            let Some((at, end_reason)) = due else {
+                return Err(CommandError::Refused(Refusal {
+                    kind: RefusalKind::IllegalTransition,
+                    current_status: Some(state.status),
+                    message: format!("run {} has no deadline due at {now}", state.id),
                 }));
-            }
-            updated(events)
+            };
+            let error = match end_reason {
+                EndReason::Expired => format!("not started by its expires_at, {at}"),
+                EndReason::Crashed => format!(
+                    "no heartbeat for {} s (deadline {at})",
+                    state.heartbeat_timeout_secs.unwrap_or_default()
+                ),
+                _ => format!(
+                    "still running after its timeout of {} s (deadline {at})",
+                    state.timeout_secs.unwrap_or_default()
+                ),
+            };
+            updated(end_events(
+                state,
+                RunEnded {
+                    end_reason,
+                    exit_code: None,
+                    error: Some(error),
+                    result: None,
+                },
+            ))
         }
         Action::Cancel(reason) => updated(vec![RunEvent::Ended(RunEnded {
             end_reason: EndReason::Stopped,
@@ -377,6 +404,24 @@ fn decide_run(cmd: &RunCommand, loaded: &Loaded) -> Result<Decision, CommandErro
         Action::SetDebugMode(set) => updated(vec![RunEvent::DebugModeSet(set.clone())]),
         Action::ResetIdempotencyKey => updated(vec![RunEvent::IdempotencyKeyReset(Empty {})]),
     }
+}
+
+/// The end, and the dead-lettering of a failure that used the last attempt.
+fn end_events(state: &RunState, ended: RunEnded) -> Vec<RunEvent> {
+    let dead_letter =
+        ended.end_reason.is_failure() && state.max_attempts.is_some_and(|max| state.retry_attempt + 1 >= max);
+    let reason = ended.end_reason;
+    let mut events = vec![RunEvent::Ended(ended)];
+    if dead_letter {
+        events.push(RunEvent::DeadLettered(Reason {
+            reason: Some(format!(
+                "{reason} after attempt {} of {}",
+                state.retry_attempt + 1,
+                state.max_attempts.unwrap_or_default()
+            )),
+        }));
+    }
+    events
 }
 
 /// A retry is a new run; the source only gains `run.retried`. Both streams
@@ -449,6 +494,10 @@ pub fn retry_of(source: &RunState, new_run: Uuid, payload: Option<Value>) -> Run
         concurrency_key: source.concurrency_key.clone(),
         max_attempts: source.max_attempts,
         timeout_secs: source.timeout_secs,
+        // An absolute time the source was created with; a retry is decided
+        // later, and would often be born expired.
+        expires_at: None,
+        heartbeat_timeout_secs: source.heartbeat_timeout_secs,
         scheduled_at: None,
         parent_run_id: source.parent_run_id,
         continuation_of: None,

@@ -363,3 +363,30 @@ fn resetting_an_idempotency_key_frees_it_and_needs_one() {
         Err(CommandError::Refused(_))
     ));
 }
+
+#[test]
+fn a_due_deadline_ends_the_run_as_it_says_and_dead_letters_a_last_attempt() {
+    let run = given_run(
+        |c| {
+            c.timeout_secs = Some(1);
+            c.max_attempts = Some(1);
+        },
+        &[Action::Start(RunStarted::default())],
+    );
+    let deadline = run.deadline_at.expect("a running run with a timeout has a deadline");
+    let (writes, states) = when(&run, Action::EnforceDeadline { now: deadline }).unwrap();
+    assert_eq!(types(&writes), ["run.ended", "run.dead_lettered"]);
+    let ended = &states[&run.id];
+    assert_eq!(ended.end_reason, Some(EndReason::Timeout));
+    assert!(ended.dead_lettered);
+    assert_eq!(ended.deadline_at, None);
+}
+
+#[test]
+fn a_deadline_not_yet_due_is_refused() {
+    let run = given_run(|c| c.expires_at = Timestamp::from_micros(i64::MAX / 2), &[]);
+    let err = when(&run, Action::EnforceDeadline { now: Timestamp::now() }).unwrap_err();
+    assert!(matches!(err, CommandError::Refused(_)), "{err:?}");
+    let plain = given_run(|_| {}, &[]);
+    assert!(when(&plain, Action::EnforceDeadline { now: Timestamp::now() }).is_err());
+}

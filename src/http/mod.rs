@@ -101,6 +101,9 @@ pub struct HttpConfig {
     pub stalled_client_timeout: Duration,
     /// How many tasks `/metrics` names in `runledger_task_runs`.
     pub metrics_top_tasks: usize,
+    /// The longest the deadline enforcer, which `serve` runs beside the
+    /// API, sleeps between looks for due runs; zero: no enforcer.
+    pub deadline_poll: Duration,
 }
 
 impl Default for HttpConfig {
@@ -123,6 +126,7 @@ impl Default for HttpConfig {
             header_read_timeout: Duration::from_secs(10),
             stalled_client_timeout: Duration::from_secs(30),
             metrics_top_tasks: metrics::DEFAULT_TOP_TASKS,
+            deadline_poll: crate::deadlines::DEFAULT_POLL,
         }
     }
 }
@@ -221,8 +225,9 @@ fn cors(origins: &[String]) -> tower_http::cors::CorsLayer {
         ])
 }
 
-/// Serves the API on an already bound listener until `shutdown` completes,
-/// then ends every stream and finishes in-flight requests.
+/// Serves the API on an already bound listener, and enforces deadlines,
+/// until `shutdown` completes; then ends every stream and finishes
+/// in-flight requests.
 pub async fn serve(
     ledger: Arc<Ledger>,
     config: HttpConfig,
@@ -232,6 +237,8 @@ pub async fn serve(
     metrics::handle();
     let stop = CancellationToken::new();
     let tail = LogTail::start(ledger.clone(), config.tail_capacity, stop.clone());
+    let deadlines = (!config.deadline_poll.is_zero())
+        .then(|| crate::deadlines::start(ledger.clone(), config.deadline_poll, stop.clone()));
     let streams = Streams {
         tail,
         shutdown: stop.clone(),
@@ -253,5 +260,9 @@ pub async fn serve(
         shutdown_grace: config.shutdown_grace,
     };
     server::run(router, listener, limits, stop).await;
+    // Stopped with the server: no end is appended after `serve` returns.
+    if let Some(deadlines) = deadlines {
+        let _ = deadlines.await;
+    }
     Ok(())
 }

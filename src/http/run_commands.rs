@@ -80,6 +80,15 @@ pub struct CreateRunRequest {
     #[schema(minimum = 1, maximum = 31622400)]
     #[serde(default, deserialize_with = "super::whole::maybe_whole")]
     timeout_secs: Option<i64>,
+    /// A run still pending at this time (RFC 3339) ends `expired`; once
+    /// started it no longer applies.
+    #[schema(format = DateTime)]
+    expires_at: Option<String>,
+    /// A running run with no heartbeat (or start, or resume) for this many
+    /// seconds ends `crashed` (at most 366 days).
+    #[schema(minimum = 1, maximum = 31622400)]
+    #[serde(default, deserialize_with = "super::whole::maybe_whole")]
+    heartbeat_timeout_secs: Option<i64>,
     /// When the run should start (RFC 3339).
     #[schema(format = DateTime)]
     scheduled_at: Option<String>,
@@ -165,6 +174,16 @@ impl CreateRunRequest {
         let external_execution_id = optional_text(&mut f, "external_execution_id", self.external_execution_id, MAX_KEY);
         let max_attempts = in_range(&mut f, "max_attempts", self.max_attempts, 1, 1000);
         let timeout_secs = in_range(&mut f, "timeout_secs", self.timeout_secs, 1, 366 * 24 * 3600);
+        let heartbeat_timeout_secs = in_range(
+            &mut f,
+            "heartbeat_timeout_secs",
+            self.heartbeat_timeout_secs,
+            1,
+            366 * 24 * 3600,
+        );
+        let expires_at = self
+            .expires_at
+            .and_then(|raw| f.check("body.expires_at", &raw, parse_time));
         let replica_index = in_range(&mut f, "replica_index", self.replica_index, 0, 1_000_000).unwrap_or(0);
         let scheduled_at = self
             .scheduled_at
@@ -197,6 +216,8 @@ impl CreateRunRequest {
         create.concurrency_key = concurrency_key;
         create.max_attempts = max_attempts;
         create.timeout_secs = timeout_secs;
+        create.expires_at = expires_at;
+        create.heartbeat_timeout_secs = heartbeat_timeout_secs;
         create.scheduled_at = scheduled_at;
         create.parent_run_id = parent_run_id;
         create.continuation_of = continuation_of;

@@ -76,6 +76,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "tag_counts",
         include_str!("../../migrations/sqlite/0016_tag_counts.sql"),
     ),
+    (
+        17,
+        "run_deadlines",
+        include_str!("../../migrations/sqlite/0017_run_deadlines.sql"),
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -4,6 +4,7 @@
 
 pub mod bulk;
 pub mod bundle;
+mod deadlines;
 mod details;
 mod execute;
 mod gauges;
@@ -23,6 +24,7 @@ use uuid::Uuid;
 
 use crate::commands::{Command, CommandError, Outcome};
 
+pub use deadlines::DueRun;
 pub use details::{DetailAnswers, DetailReads};
 pub use idempotency::{Reservation, StoredResponse};
 pub use postgres::PgLedger;

@@ -169,7 +169,7 @@ pub async fn store_history(conn: &mut PgConnection, closes: &[Close], versions: 
 /// The array types of the `runs` columns, in `RUN_COLUMNS` order.
 const UNNEST_TYPES: &[&str] = &[
     "text[]", "text[]", "text[]", "text[]", "text[]", "bigint[]", "text[]", "bigint[]", "text[]", "text[]", "bool[]",
-    "bool[]", "bigint[]", "bigint[]", "bigint[]", "bigint[]", "bigint[]", "bigint[]", "text[]",
+    "bool[]", "bigint[]", "bigint[]", "bigint[]", "bigint[]", "bigint[]", "bigint[]", "bigint[]", "text[]",
 ];
 
 /// `$1::text[], $2::text[], …` for `UNNEST`.
@@ -207,6 +207,7 @@ fn bind_row_values<'q>(
         .bind(int(|v| v.start_at))
         .bind(int(|v| v.end_at))
         .bind(int(|v| v.duration_ms))
+        .bind(int(|v| v.deadline_at))
         .bind(int(|v| Some(v.version)))
         .bind(int(|v| Some(v.position)))
         .bind(column(|v| Some(v.state.clone())))

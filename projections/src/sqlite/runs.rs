@@ -142,7 +142,7 @@ fn store_run_counts(conn: &Connection, deltas: &crate::run_counts::RunCountDelta
 /// Inserts one version into `run_history`.
 pub fn store_version(conn: &Connection, version: &HistoryVersion) -> rusqlite::Result<()> {
     static INSERT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-        let marks: Vec<String> = (1..=22).map(|i| format!("?{i}")).collect();
+        let marks: Vec<String> = (1..=23).map(|i| format!("?{i}")).collect();
         format!(
             "INSERT INTO run_history ({HISTORY_COLUMNS}) VALUES ({})",
             marks.join(", ")
@@ -179,6 +179,7 @@ fn row_params<'a>(v: &'a RunRowValues<'_>) -> Vec<&'a dyn ToSql> {
         &v.start_at,
         &v.end_at,
         &v.duration_ms,
+        &v.deadline_at,
         &v.version,
         &v.position,
         &v.state,
@@ -189,7 +190,7 @@ fn row_params<'a>(v: &'a RunRowValues<'_>) -> Vec<&'a dyn ToSql> {
 /// (None for a new run); tags are rewritten only when they changed.
 fn store_row(conn: &Connection, previous: Option<&RunState>, state: &RunState) -> rusqlite::Result<()> {
     static UPSERT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-        let marks: Vec<String> = (1..=19).map(|i| format!("?{i}")).collect();
+        let marks: Vec<String> = (1..=20).map(|i| format!("?{i}")).collect();
         format!(
             "INSERT INTO runs ({RUN_COLUMNS}) VALUES ({}) ON CONFLICT (id) DO UPDATE SET {RUN_UPSERT_SET}",
             marks.join(", ")
