@@ -632,6 +632,17 @@ async fn search_matches_task_names_and_ids_literally_ignoring_case(s: TestServer
     expect_list(&s, &format!("/api/runs?search={}", &axb[9..23]), &[&axb], 1).await;
     expect_list(&s, "/api/runs?search=deploy&task_name=deploy-dev", &[&dev], 1).await;
     expect_list(&s, "/api/runs?search=deploy&sort_direction=asc&limit=1", &[&prod], 2).await;
+
+    // A needle that could be part of an id is looked for in both.
+    let cafe = id(&s.create(json!({"task_name": "Cafe-Beef"})).await);
+    expect_list(&s, "/api/runs?search=FE-b", &[&cafe], 1).await;
+    let tail = &cafe[cafe.len() - 8..];
+    expect_list(&s, &format!("/api/runs?search={tail}"), &[&cafe], 1).await;
+
+    // Task names are matched whether their runs are deleted or not.
+    s.delete(&format!("/api/runs/{nightly}"), json!({})).await.ok(200);
+    expect_list(&s, "/api/runs?search=nightly", &NONE, 0).await;
+    expect_list(&s, "/api/runs?search=nightly&include_deleted=true", &[&nightly], 1).await;
     s.stop().await;
 }
 

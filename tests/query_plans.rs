@@ -125,6 +125,13 @@ fn filters(parent: uuid::Uuid) -> Vec<(&'static str, RunFilter)> {
             },
         ),
         (
+            "search that may be in an id",
+            RunFilter {
+                search: Some("0a1b".into()),
+                ..f()
+            },
+        ),
+        (
             "tag",
             RunFilter {
                 tags: vec![("env".into(), "prod".into())],

@@ -357,22 +357,57 @@ fn contains_pattern(needle: &str) -> String {
     out
 }
 
-/// Runs whose task name or id contains `needle`, case-insensitively. The
-/// candidates come from a trigram index (SQLite's FTS5 table `run_search`,
-/// PostgreSQL's `pg_trgm` indexes on `runs`) and the `LIKE` decides; a needle
-/// shorter than a trigram is a scan.
-fn search_condition(needle: &str, b: &mut Builder) -> String {
+/// Whether `needle` can be part of a run id (lowercase hex and hyphens;
+/// matched in any case).
+fn may_be_in_an_id(needle: &str) -> bool {
+    needle.chars().all(|c| c.is_ascii_hexdigit() || c == '-')
+}
+
+/// The FTS5 query of the runs whose id holds every trigram of `needle`
+/// (`run_search` keeps no positions, so it cannot match a phrase; the
+/// `LIKE` beside it decides). `needle` is hex and hyphens: nothing to quote.
+fn id_trigrams(needle: &str) -> String {
+    let chars: Vec<char> = needle.to_lowercase().chars().collect();
+    let grams: Vec<String> = chars
+        .windows(3)
+        .map(|w| format!("\"{}\"", w.iter().collect::<String>()))
+        .collect();
+    grams.join(" AND ")
+}
+
+/// Runs whose task name or id contains `needle`, case-insensitively.
+/// Task names are few: the names that match come from `run_counts` (it has
+/// a row for every task any run has, deleted or not), their runs from the
+/// task indexes, and the total is a sum over `run_counts` (see `counted`).
+/// Only a needle of hex digits and hyphens can be in an id; for one of three
+/// characters or more, the candidates come from a trigram index (SQLite's
+/// FTS5 table `run_search`, PostgreSQL's `pg_trgm` index on `runs`) and the
+/// `LIKE` decides; a shorter one is a scan.
+fn search_condition(needle: &str, table: &str, b: &mut Builder) -> String {
     // Bound in the order they appear (see the module's note on placeholders).
-    let trigrams = needle.chars().count() >= 3;
-    let phrase = (trigrams && b.dialect == Dialect::Sqlite)
-        .then(|| b.text(&format!("{{task_name id}} : \"{}\"", needle.replace('"', "\"\""))));
     let p = b.text(&contains_pattern(needle));
-    let like = format!("(lower(task_name) LIKE {p} ESCAPE '\\' OR lower(id) LIKE {p} ESCAPE '\\')");
-    match (phrase, b.dialect) {
-        (Some(m), _) => format!("id IN (SELECT id FROM run_search WHERE run_search MATCH {m}) AND {like}"),
-        (None, Dialect::Postgres) if trigrams => format!("id IN (SELECT id FROM runs WHERE {like})"),
-        (None, _) => like,
+    let names = format!("SELECT task_name FROM run_counts WHERE lower(task_name) LIKE {p} ESCAPE '\\'");
+    // PostgreSQL reads `= ANY` of an array computed once from an index, also
+    // inside an OR; an `IN (subquery)` there is a scan.
+    let tasks = match b.dialect {
+        Dialect::Sqlite => format!("task_name IN ({names})"),
+        Dialect::Postgres => format!("task_name = ANY(ARRAY({names}))"),
+    };
+    if !may_be_in_an_id(needle) {
+        return tasks;
     }
+    let like = format!("lower(id) LIKE {p} ESCAPE '\\'");
+    let ids = match b.dialect {
+        _ if needle.chars().count() < 3 => like,
+        Dialect::Sqlite => {
+            let m = b.text(&id_trigrams(needle));
+            format!("id IN (SELECT id FROM run_search WHERE run_search MATCH {m}) AND {like}")
+        }
+        // The trigram index is on `runs`; `run_history` (as_of) asks it.
+        Dialect::Postgres if table == "runs" => like,
+        Dialect::Postgres => format!("id IN (SELECT id FROM runs WHERE {like})"),
+    };
+    format!("({tasks} OR ({ids}))")
 }
 
 impl RunFilter {
@@ -437,7 +472,7 @@ impl RunFilter {
             parts.push("retry_attempt > 0".to_owned());
         }
         if let Some(search) = &self.search {
-            parts.push(search_condition(search, b));
+            parts.push(search_condition(search, table, b));
         }
         for (key, value) in &self.tags {
             let (k, v) = (b.text(key), b.text(value));
@@ -484,7 +519,7 @@ impl RunFilter {
         } = self;
         created_after.is_none()
             && created_before.is_none()
-            && search.is_none()
+            && search.as_deref().is_none_or(|s| !may_be_in_an_id(s))
             && tags.is_empty()
             && parent_run_id.is_none()
     }
@@ -771,15 +806,41 @@ mod tests {
         let page = q.page_sql(Dialect::Sqlite).remove(0);
         assert!(page.sql.contains("status IN ($1)"), "{}", page.sql);
         assert!(page.sql.contains("task_name = $2"));
-        assert!(page.sql.contains("MATCH $3"), "{}", page.sql);
-        assert!(page.sql.contains("LIKE $4"));
-        assert!(page.sql.contains("t.key = $5 AND t.value = $6"));
-        assert!(page.sql.ends_with("LIMIT $7 OFFSET $8"));
+        assert!(page.sql.contains("LIKE $3"), "{}", page.sql);
+        assert!(!page.sql.contains("MATCH"), "no id has a % in it: {}", page.sql);
+        assert!(page.sql.contains("t.key = $4 AND t.value = $5"));
+        assert!(page.sql.ends_with("LIMIT $6 OFFSET $7"));
         assert!(!page.sql.contains("NOT deleted"), "asking for deleted runs shows them");
-        assert_eq!(page.args[3], Arg::Text("%50\\%\\_%".into()));
-        assert_eq!(q.count_sql(Dialect::Sqlite).args.len(), 6);
-        let pg = q.page_sql(Dialect::Postgres).remove(0);
-        assert!(pg.sql.contains("id IN (SELECT id FROM runs WHERE") && pg.sql.contains("LIKE $3"));
+        assert_eq!(page.args[2], Arg::Text("%50\\%\\_%".into()));
+        assert_eq!(q.count_sql(Dialect::Sqlite).args.len(), 5);
+        let id_like = RunQuery {
+            filter: RunFilter {
+                search: Some("0aB-1".into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let page = id_like.page_sql(Dialect::Sqlite).remove(0);
+        assert!(
+            page.sql.contains("MATCH $2") && page.sql.contains("lower(id) LIKE $1"),
+            "{}",
+            page.sql
+        );
+        assert_eq!(page.args[1], Arg::Text("\"0ab\" AND \"ab-\" AND \"b-1\"".into()));
+        assert!(id_like
+            .count_sql(Dialect::Sqlite)
+            .sql
+            .starts_with("SELECT COUNT(*) FROM runs"));
+        let pg = id_like.page_sql(Dialect::Postgres).remove(0);
+        assert!(pg.sql.contains("OR (lower(id) LIKE $1"), "{}", pg.sql);
+        let task_only = RunQuery {
+            filter: RunFilter {
+                search: Some("etl".into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        assert!(task_only.count_sql(Dialect::Postgres).sql.contains("FROM run_counts"));
     }
 
     #[test]

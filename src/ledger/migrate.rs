@@ -81,6 +81,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "run_deadlines",
         include_str!("../../migrations/sqlite/0017_run_deadlines.sql"),
     ),
+    (
+        20,
+        "run_search_ids",
+        include_str!("../../migrations/sqlite/0020_run_search_ids.sql"),
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -200,8 +200,8 @@ fn store_row(conn: &Connection, previous: Option<&RunState>, state: &RunState) -
     conn.prepare_cached(&UPSERT)?
         .execute(rusqlite::params_from_iter(row_params(&v)))?;
     if previous.is_none() {
-        conn.prepare_cached("INSERT INTO run_search (task_name, id) VALUES (?1, ?2)")?
-            .execute(params![state.task_name, v.id])?;
+        conn.prepare_cached("INSERT INTO run_search (id) VALUES (?1)")?
+            .execute([&v.id])?;
     }
     if previous.map(|p| &p.tags) != Some(&state.tags) {
         let id = state.id.to_string();
