@@ -179,6 +179,9 @@ pub struct StreamWrite {
     pub run_id: Uuid,
     pub expected: ExpectedVersion,
     pub events: Vec<RunEvent>,
+    /// The decision minted `run_id` (a new v7 id): the stream cannot exist,
+    /// so its version need not be read.
+    pub minted: bool,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -306,6 +309,7 @@ fn decide_create(create: &CreateRun, loaded: &Loaded) -> Result<Decision, Comman
             run_id,
             expected: ExpectedVersion::NoStream,
             events: vec![event],
+            minted: true,
         }],
         reply: Reply::Created(run_id),
     })
@@ -333,6 +337,7 @@ fn decide_run(cmd: &RunCommand, loaded: &Loaded) -> Result<Decision, CommandErro
                 run_id: cmd.run_id,
                 expected,
                 events,
+                minted: false,
             }],
             reply,
         })
@@ -463,11 +468,13 @@ fn decide_retry(
                 run_id: source.id,
                 expected,
                 events,
+                minted: false,
             },
             StreamWrite {
                 run_id: new_run,
                 expected: ExpectedVersion::NoStream,
                 events: vec![created],
+                minted: true,
             },
         ],
         reply: Reply::Retried {
