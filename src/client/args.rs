@@ -232,7 +232,8 @@ pub struct ListArgs {
     /// The list as it was at this log position or RFC 3339 time.
     #[arg(long)]
     pub as_of: Option<String>,
-    /// Runs per page (the server's `limit`: 1–1000, default 50).
+    /// Runs per page (the server's `limit`: 1–1000; default 50, or 1000
+    /// with `--all`).
     #[arg(long)]
     pub limit: Option<String>,
     /// Runs to skip.
@@ -246,6 +247,9 @@ pub struct ListArgs {
     pub all: bool,
 }
 
+/// The page size of `list --all` when none is given: the server's largest.
+const ALL_PAGE: &str = "1000";
+
 impl ListArgs {
     pub fn query(&self) -> Vec<(String, String)> {
         let mut pairs = self.filter.query();
@@ -253,7 +257,10 @@ impl ListArgs {
             ("sort_field", &self.sort_field),
             ("sort_direction", &self.sort_direction),
             ("as_of", &self.as_of),
-            ("limit", &self.limit),
+            (
+                "limit",
+                &self.limit.clone().or_else(|| self.all.then(|| ALL_PAGE.to_owned())),
+            ),
             ("offset", &self.offset),
         ] {
             if let Some(v) = value {
