@@ -105,14 +105,17 @@ pub enum RunsCmd {
 
 /// The list filters of `GET /api/runs` (and of a bulk selector's `filter`).
 #[derive(Args, Debug, Clone, Default)]
+#[command(next_help_heading = "Filters (the list query parameters of the same names)")]
 pub struct FilterArgs {
     /// A phase (`pending`, `running`, `paused`, `ended`), an end reason
     /// (`success`, `failed`, …), `deleted` or `dead_letter`; repeat or
     /// comma-separate: a run matches any.
     #[arg(long, value_delimiter = ',')]
     pub status: Vec<String>,
+    /// Exact task name.
     #[arg(long)]
     pub task_name: Option<String>,
+    /// Exact project.
     #[arg(long)]
     pub project: Option<String>,
     /// `cron`, `api`, `retry`, …; repeat or comma-separate.
@@ -139,6 +142,7 @@ pub struct FilterArgs {
     /// `key:value`; repeat: all must match.
     #[arg(long)]
     pub tag: Vec<String>,
+    /// Children of this run.
     #[arg(long)]
     pub parent_run_id: Option<String>,
     /// Show soft-deleted runs too.
@@ -217,8 +221,6 @@ impl FilterArgs {
 
 #[derive(Args, Debug, Clone)]
 pub struct ListArgs {
-    #[command(flatten)]
-    pub filter: FilterArgs,
     /// The dead-letter queue (`GET /api/runs/dlq`) instead of every run.
     #[arg(long)]
     pub dlq: bool,
@@ -245,6 +247,9 @@ pub struct ListArgs {
     /// Follow `next_cursor` to the last page and print every run.
     #[arg(long, conflicts_with = "offset")]
     pub all: bool,
+    // Last: the flags after it would share its help heading.
+    #[command(flatten)]
+    pub filter: FilterArgs,
 }
 
 /// The page size of `list --all` when none is given: the server's largest.
@@ -280,10 +285,13 @@ pub struct TailArgs {
     /// Only events of these types (repeat, or comma-separated).
     #[arg(long = "type", value_delimiter = ',')]
     pub types: Vec<String>,
+    /// Only events of this task's runs.
     #[arg(long)]
     pub task_name: Option<String>,
+    /// Only this run's events.
     #[arg(long)]
     pub run_id: Option<String>,
+    /// Only events of this project's runs.
     #[arg(long)]
     pub project: Option<String>,
     /// The token name (or `anonymous`) that appended the events.
@@ -346,8 +354,6 @@ pub struct BulkArgs {
     /// Select by filter; with no filter flag, every run the action can act on.
     #[arg(long)]
     pub match_all: bool,
-    #[command(flatten)]
-    pub filter: FilterArgs,
     /// Leave this run out of a filter selection (repeat).
     #[arg(long)]
     pub except_id: Vec<String>,
@@ -357,6 +363,9 @@ pub struct BulkArgs {
     /// Act. Without it only the dry run is made, and nothing changes.
     #[arg(long, short = 'y')]
     pub yes: bool,
+    // Last: the flags after it would share its help heading.
+    #[command(flatten)]
+    pub filter: FilterArgs,
 }
 
 #[derive(Args, Debug, Clone)]
