@@ -542,6 +542,13 @@ async fn tasks_lists_every_task(s: TestServer) {
     assert_eq!(row("etl")[8], "success");
     let out = cli(&s, &["tasks", "--json"]).await;
     assert_eq!(json_of(&out), s.get("/api/tasks").await.ok(200).clone());
+    let out = cli(&s, &["tasks", "--json", "--limit", "1", "--offset", "1"]).await;
+    let page = json_of(&out);
+    assert_eq!(
+        (page["tasks"][0]["task_name"].as_str(), page["total"].as_i64()),
+        (Some("nightly"), Some(2))
+    );
+    assert_eq!(page["tasks"].as_array().unwrap().len(), 1);
 
     // A server that fails (its task projection is gone): a 500, exit 6.
     s.exec_sql("DROP TABLE task_counts").await.expect("drop");
