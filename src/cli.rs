@@ -1,7 +1,8 @@
 //! The command line: `serve`, `migrate`, `verify`, `rebuild`, `export`,
 //! `import` and `token`, configured by flags with `RUNLEDGER_` environment-variable
 //! fallbacks. Only `serve` and `migrate` create a ledger; the others refuse
-//! a database that holds none.
+//! a database that holds none. `runs` and `tasks` talk to a running server
+//! instead (`crate::client`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -47,6 +48,14 @@ pub enum Cmd {
     Import(ImportArgs),
     /// Create, list and revoke API tokens.
     Token(TokenArgs),
+    /// List, inspect, follow, retry, cancel, delete and restore runs on a
+    /// running server (`--server` / `RUNLEDGER_SERVER`).
+    Runs(crate::client::args::RunsArgs),
+    /// Every task on a running server: run counts by status, the last run.
+    Tasks(crate::client::args::TasksArgs),
+    /// Print a shell completion script, e.g. `runledger completions bash >
+    /// /etc/bash_completion.d/runledger`.
+    Completions { shell: clap_complete::Shell },
 }
 
 #[derive(Args, Debug, Clone)]
@@ -220,7 +229,28 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Export(args) => export(args).await,
         Cmd::Import(args) => import(args).await,
         Cmd::Token(args) => token(args).await,
+        Cmd::Runs(args) => Ok(crate::client::runs(args).await?),
+        Cmd::Tasks(args) => Ok(crate::client::tasks(args).await?),
+        Cmd::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "runledger", &mut std::io::stdout());
+            Ok(())
+        }
     }
+}
+
+/// Whether a failure is the answer (or the silence) of a server that a
+/// client subcommand talked to.
+pub fn is_client_error(error: &anyhow::Error) -> bool {
+    error.downcast_ref::<crate::client::ClientError>().is_some()
+}
+
+/// The exit status of a failed command: the client's own statuses (see
+/// `crate::client::exit`), 1 for everything else.
+pub fn exit_code(error: &anyhow::Error) -> i32 {
+    error
+        .downcast_ref::<crate::client::ClientError>()
+        .map_or(crate::client::exit::OTHER, crate::client::ClientError::exit_code)
 }
 
 async fn token(args: TokenArgs) -> anyhow::Result<()> {

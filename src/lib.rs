@@ -4,6 +4,7 @@
 pub mod anchors;
 pub mod auth;
 pub mod cli;
+pub mod client;
 pub mod commands;
 pub mod deadlines;
 pub mod domain;

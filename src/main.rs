@@ -13,7 +13,12 @@ async fn main() -> anyhow::Result<()> {
         // A JSON log stays JSON to its last line.
         Err(error) if format == LogFormat::Json => {
             tracing::error!(error = format!("{error:#}"), "runledger failed");
-            std::process::exit(1)
+            std::process::exit(runledger::cli::exit_code(&error))
+        }
+        // A server's answer, printed as its problem says it, with its own status.
+        Err(error) if runledger::cli::is_client_error(&error) => {
+            eprintln!("error: {error}");
+            std::process::exit(runledger::cli::exit_code(&error))
         }
         result => result,
     }

@@ -712,6 +712,14 @@ impl PgLedger {
         for chunk in store.details.chunks(BULK_CHUNK) {
             details::store_many(&mut tx, chunk).await.map_err(storage)?;
         }
+        // The maintained counts that totals and `/api/tasks` are read from:
+        // one row per task and per counted combination, however many runs.
+        runs::store_task_deltas(&mut tx, &store.task_deltas)
+            .await
+            .map_err(storage)?;
+        runs::store_run_counts(&mut tx, &store.run_counts)
+            .await
+            .map_err(storage)?;
         let id = id.to_string();
         sqlx::query(bulk::INSERT_OPERATION_SQL)
             .bind(&id)
