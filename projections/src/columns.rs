@@ -44,9 +44,9 @@ pub struct RunRowValues<'a> {
 }
 
 impl<'a> RunRowValues<'a> {
-    /// The row of `runs`: `state` is the whole run.
+    /// The row of `runs`: `state` is the whole run (`stored_state`).
     pub fn of(s: &'a RunState) -> Result<Self, serde_json::Error> {
-        Ok(Self::with_state(s, serde_json::to_string(s)?))
+        Ok(Self::with_state(s, stored_state(s)?))
     }
 
     /// The row of `run_history` for the version `s`: `state` holds only
@@ -79,6 +79,17 @@ impl<'a> RunRowValues<'a> {
             state,
         }
     }
+}
+
+/// The JSON `runs.state` holds: the run without its absent fields (a
+/// missing `Option` reads back as `None`), which are most of a typical
+/// run's fields and, before, half of its row.
+pub fn stored_state(s: &RunState) -> Result<String, serde_json::Error> {
+    let mut value = serde_json::to_value(s)?;
+    if let serde_json::Value::Object(fields) = &mut value {
+        fields.retain(|_, v| !v.is_null());
+    }
+    serde_json::to_string(&value)
 }
 
 /// The columns of `run_history`: those of `runs` (`position` is where the
@@ -131,5 +142,25 @@ impl HistoryVersion {
     pub fn close(&mut self, position: i64, at: i64) {
         self.valid_to = position;
         self.valid_to_at = Some(at);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_stored_state_leaves_out_absent_fields_and_reads_back_whole() {
+        let mut run = RunState::empty(uuid::Uuid::now_v7());
+        run.task_name = "t".into();
+        let bare = stored_state(&run).unwrap();
+        assert!(!bare.contains("null"), "{bare}");
+        assert_eq!(serde_json::from_str::<RunState>(&bare).unwrap(), run);
+        assert!(bare.len() * 2 < serde_json::to_string(&run).unwrap().len(), "{bare}");
+        run.exit_code = Some(0);
+        run.payload = Some(serde_json::json!({"a": null, "b": [null]}));
+        run.error = Some(String::new());
+        let full = stored_state(&run).unwrap();
+        assert_eq!(serde_json::from_str::<RunState>(&full).unwrap(), run, "nulls inside values stay");
     }
 }
