@@ -60,6 +60,11 @@ pub struct RunFilter {
     /// Every pair must match.
     pub tags: Vec<(String, String)>,
     pub parent_run_id: Option<Uuid>,
+    /// Runs created by this bulk operation.
+    pub operation_id: Option<Uuid>,
+    /// Runs whose payload contains this object (PostgreSQL's `@>`; see
+    /// `payload`).
+    pub payload: Option<serde_json::Map<String, serde_json::Value>>,
     /// Deleted runs are hidden unless this is set or `statuses` asks for them.
     pub include_deleted: bool,
     /// Only dead-lettered runs (the dead-letter queue), whatever else matches.
@@ -375,6 +380,39 @@ fn search_condition(needle: &str, b: &mut Builder) -> String {
     }
 }
 
+/// Runs whose payload contains `needle`. As with tags, a page checks each
+/// run it reads in order, and a count starts from the index: PostgreSQL's
+/// GIN index on `run_payloads`; on SQLite the runs having the needle's first
+/// term, every other term checked by key, and `payload_contains` deciding.
+fn payload_condition(needle: &serde_json::Map<String, serde_json::Value>, table: &str, b: &mut Builder) -> String {
+    let text = serde_json::Value::Object(needle.clone()).to_string();
+    if b.dialect == Dialect::Postgres {
+        let n = b.text(&text);
+        return if b.counting {
+            format!("id IN (SELECT p.run_id FROM run_payloads p WHERE p.payload @> {n}::jsonb)")
+        } else {
+            format!("EXISTS (SELECT 1 FROM run_payloads p WHERE p.run_id = {table}.id AND p.payload @> {n}::jsonb)")
+        };
+    }
+    let mut parts = Vec::new();
+    for (i, term) in crate::payload::needle_terms(needle).into_iter().enumerate() {
+        let t = b.int(term);
+        parts.push(if i == 0 && b.counting {
+            format!("id IN (SELECT p.run_id FROM run_payload_terms p WHERE p.term = {t})")
+        } else {
+            format!("EXISTS (SELECT 1 FROM run_payload_terms p WHERE p.term = {t} AND p.run_id = {table}.id)")
+        });
+    }
+    let n = b.text(&text);
+    let payload = if table == "runs" {
+        "runs.state -> '$.payload'".to_owned()
+    } else {
+        format!("(SELECT r.state -> '$.payload' FROM runs r WHERE r.id = {table}.id)")
+    };
+    parts.push(format!("payload_contains({payload}, {n})"));
+    parts.join(" AND ")
+}
+
 impl RunFilter {
     fn conditions(&self, table: &str, b: &mut Builder) -> Vec<String> {
         let mut parts = Vec::new();
@@ -457,6 +495,17 @@ impl RunFilter {
         if let Some(parent) = &self.parent_run_id {
             parts.push(format!("parent_run_id = {}", b.text(&parent.to_string())));
         }
+        // Both are fixed when a run is created, so one table keyed by run
+        // serves `runs` and every version in `run_history`.
+        if let Some(operation) = &self.operation_id {
+            let o = b.text(&operation.to_string());
+            parts.push(format!(
+                "id IN (SELECT o.run_id FROM run_operations o WHERE o.operation_id = {o})"
+            ));
+        }
+        if let Some(needle) = &self.payload {
+            parts.push(payload_condition(needle, table, b));
+        }
         parts
     }
 }
@@ -478,6 +527,8 @@ impl RunFilter {
             search,
             tags,
             parent_run_id,
+            operation_id,
+            payload,
             include_deleted: _,
             dead_lettered_only: _,
             candidates: _,
@@ -487,6 +538,8 @@ impl RunFilter {
             && search.is_none()
             && tags.is_empty()
             && parent_run_id.is_none()
+            && operation_id.is_none()
+            && payload.is_none()
     }
 }
 
@@ -644,6 +697,8 @@ impl RunQuery {
     pub fn ids_sql(&self, dialect: Dialect) -> SqlQuery {
         let table = self.table();
         let mut b = Builder::new(dialect);
+        // The selection is sorted by id whatever the conditions' shape.
+        b.counting = true;
         let filter = self.where_sql(&mut b);
         SqlQuery {
             sql: format!("SELECT id FROM {table}{filter} ORDER BY id"),

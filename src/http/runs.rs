@@ -142,6 +142,17 @@ pub struct ListRunsParams {
     /// Children of this run.
     #[param(format = Uuid)]
     parent_run_id: Option<String>,
+    /// Runs created by this bulk operation (the `operation_id` a bulk
+    /// retry, rerun or dead-letter replay answered, and each run shows).
+    #[param(format = Uuid)]
+    operation_id: Option<String>,
+    /// A JSON object (URL-encoded): runs whose payload contains it, as
+    /// PostgreSQL's `@>` decides, on both backends — `{"customer":"acme"}`
+    /// matches a payload with that member among others; objects nest, an
+    /// array matches an array holding every element given; `1` and `1.0`
+    /// are equal, `1` and `"1"` are not.
+    #[param(min_length = 2, max_length = 4096)]
+    payload: Option<String>,
     /// Show soft-deleted runs too (hidden by default).
     include_deleted: Option<bool>,
     /// Default `created_at`.
@@ -175,6 +186,21 @@ fn bounded(raw: &str) -> Result<String, String> {
     crate::domain::short_text(raw, MAX_TEXT_FILTER)
 }
 
+/// The longest `payload` filter, in characters of JSON.
+const MAX_PAYLOAD_FILTER: usize = 4096;
+
+/// A `payload` filter: a JSON object.
+fn parse_payload_filter(raw: &str) -> Result<serde_json::Map<String, serde_json::Value>, String> {
+    if raw.chars().count() > MAX_PAYLOAD_FILTER {
+        return Err(format!("must be at most {MAX_PAYLOAD_FILTER} characters of JSON"));
+    }
+    match serde_json::from_str(raw) {
+        Ok(serde_json::Value::Object(needle)) => Ok(needle),
+        Ok(_) => Err("must be a JSON object, e.g. {\"customer\":\"acme\"}".to_owned()),
+        Err(e) => Err(format!("must be a JSON object: {e}")),
+    }
+}
+
 /// Parses the list parameters; faults are recorded in `params`.
 pub fn run_query(params: &mut QueryParams) -> RunQuery {
     let limit = params.int_in("limit", 1, 1000).unwrap_or(50);
@@ -204,6 +230,8 @@ pub fn run_query(params: &mut QueryParams) -> RunQuery {
         params.faults.add(tag_location, "at most 20 tag filters", None);
     }
     let parent_run_id = params.parsed("parent_run_id", parse_uuid);
+    let operation_id = params.parsed("operation_id", parse_uuid);
+    let payload = params.parsed("payload", parse_payload_filter);
     let include_deleted = params.flag("include_deleted").unwrap_or(false);
     let sort_field = params
         .parsed("sort_field", |raw| {
@@ -269,6 +297,8 @@ pub fn run_query(params: &mut QueryParams) -> RunQuery {
             search,
             tags,
             parent_run_id,
+            operation_id,
+            payload,
             include_deleted,
             dead_lettered_only: false,
             candidates: None,

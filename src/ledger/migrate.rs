@@ -81,6 +81,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "run_deadlines",
         include_str!("../../migrations/sqlite/0017_run_deadlines.sql"),
     ),
+    (
+        18,
+        "run_origins",
+        include_str!("../../migrations/sqlite/0018_run_origins.sql"),
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]
