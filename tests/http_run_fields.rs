@@ -493,6 +493,25 @@ async fn the_operation_id_filter_finds_what_one_bulk_call_created(s: TestServer)
         .ok(200)
         .clone();
     assert_eq!(canceled["canceled"], 2);
+    // Bulk calls keep the maintained counts behind totals and tasks, as
+    // single commands do: 3 failed, 2 retries (now stopped), 1 rerun.
+    let total = |q: &'static str| {
+        let s = &s;
+        async move { s.get(q).await.ok(200)["total"].as_i64().unwrap() }
+    };
+    assert_eq!(total("/api/runs?task_name=sync").await, 6);
+    assert_eq!(total("/api/runs?task_name=sync&status=stopped").await, 2);
+    assert_eq!(total("/api/runs?task_name=sync&status=pending").await, 1);
+    let tasks = s.get("/api/tasks").await.ok(200).clone();
+    let sync = tasks["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["task_name"] == "sync")
+        .unwrap();
+    assert_eq!(sync["total"], 6);
+    assert_eq!(sync["counts"]["stopped"], 2);
+    assert_eq!(sync["counts"]["failed"], 3);
     let unknown = uuid::Uuid::now_v7();
     assert_eq!(
         s.get(&format!("/api/runs?operation_id={unknown}")).await.ok(200)["total"],

@@ -712,6 +712,14 @@ impl PgLedger {
         for chunk in store.details.chunks(BULK_CHUNK) {
             details::store_many(&mut tx, chunk).await.map_err(storage)?;
         }
+        // The counts behind list totals and `GET /api/tasks`, as a batch of
+        // single commands keeps them.
+        runs::store_task_deltas(&mut tx, &store.task_deltas)
+            .await
+            .map_err(storage)?;
+        runs::store_run_counts(&mut tx, &store.run_counts)
+            .await
+            .map_err(storage)?;
         let id = id.to_string();
         sqlx::query(bulk::INSERT_OPERATION_SQL)
             .bind(&id)
