@@ -78,7 +78,15 @@ async fn queries(server: &Server, fixture: &Fixture) -> Vec<(String, String)> {
     let mut q: Vec<(String, String)> = Vec::new();
     let mut add = |name: &str, path: String| q.push((name.to_owned(), path));
     add("list limit=50", "/api/runs?limit=50".into());
-    for field in ["created_at", "start_at", "task_name", "status", "exit_code", "duration"] {
+    for field in [
+        "created_at",
+        "start_at",
+        "task_name",
+        "status",
+        "exit_code",
+        "duration",
+        "deadline_at",
+    ] {
         for dir in ["asc", "desc"] {
             add(
                 &format!("sort {field} {dir}"),
@@ -127,6 +135,15 @@ async fn queries(server: &Server, fixture: &Fixture) -> Vec<(String, String)> {
     let mid = mid.replace('+', "%2B");
     add("created_after=mid", format!("/api/runs?created_after={mid}&limit=50"));
     add("created_before=mid", format!("/api/runs?created_before={mid}&limit=50"));
+    let soon = runledger_events::Timestamp::now()
+        .plus_secs(3600)
+        .expect("an hour from now");
+    let soon =
+        percent_encoding::utf8_percent_encode(&soon.to_rfc3339(), percent_encoding::NON_ALPHANUMERIC).to_string();
+    add(
+        "deadline_before=+1h sort deadline_at",
+        format!("/api/runs?deadline_before={soon}&sort_field=deadline_at&sort_direction=asc&limit=50"),
+    );
     add("exit_code_min=1", "/api/runs?exit_code_min=1&limit=50".into());
     add("exit_code_max=0", "/api/runs?exit_code_max=0&limit=50".into());
     add("retries_only", "/api/runs?retries_only=true&limit=50".into());

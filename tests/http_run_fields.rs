@@ -589,6 +589,8 @@ async fn a_ledger_from_before_the_fields_fills_them_from_its_log(mut s: TestServ
     for sql in [
         "DROP TABLE run_operations",
         payloads,
+        "DROP INDEX runs_deadline_id",
+        "DROP INDEX IF EXISTS runs_deadline_id_desc",
         "UPDATE runs SET state = replace(replace(state, '\"created_by\":\"anonymous\",', ''), '\"operation_id\":', '\"x\":')",
         migrations,
     ] {

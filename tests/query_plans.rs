@@ -97,6 +97,13 @@ fn filters(parent: uuid::Uuid) -> Vec<(&'static str, RunFilter)> {
             },
         ),
         (
+            "deadline_before",
+            RunFilter {
+                deadline_before: Some(at),
+                ..f()
+            },
+        ),
+        (
             "exit_code_min",
             RunFilter {
                 exit_code_min: Some(1),
@@ -178,7 +185,8 @@ fn filters(parent: uuid::Uuid) -> Vec<(&'static str, RunFilter)> {
     ]
 }
 
-const SORTS: [SortField; 6] = [
+const SORTS: [SortField; 7] = [
+    SortField::DeadlineAt,
     SortField::CreatedAt,
     SortField::StartAt,
     SortField::TaskName,
@@ -258,7 +266,7 @@ fn queries(parent: uuid::Uuid, head: i64, dialect: Dialect) -> Vec<(String, SqlQ
                 let mut cursors = vec![Some(value)];
                 if matches!(
                     sort_field,
-                    SortField::StartAt | SortField::ExitCode | SortField::Duration
+                    SortField::StartAt | SortField::ExitCode | SortField::Duration | SortField::DeadlineAt
                 ) {
                     cursors.push(None);
                 }

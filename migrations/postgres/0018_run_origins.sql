@@ -20,4 +20,10 @@ CREATE TABLE run_payloads (
 
 CREATE INDEX run_payloads_contains ON run_payloads USING GIN (payload jsonb_path_ops);
 
+-- The list sorted by `deadline_at`, read in order both ways, ties broken by
+-- id (the partial `runs_deadline` of 0017 skips the runs that have none,
+-- which such a sort lists last; see 0015 for the index per direction).
+CREATE INDEX runs_deadline_id ON runs (deadline_at, id);
+CREATE INDEX runs_deadline_id_desc ON runs (deadline_at DESC NULLS LAST, id DESC);
+
 DELETE FROM run_counts;

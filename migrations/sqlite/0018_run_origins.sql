@@ -19,4 +19,9 @@ CREATE TABLE run_payload_terms (
     PRIMARY KEY (term, run_id)
 ) WITHOUT ROWID;
 
+-- The list sorted by `deadline_at`, read in order, ties broken by id (the
+-- partial `runs_deadline` of 0017 skips the runs that have none, which
+-- such a sort lists last).
+CREATE INDEX runs_deadline_id ON runs (deadline_at, id);
+
 DELETE FROM run_counts;

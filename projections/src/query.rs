@@ -52,6 +52,8 @@ pub struct RunFilter {
     pub created_after: Option<Timestamp>,
     /// Inclusive.
     pub created_before: Option<Timestamp>,
+    /// Runs whose next deadline is at or before this time (inclusive).
+    pub deadline_before: Option<Timestamp>,
     pub exit_code_min: Option<i64>,
     pub exit_code_max: Option<i64>,
     pub retries_only: bool,
@@ -110,11 +112,20 @@ pub enum SortField {
     Duration,
     #[default]
     CreatedAt,
+    /// The run's next deadline (`deadline_at`); runs with none sort last.
+    DeadlineAt,
 }
 
 impl SortField {
-    pub const NAMES: &'static [&'static str] =
-        &["task_name", "status", "start_at", "exit_code", "duration", "created_at"];
+    pub const NAMES: &'static [&'static str] = &[
+        "task_name",
+        "status",
+        "start_at",
+        "exit_code",
+        "duration",
+        "created_at",
+        "deadline_at",
+    ];
 
     pub fn parse(text: &str) -> Option<Self> {
         Some(match text {
@@ -124,6 +135,7 @@ impl SortField {
             "exit_code" => Self::ExitCode,
             "duration" => Self::Duration,
             "created_at" => Self::CreatedAt,
+            "deadline_at" => Self::DeadlineAt,
             _ => return None,
         })
     }
@@ -137,7 +149,7 @@ impl SortField {
 
     /// Whether the column has no value for some runs (they sort last).
     fn nullable(&self) -> bool {
-        matches!(self, Self::StartAt | Self::ExitCode | Self::Duration)
+        matches!(self, Self::StartAt | Self::ExitCode | Self::Duration | Self::DeadlineAt)
     }
 
     /// The run's value of the column, as the column stores it.
@@ -149,6 +161,7 @@ impl SortField {
             Self::ExitCode => run.exit_code.map(Arg::Int),
             Self::Duration => run.duration_ms.map(Arg::Int),
             Self::CreatedAt => Some(Arg::Int(run.created_at.as_micros())),
+            Self::DeadlineAt => run.deadline_at.map(|t| Arg::Int(t.as_micros())),
         }
     }
 
@@ -160,6 +173,7 @@ impl SortField {
             Self::ExitCode => "exit_code",
             Self::Duration => "duration_ms",
             Self::CreatedAt => "created_at",
+            Self::DeadlineAt => "deadline_at",
         }
     }
 }
@@ -465,6 +479,9 @@ impl RunFilter {
         if let Some(t) = self.created_before {
             parts.push(format!("created_at <= {}", b.int(t.as_micros())));
         }
+        if let Some(t) = self.deadline_before {
+            parts.push(format!("deadline_at <= {}", b.int(t.as_micros())));
+        }
         if let Some(code) = self.exit_code_min {
             parts.push(format!("exit_code >= {}", b.int(code)));
         }
@@ -521,6 +538,7 @@ impl RunFilter {
             triggered_by: _,
             created_after,
             created_before,
+            deadline_before,
             exit_code_min: _,
             exit_code_max: _,
             retries_only: _,
@@ -535,6 +553,7 @@ impl RunFilter {
         } = self;
         created_after.is_none()
             && created_before.is_none()
+            && deadline_before.is_none()
             && search.is_none()
             && tags.is_empty()
             && parent_run_id.is_none()

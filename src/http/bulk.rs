@@ -49,7 +49,7 @@ pub struct BulkRequest {
     /// Every run the filter matches.
     match_all: Option<bool>,
     /// The list filters of `GET /api/runs`: `status`, `task_name`, `project`,
-    /// `triggered_by`, `created_after`, `created_before`, `exit_code_min`,
+    /// `triggered_by`, `created_after`, `created_before`, `deadline_before`, `exit_code_min`,
     /// `exit_code_max`, `retries_only`, `search`, `tag` (`key:value`, or a
     /// list of them), `parent_run_id`, `operation_id`, `payload` (a JSON
     /// object, or its text), `include_deleted`. Lists may be given as arrays

@@ -127,6 +127,10 @@ pub struct ListRunsParams {
     /// Runs created at or before this time (RFC 3339).
     #[param(format = DateTime)]
     created_before: Option<String>,
+    /// Runs whose next deadline (`deadline_at`: when the ledger will end
+    /// them unless they report first) is at or before this time (RFC 3339).
+    #[param(format = DateTime)]
+    deadline_before: Option<String>,
     /// Runs whose exit code is at least this (inclusive).
     exit_code_min: Option<i64>,
     /// Runs whose exit code is at most this (inclusive).
@@ -158,7 +162,8 @@ pub struct ListRunsParams {
     /// Default `created_at`.
     #[param(value_type = Option<runledger_projections::schema::SortFieldSchema>)]
     sort_field: Option<String>,
-    /// Default `desc`. Runs with no value for the sort field come last.
+    /// Default `desc`. Runs with no value for the sort field (no exit code,
+    /// never started, no deadline) come last.
     #[param(value_type = Option<runledger_projections::schema::SortDirectionSchema>)]
     sort_direction: Option<String>,
 }
@@ -211,6 +216,7 @@ pub fn run_query(params: &mut QueryParams) -> RunQuery {
     let project = params.parsed("project", bounded);
     let created_after = params.time("created_after");
     let created_before = params.time("created_before");
+    let deadline_before = params.time("deadline_before");
     let exit_code_min = params.int_in("exit_code_min", i64::MIN, i64::MAX);
     let exit_code_max = params.int_in("exit_code_max", i64::MIN, i64::MAX);
     let retries_only = params.flag("retries_only").unwrap_or(false);
@@ -291,6 +297,7 @@ pub fn run_query(params: &mut QueryParams) -> RunQuery {
             triggered_by,
             created_after,
             created_before,
+            deadline_before,
             exit_code_min,
             exit_code_max,
             retries_only,
