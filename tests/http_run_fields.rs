@@ -227,6 +227,59 @@ async fn runs_show_who_created_them_their_operation_and_their_trace(s: TestServe
     s.stop().await;
 }
 
+/// `created_by` is the token that created the run, whoever acts on it
+/// later: another token's events, or the ledger's own end at a deadline.
+async fn created_by_is_the_creating_token_whoever_acts_later(s: TestServer) {
+    use reqwest::Method;
+    use runledger::auth::Scope;
+    let scheduler = s
+        .ledger
+        .create_token("scheduler-7", &[Scope::RunsWrite, Scope::RunsRead])
+        .await
+        .expect("token");
+    let worker = s
+        .ledger
+        .create_token("worker-3", &[Scope::RunsWrite, Scope::RunsRead])
+        .await
+        .expect("token");
+    let body = json!({"task_name": "nightly", "heartbeat_timeout_secs": 1});
+    let run = s
+        .send_as(Some(&scheduler), Method::POST, "/api/runs", Some(body))
+        .await
+        .ok(201)
+        .clone();
+    let run_id = id(&run);
+    assert_eq!(run["created_by"], "scheduler-7");
+    let started = s
+        .send_as(
+            Some(&worker),
+            Method::POST,
+            &format!("/api/runs/{run_id}/start"),
+            Some(json!({})),
+        )
+        .await
+        .ok(200)
+        .clone();
+    assert_eq!(started["created_by"], "scheduler-7");
+    // The enforcer ends it (actor `system`): still created by the scheduler.
+    let waited = std::time::Instant::now();
+    let ended = loop {
+        let got = s
+            .send_as(Some(&worker), Method::GET, &format!("/api/runs/{run_id}"), None)
+            .await
+            .ok(200)
+            .clone();
+        if got["status"] == "ended" {
+            break got;
+        }
+        assert!(waited.elapsed() < std::time::Duration::from_secs(20), "never ended");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(ended["end_reason"], "crashed");
+    assert_eq!(ended["created_by"], "scheduler-7");
+    s.stop().await;
+}
+
 /// `n` runs of task `flaky` that failed.
 async fn failed_runs(s: &TestServer, n: usize) -> Vec<String> {
     let mut out = Vec::new();
@@ -621,6 +674,7 @@ async fn a_ledger_from_before_the_fields_fills_them_from_its_log(mut s: TestServ
 
 backend_tests!(
     a_runs_state_is_its_latest_checkpoint,
+    created_by_is_the_creating_token_whoever_acts_later,
     runs_show_who_created_them_their_operation_and_their_trace,
     bad_execution_traces_are_refused_and_nothing_is_appended,
     the_payload_filter_is_containment_on_every_list_and_selector,
