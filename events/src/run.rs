@@ -145,9 +145,9 @@ pub struct RunCreated {
 
 /// How long the steps of an execution took, as the executor measured them
 /// (milliseconds, each optional). Reported on `run.started` and
-/// `run.ended`; the run shows both merged, the end's members winning.
+/// `run.ended`; the run shows both merged, the end's members winning. The
+/// API refuses members it does not know; the log's reader ignores them.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ExecutionTrace {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue_wait_ms: Option<i64>,
