@@ -1,6 +1,6 @@
 //! Read latency at production size: every list filter and sort (both
 //! directions, with `total`), deep offset, the keyset cursor, search, tags,
-//! `as_of`, the dead-letter queue, tasks, a task's runs and the events of a
+//! `as_of`, `operation_id`, `payload` containment, the dead-letter queue, tasks, a task's runs and the events of a
 //! run with 10,000 events, through the real HTTP server, on ledgers of 100k
 //! and 1M runs (`common::fixture`, built once and kept), on SQLite and (with
 //! `RUNLEDGER_BENCH_POSTGRES_URL`) PostgreSQL. Prints p50 and p99 of each and
@@ -78,7 +78,15 @@ async fn queries(server: &Server, fixture: &Fixture) -> Vec<(String, String)> {
     let mut q: Vec<(String, String)> = Vec::new();
     let mut add = |name: &str, path: String| q.push((name.to_owned(), path));
     add("list limit=50", "/api/runs?limit=50".into());
-    for field in ["created_at", "start_at", "task_name", "status", "exit_code", "duration"] {
+    for field in [
+        "created_at",
+        "start_at",
+        "task_name",
+        "status",
+        "exit_code",
+        "duration",
+        "deadline_at",
+    ] {
         for dir in ["asc", "desc"] {
             add(
                 &format!("sort {field} {dir}"),
@@ -127,6 +135,15 @@ async fn queries(server: &Server, fixture: &Fixture) -> Vec<(String, String)> {
     let mid = mid.replace('+', "%2B");
     add("created_after=mid", format!("/api/runs?created_after={mid}&limit=50"));
     add("created_before=mid", format!("/api/runs?created_before={mid}&limit=50"));
+    let soon = runledger_events::Timestamp::now()
+        .plus_secs(3600)
+        .expect("an hour from now");
+    let soon =
+        percent_encoding::utf8_percent_encode(&soon.to_rfc3339(), percent_encoding::NON_ALPHANUMERIC).to_string();
+    add(
+        "deadline_before=+1h sort deadline_at",
+        format!("/api/runs?deadline_before={soon}&sort_field=deadline_at&sort_direction=asc&limit=50"),
+    );
     add("exit_code_min=1", "/api/runs?exit_code_min=1&limit=50".into());
     add("exit_code_max=0", "/api/runs?exit_code_max=0&limit=50".into());
     add("retries_only", "/api/runs?retries_only=true&limit=50".into());
@@ -163,6 +180,34 @@ async fn queries(server: &Server, fixture: &Fixture) -> Vec<(String, String)> {
         .expect("a child run among the latest 200")
         .to_owned();
     add("parent_run_id", format!("/api/runs?parent_run_id={parent}&limit=50"));
+    let newest = server.get("/api/runs?limit=1").await;
+    let operation = newest["runs"][0]["operation_id"]
+        .as_str()
+        .expect("the fixture's last runs are a bulk retry's")
+        .to_owned();
+    add("operation_id", format!("/api/runs?operation_id={operation}&limit=50"));
+    add(
+        "operation_id sort start_at",
+        format!("/api/runs?operation_id={operation}&sort_field=start_at&limit=50"),
+    );
+    let payload = |needle: serde_json::Value| {
+        let text = needle.to_string();
+        let encoded = percent_encoding::utf8_percent_encode(&text, percent_encoding::NON_ALPHANUMERIC);
+        format!("/api/runs?payload={encoded}&limit=50")
+    };
+    add(
+        "payload customer (1 in 1000)",
+        payload(serde_json::json!({"customer": "customer-7"})),
+    );
+    add(
+        "payload region and tier (1 in 20)",
+        payload(serde_json::json!({"region": "eu", "plan": {"tier": "gold"}})),
+    );
+    add(
+        "payload features list",
+        payload(serde_json::json!({"features": ["export"]})),
+    );
+    add("payload nothing", payload(serde_json::json!({"customer": "nobody"})));
     add("offset=50000", format!("/api/runs?offset={DEEP_OFFSET}&limit=50"));
     add(
         "offset=50000 status=ended",

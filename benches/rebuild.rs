@@ -77,6 +77,7 @@ async fn make(ledger: &Arc<Ledger>, runs: usize) {
                     exit_code: Some(0),
                     error: None,
                     result: None,
+                    execution_trace: None,
                 };
                 let mut actions = vec![Action::Start(Default::default())];
                 actions.extend(std::iter::repeat_n(Action::Heartbeat, 5));

@@ -13,7 +13,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use runledger_events::{Metadata, Timestamp};
+use runledger_events::{EndReason, Metadata, Timestamp};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -24,6 +24,10 @@ use crate::ledger::{DueRun, Ledger, LedgerError};
 /// created with a deadline sooner than the one the enforcer waits for is
 /// ended at most this late.
 pub const DEFAULT_POLL: Duration = Duration::from_secs(1);
+
+/// The ends a deadline gives: the label values of
+/// `runledger_deadlines_enforced_total`.
+pub const REASONS: [EndReason; 3] = [EndReason::Timeout, EndReason::Expired, EndReason::Crashed];
 
 /// Runs ended per sweep; a full batch is followed by another at once.
 const BATCH: i64 = 256;
@@ -103,6 +107,9 @@ async fn enforce(ledger: &Ledger, run: DueRun, now: Timestamp) -> Result<bool, L
                 Outcome::Updated(state) => state.end_reason.map(|r| r.as_str()),
                 _ => None,
             };
+            if let Some(reason) = reason {
+                metrics::counter!("runledger_deadlines_enforced_total", "reason" => reason).increment(1);
+            }
             tracing::info!(run_id = %run.run_id, end_reason = reason.unwrap_or("?"), "deadline passed: run ended");
             Ok(true)
         }

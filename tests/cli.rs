@@ -45,9 +45,16 @@ async fn dump(s: &TestServer) -> Vec<String> {
          log_overflow || '|' || expired || '|' || dead_letter FROM task_counts ORDER BY task_name",
         "SELECT key || '|' || n FROM run_counts ORDER BY key",
         "SELECT key || '|' || value || '|' || n FROM tag_counts ORDER BY key, value",
+        "SELECT operation_id || '|' || run_id FROM run_operations ORDER BY operation_id, run_id",
     ] {
         rows.extend(s.query_strings(sql).await);
     }
+    let payloads = if s.database_url().starts_with("sqlite") {
+        "SELECT run_id || '|' || term FROM run_payload_terms ORDER BY run_id, term"
+    } else {
+        "SELECT run_id || '|' || payload::text FROM run_payloads ORDER BY run_id"
+    };
+    rows.extend(s.query_strings(payloads).await);
     // The indexes too: a SQLite rebuild drops them while it fills the tables.
     let indexes = if s.database_url().starts_with("sqlite") {
         "SELECT name || ' ' || sql FROM sqlite_schema WHERE type = 'index' AND sql IS NOT NULL ORDER BY name"
@@ -197,6 +204,11 @@ async fn rebuild_replays_the_log_into_identical_projections(mut s: TestServer) {
         reply.ok(200);
     }
     assert!(!ids.is_empty());
+    // What a run keeps from its creation: its payload, and the bulk
+    // operation that created it.
+    s.create(json!({"task_name": "paid", "payload": {"customer": "acme", "lines": [1, {"sku": "a"}]}}))
+        .await;
+    s.post("/api/runs/bulk/rerun", json!({"ids": [live]})).await.ok(200);
     s.shutdown().await;
     let before = dump(&s).await;
     assert!(before.len() > 6);
@@ -224,6 +236,7 @@ async fn rebuild_replays_the_log_into_identical_projections(mut s: TestServer) {
         "run_lineage",
         "task_counts",
         "run_counts",
+        "run_operations",
     ] {
         assert!(
             s.query_i64(&format!("SELECT COUNT(*) FROM {table}")).await > 0,
@@ -231,6 +244,13 @@ async fn rebuild_replays_the_log_into_identical_projections(mut s: TestServer) {
         );
     }
     s.exec_sql("DELETE FROM run_tags").await.unwrap();
+    s.exec_sql("DELETE FROM run_operations").await.unwrap();
+    let payloads = if s.database_url().starts_with("sqlite") {
+        "DELETE FROM run_payload_terms"
+    } else {
+        "DELETE FROM run_payloads"
+    };
+    s.exec_sql(payloads).await.unwrap();
     s.exec_sql("DELETE FROM run_history WHERE version > 1").await.unwrap();
     s.exec_sql("DELETE FROM run_logs").await.unwrap();
     s.exec_sql("DELETE FROM run_lineage").await.unwrap();
@@ -243,7 +263,7 @@ async fn rebuild_replays_the_log_into_identical_projections(mut s: TestServer) {
         .unwrap();
     let out = s.cli(&["rebuild"]);
     assert!(out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("rebuilt 10 runs from"), "{}", text(&out));
+    assert!(text(&out).contains("rebuilt 12 runs from"), "{}", text(&out));
     assert_eq!(
         dump(&s).await,
         before,

@@ -125,6 +125,7 @@ async fn empty_values_mean_absent(s: TestServer) {
         "sort_field=&sort_direction=",
         "status=&task_name=&triggered_by=&search=&tag=&limit=&offset=&as_of=",
         "created_after=&created_before=&exit_code_min=&exit_code_max=&retries_only=&include_deleted=&parent_run_id=&project=",
+        "operation_id=&payload=",
     ] {
         let reply = s.get(&format!("/api/runs?{query}")).await;
         assert_eq!(reply.ok(200), &plain, "{query}");

@@ -290,11 +290,21 @@ async fn a_ledger_from_before_deadlines_enforces_the_timeouts_it_already_held(mu
     let id = run["id"].as_str().unwrap().to_owned();
     s.post(&format!("/api/runs/{id}/start"), json!({})).await.ok(200);
     s.shutdown().await;
-    let migrations = match s.backend {
-        common::Backend::Sqlite { .. } => "DELETE FROM schema_migrations WHERE version = 17",
-        common::Backend::Postgres { .. } => "DELETE FROM _sqlx_migrations WHERE version = 17",
+    // Migration 18 came later still: undone too.
+    let (migrations, payloads) = match s.backend {
+        common::Backend::Sqlite { .. } => (
+            "DELETE FROM schema_migrations WHERE version IN (17, 18)",
+            "DROP TABLE run_payload_terms",
+        ),
+        common::Backend::Postgres { .. } => (
+            "DELETE FROM _sqlx_migrations WHERE version IN (17, 18)",
+            "DROP TABLE run_payloads",
+        ),
     };
     for sql in [
+        "DROP TABLE run_operations",
+        payloads,
+        "DROP INDEX runs_deadline_id",
         "DROP INDEX runs_deadline",
         "ALTER TABLE runs DROP COLUMN deadline_at",
         "ALTER TABLE run_history DROP COLUMN deadline_at",
@@ -319,7 +329,90 @@ async fn a_ledger_from_before_deadlines_enforces_the_timeouts_it_already_held(mu
     s.stop().await;
 }
 
+/// Lists sort by the next deadline (runs with none last, both ways) and
+/// filter by `deadline_before`, with the cursor, `as_of` and selectors.
+async fn lists_sort_by_deadline_and_filter_by_deadline_before(s: TestServer) {
+    let mut ids = Vec::new();
+    for hours in [2, 1, 3] {
+        let run = s
+            .create(json!({"task_name": "queued", "expires_at": in_secs(hours * 3600)}))
+            .await;
+        ids.push(run["id"].as_str().unwrap().to_owned());
+    }
+    let none = s.create(json!({"task_name": "queued"})).await;
+    let none = none["id"].as_str().unwrap().to_owned();
+    let (two, one, three) = (ids[0].clone(), ids[1].clone(), ids[2].clone());
+    let listed = |q: String| {
+        let s = &s;
+        async move { s.get(&format!("/api/runs?task_name=queued&{q}")).await.ok(200).clone() }
+    };
+    let asc = listed("sort_field=deadline_at&sort_direction=asc".into()).await;
+    assert_eq!(
+        common::ids(&asc),
+        [one.as_str(), two.as_str(), three.as_str(), none.as_str()]
+    );
+    let desc = listed("sort_field=deadline_at&sort_direction=desc".into()).await;
+    assert_eq!(
+        common::ids(&desc),
+        [three.as_str(), two.as_str(), one.as_str(), none.as_str()]
+    );
+    // Page by page with the cursor, the same order.
+    let mut paged = Vec::new();
+    let mut q = "sort_field=deadline_at&sort_direction=asc&limit=1".to_owned();
+    loop {
+        let page = listed(q.clone()).await;
+        paged.extend(common::ids(&page));
+        let Some(cursor) = page["next_cursor"].as_str() else {
+            break;
+        };
+        q = format!("sort_field=deadline_at&sort_direction=asc&limit=1&cursor={cursor}");
+    }
+    assert_eq!(paged, [one.as_str(), two.as_str(), three.as_str(), none.as_str()]);
+    // Due within two and a half hours: the first two.
+    let cutoff = in_secs(9000);
+    let cutoff_q = cutoff.replace('+', "%2B").replace(':', "%3A");
+    let due = listed(format!(
+        "deadline_before={cutoff_q}&sort_field=deadline_at&sort_direction=asc"
+    ))
+    .await;
+    assert_eq!(common::ids(&due), [one.as_str(), two.as_str()]);
+    assert_eq!(due["total"], 2);
+    // Starting a run moves its deadline: no timeout, so none.
+    s.post(&format!("/api/runs/{one}/start"), json!({})).await.ok(200);
+    let head = s.query_i64("SELECT MAX(position) FROM events").await;
+    let due = listed(format!("deadline_before={cutoff_q}")).await;
+    assert_eq!(common::ids(&due), [two.as_str()]);
+    let then = listed(format!("deadline_before={cutoff_q}&as_of={}", head - 1)).await;
+    assert_eq!(then["total"], 2, "before the start, as it was");
+    let dry = s
+        .post(
+            "/api/runs/bulk/cancel",
+            json!({"match_all": true, "filter": {"deadline_before": cutoff}, "dry_run": true}),
+        )
+        .await
+        .ok(200)
+        .clone();
+    assert_eq!(dry["affected"], 1);
+    // Bad input: nothing appended.
+    let events = s.event_count().await;
+    s.get("/api/runs?deadline_before=soon")
+        .await
+        .invalid_at("query.deadline_before");
+    s.get("/api/runs?sort_field=deadline")
+        .await
+        .invalid_at("query.sort_field");
+    s.post(
+        "/api/runs/bulk/cancel",
+        json!({"match_all": true, "filter": {"deadline_before": "tomorrow"}}),
+    )
+    .await
+    .invalid_at("body.filter.deadline_before");
+    assert_eq!(s.event_count().await, events);
+    s.stop().await;
+}
+
 backend_tests!(
+    lists_sort_by_deadline_and_filter_by_deadline_before,
     a_ledger_from_before_deadlines_enforces_the_timeouts_it_already_held,
     attempts_at_one_deadline_from_one_version_append_one_end,
     a_running_run_past_its_timeout_ends_timeout_by_the_system,

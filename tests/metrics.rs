@@ -306,6 +306,7 @@ async fn every_family_has_help_and_type_and_parses(s: TestServer) {
         "runledger_dead_letter_runs",
         "runledger_oldest_pending_run_age_seconds",
         "runledger_build_info",
+        "runledger_deadlines_enforced_total",
         "process_cpu_seconds_total",
         "process_resident_memory_bytes",
         "process_open_fds",
@@ -537,8 +538,53 @@ async fn the_readme_scrape_config_and_alert_rules_name_served_metrics(s: TestSer
     s.stop().await;
 }
 
+/// Each run the enforcer ends counts once under the end it gave. The
+/// recorder is the process's, shared by the tests running beside this one,
+/// so the counts are compared before and after.
+async fn deadline_ends_are_counted_by_reason(s: TestServer) {
+    let count = |families: &BTreeMap<String, Family>, reason: &str| {
+        value(families, "runledger_deadlines_enforced_total", &[("reason", reason)])
+            .unwrap_or_else(|| panic!("no series for {reason}"))
+    };
+    let before = scrape(&s).await;
+    let in_a_second = runledger_events::Timestamp::now().plus_secs(1).unwrap().to_rfc3339();
+    let timed = s.run_through("late", json!({"timeout_secs": 1}), &["start"]).await;
+    let silent = s
+        .run_through("quiet", json!({"heartbeat_timeout_secs": 1}), &["start"])
+        .await;
+    let queued = s
+        .create(json!({"task_name": "queued", "expires_at": in_a_second}))
+        .await;
+    let waited = std::time::Instant::now();
+    for run in [&timed, &silent, &queued] {
+        let id = run["id"].as_str().unwrap();
+        while s.get(&format!("/api/runs/{id}")).await.ok(200)["status"] != "ended" {
+            assert!(
+                waited.elapsed() < std::time::Duration::from_secs(20),
+                "{id} never ended"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+    let after = scrape(&s).await;
+    for reason in ["timeout", "crashed", "expired"] {
+        assert!(
+            count(&after, reason) >= count(&before, reason) + 1.0,
+            "{reason}: {} then {}",
+            count(&before, reason),
+            count(&after, reason)
+        );
+    }
+    s.stop().await;
+}
+
 mod sqlite {
     use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn deadline_ends_are_counted_by_reason() {
+        super::deadline_ends_are_counted_by_reason(TestServer::sqlite().await).await
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_readme_scrape_config_and_alert_rules_name_served_metrics() {
@@ -586,6 +632,13 @@ mod postgres {
     async fn every_family_has_help_and_type_and_parses() {
         if let Some(s) = TestServer::postgres("every_family_has_help_and_type_and_parses").await {
             super::every_family_has_help_and_type_and_parses(s).await
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn deadline_ends_are_counted_by_reason() {
+        if let Some(s) = TestServer::postgres("deadline_ends_are_counted_by_reason").await {
+            super::deadline_ends_are_counted_by_reason(s).await
         }
     }
 

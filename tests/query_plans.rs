@@ -97,6 +97,13 @@ fn filters(parent: uuid::Uuid) -> Vec<(&'static str, RunFilter)> {
             },
         ),
         (
+            "deadline_before",
+            RunFilter {
+                deadline_before: Some(at),
+                ..f()
+            },
+        ),
+        (
             "exit_code_min",
             RunFilter {
                 exit_code_min: Some(1),
@@ -146,6 +153,29 @@ fn filters(parent: uuid::Uuid) -> Vec<(&'static str, RunFilter)> {
             },
         ),
         (
+            "operation_id",
+            RunFilter {
+                operation_id: Some(parent),
+                ..f()
+            },
+        ),
+        (
+            "payload",
+            RunFilter {
+                payload: json!({"customer": "acme", "plan": {"tier": "gold"}})
+                    .as_object()
+                    .cloned(),
+                ..f()
+            },
+        ),
+        (
+            "payload {}",
+            RunFilter {
+                payload: json!({}).as_object().cloned(),
+                ..f()
+            },
+        ),
+        (
             "include_deleted",
             RunFilter {
                 include_deleted: true,
@@ -162,7 +192,8 @@ fn filters(parent: uuid::Uuid) -> Vec<(&'static str, RunFilter)> {
     ]
 }
 
-const SORTS: [SortField; 6] = [
+const SORTS: [SortField; 7] = [
+    SortField::DeadlineAt,
     SortField::CreatedAt,
     SortField::StartAt,
     SortField::TaskName,
@@ -242,7 +273,7 @@ fn queries(parent: uuid::Uuid, head: i64, dialect: Dialect) -> Vec<(String, SqlQ
                 let mut cursors = vec![Some(value)];
                 if matches!(
                     sort_field,
-                    SortField::StartAt | SortField::ExitCode | SortField::Duration
+                    SortField::StartAt | SortField::ExitCode | SortField::Duration | SortField::DeadlineAt
                 ) {
                     cursors.push(None);
                 }
@@ -273,6 +304,7 @@ async fn full_scans(s: &TestServer, q: &SqlQuery, dialect: Dialect) -> (Vec<Stri
         Dialect::Sqlite => {
             let path = s.database_url().trim_start_matches("sqlite://").to_owned();
             let conn = rusqlite::Connection::open(path).unwrap();
+            runledger_projections::payload::register_sqlite(&conn).unwrap();
             let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {}", q.sql)).unwrap();
             let args: Vec<rusqlite::types::Value> = q
                 .args
@@ -326,10 +358,18 @@ async fn full_scans(s: &TestServer, q: &SqlQuery, dialect: Dialect) -> (Vec<Stri
 
 async fn no_list_query_scans_a_whole_table(s: TestServer, dialect: Dialect) {
     let parent = s
-        .run_through("etl", json!({"tags": {"env": "prod"}}), &["start", "end:failed:1"])
+        .run_through(
+            "etl",
+            json!({"tags": {"env": "prod"}, "payload": {"customer": "acme", "plan": {"tier": "gold"}}}),
+            &["start", "end:failed:1"],
+        )
         .await;
     let parent_id = parent["id"].as_str().unwrap().to_owned();
     s.post(&format!("/api/runs/{parent_id}/retry"), json!({})).await.ok(202);
+    // A bulk operation's run, for the operation_id filter.
+    s.post("/api/runs/bulk/rerun", json!({"ids": [parent_id]}))
+        .await
+        .ok(200);
     for (task, steps) in [
         ("etl", vec!["start"]),
         ("report", vec!["start", "end:success:0"]),

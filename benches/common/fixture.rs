@@ -12,7 +12,10 @@
 //! runs send two heartbeats. A third of failures are retried (the retry is one
 //! of the `runs`); runs of one task in ten allow 2 attempts, so a failed retry
 //! of theirs is dead-lettered. 2 % of ended runs are soft-deleted. One run
-//! (`Fixture::big_run`) has 10,000 log events.
+//! (`Fixture::big_run`) has 10,000 log events. Every run has a payload
+//! (`customer` one of 1,000, `region` one of 3, `plan.tier` one of 4, and a
+//! list of `features`); the last runs made are one bulk retry of task-40's
+//! failures, for the `operation_id` filter.
 //!
 //! Where: `RUNLEDGER_BENCH_FIXTURES` (default `target/bench-fixtures`) holds
 //! `ledger-{runs}-v{VERSION}.db`; PostgreSQL uses schema
@@ -26,14 +29,16 @@ use std::time::Instant;
 
 use runledger::commands::{Action, Command, CreateRun, Outcome, RetryAction, RunCommand};
 use runledger::domain::TaskName;
+use runledger::ledger::bulk::{BulkCall, BulkKind, Selector};
 use runledger::ledger::{DatabaseUrl, Ledger};
 use runledger_events::{EndReason, Metadata, Reason, RunEnded, RunLogged, TriggeredBy};
+use runledger_projections::{RunFilter, StatusValue};
 use sqlx::postgres::PgConnectOptions;
 use sqlx::ConnectOptions;
 use uuid::Uuid;
 
 /// Bump when the mix changes, so that old files are not reused.
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 const WRITERS: usize = 128;
 const BIG_RUN_EVENTS: usize = 10_000;
 
@@ -186,6 +191,7 @@ fn ended(reason: EndReason, exit_code: Option<i64>) -> Action {
         exit_code,
         error: None,
         result: None,
+        execution_trace: None,
     })
 }
 
@@ -229,6 +235,27 @@ async fn build(ledger: &Arc<Ledger>, runs: usize) -> (Uuid, f64) {
     .await;
     let big_run = big.await.expect("the big run");
     progress.abort();
+    let retry = BulkCall {
+        kind: BulkKind::Retry,
+        selection: Selector::Match {
+            filter: RunFilter {
+                task_name: Some("task-40".into()),
+                statuses: vec![StatusValue::EndReason(EndReason::Failed)],
+                ..RunFilter::default()
+            },
+            except: Vec::new(),
+        },
+        as_of: None,
+        dry_run: false,
+        reason: Some("fixture bulk retry".into()),
+        cap: 100_000,
+        selector: serde_json::json!({"match_all": true, "filter": {"task_name": "task-40", "status": "failed"}}),
+    };
+    ledger
+        .bulk(retry, Metadata::actor("fixture"))
+        .await
+        .map_err(|e| format!("{e:?}"))
+        .expect("the fixture's bulk retry");
     (big_run, started.elapsed().as_secs_f64())
 }
 
@@ -273,6 +300,18 @@ async fn one_run(ledger: &Ledger, n: usize, meta: &Metadata, previous: &mut Opti
     if task % 10 == 3 {
         create.max_attempts = Some(2);
     }
+    let region = ["eu", "us", "apac"][n % 3];
+    let features = &["sso", "audit", "export"][..1 + n % 3];
+    let tier = pick(
+        draw(n, 11),
+        &[(0.5, "free"), (0.3, "pro"), (0.15, "gold"), (0.05, "enterprise")],
+    );
+    create.payload = Some(serde_json::json!({
+        "customer": format!("customer-{}", n % 1000),
+        "region": region,
+        "plan": {"tier": tier, "seats": 1 + n % 50},
+        "features": features,
+    }));
     if draw(n, 4) < 0.05 {
         create.parent_run_id = *previous;
     }

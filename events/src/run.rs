@@ -143,12 +143,63 @@ pub struct RunCreated {
     pub debug_mode: bool,
 }
 
+/// How long the steps of an execution took, as the executor measured them
+/// (milliseconds, each optional). Reported on `run.started` and
+/// `run.ended`; the run shows both merged, the end's members winning. The
+/// API refuses members it does not know; the log's reader ignores them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecutionTrace {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_wait_ms: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dequeue_ms: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect_ms: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttfb_ms: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transfer_ms: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_ms: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dispatch_ms: Option<i64>,
+}
+
+impl ExecutionTrace {
+    /// The members, in the order of the struct.
+    pub const MEMBERS: &'static [&'static str] = &[
+        "queue_wait_ms",
+        "dequeue_ms",
+        "connect_ms",
+        "ttfb_ms",
+        "transfer_ms",
+        "total_ms",
+        "dispatch_ms",
+    ];
+
+    /// The member named `name`, for parsers.
+    pub fn member_mut(&mut self, name: &str) -> Option<&mut Option<i64>> {
+        Some(match name {
+            "queue_wait_ms" => &mut self.queue_wait_ms,
+            "dequeue_ms" => &mut self.dequeue_ms,
+            "connect_ms" => &mut self.connect_ms,
+            "ttfb_ms" => &mut self.ttfb_ms,
+            "transfer_ms" => &mut self.transfer_ms,
+            "total_ms" => &mut self.total_ms,
+            "dispatch_ms" => &mut self.dispatch_ms,
+            _ => return None,
+        })
+    }
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct RunStarted {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub external_execution_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replica_index: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub execution_trace: Option<ExecutionTrace>,
 }
 
 /// Events that carry nothing but an optional human reason.
@@ -174,6 +225,8 @@ pub struct RunEnded {
     pub error: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub execution_trace: Option<ExecutionTrace>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -442,6 +495,7 @@ mod tests {
                 exit_code: Some(2),
                 error: Some("boom".into()),
                 result: None,
+                execution_trace: None,
             }),
         ];
         for event in events {

@@ -7,7 +7,7 @@
 
 use std::borrow::Cow;
 
-use runledger_events::{EndReason, Timestamp};
+use runledger_events::{EndReason, ExecutionTrace, Timestamp};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -65,6 +65,8 @@ pub struct RunChanges<'a> {
     deadline_at: Option<Timestamp>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     deadline_reason: Option<EndReason>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    execution_trace: Option<Cow<'a, ExecutionTrace>>,
     version: i64,
     position: i64,
 }
@@ -92,6 +94,7 @@ impl<'a> RunChanges<'a> {
             duration_ms: s.duration_ms,
             deadline_at: s.deadline_at,
             deadline_reason: s.deadline_reason,
+            execution_trace: s.execution_trace.as_ref().map(Cow::Borrowed),
             version: s.version,
             position: s.position,
         }
@@ -142,6 +145,7 @@ impl<'a> RunChanges<'a> {
             duration_ms: self.duration_ms,
             deadline_at: self.deadline_at,
             deadline_reason: self.deadline_reason,
+            execution_trace: self.execution_trace.map(Cow::into_owned),
             version: self.version,
             position: self.position,
             ..state
@@ -199,6 +203,10 @@ mod tests {
             RunEvent::Started(RunStarted {
                 external_execution_id: Some("pod-1".into()),
                 replica_index: Some(2),
+                execution_trace: Some(runledger_events::ExecutionTrace {
+                    queue_wait_ms: Some(40),
+                    ..Default::default()
+                }),
             }),
             RunEvent::Heartbeat(Empty {}),
             RunEvent::Checkpointed(RunCheckpointed {
@@ -218,6 +226,10 @@ mod tests {
                 exit_code: Some(3),
                 error: Some("printer on fire".into()),
                 result: Some(json!({"partial": true})),
+                execution_trace: Some(runledger_events::ExecutionTrace {
+                    total_ms: Some(900),
+                    ..Default::default()
+                }),
             }),
             RunEvent::Logged(RunLogged {
                 level: "info".into(),
@@ -244,6 +256,7 @@ mod tests {
                 position: 10 * v,
                 stream_version: v,
                 recorded_at: at(v * 1_000_000),
+                metadata: None,
             };
             state
                 .apply(event, &ctx)

@@ -161,6 +161,10 @@ mod tests {
         run.payload = Some(serde_json::json!({"a": null, "b": [null]}));
         run.error = Some(String::new());
         let full = stored_state(&run).unwrap();
-        assert_eq!(serde_json::from_str::<RunState>(&full).unwrap(), run, "nulls inside values stay");
+        assert_eq!(
+            serde_json::from_str::<RunState>(&full).unwrap(),
+            run,
+            "nulls inside values stay"
+        );
     }
 }

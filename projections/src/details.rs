@@ -392,6 +392,23 @@ pub fn checkpoints_sql(run_id: Uuid, page: Page) -> SqlQuery {
     page_sql(CHECKPOINTS.name, "sequence", run_id, page, &[])
 }
 
+/// The run's latest checkpoint, or with `at`, its latest at or before that
+/// log position: one step back along the run's key (a run's sequences and
+/// positions rise together).
+pub fn latest_checkpoint_sql(run_id: Uuid, at: Option<i64>) -> SqlQuery {
+    let mut b = Builder::default();
+    let mut sql = format!(
+        "SELECT record FROM {} WHERE run_id = {}",
+        CHECKPOINTS.name,
+        b.text(&run_id.to_string())
+    );
+    if let Some(position) = at {
+        sql.push_str(&format!(" AND position <= {}", b.int(position)));
+    }
+    sql.push_str(" ORDER BY sequence DESC LIMIT 1");
+    SqlQuery { sql, args: b.args }
+}
+
 /// Log lines at any of `levels` (all if empty) of any of `types` (all if empty).
 pub fn logs_sql(run_id: Uuid, levels: Vec<String>, types: Vec<String>, page: Page) -> SqlQuery {
     page_sql(

@@ -8,6 +8,7 @@ pub mod deadlines;
 pub mod details;
 pub mod gauges;
 mod log;
+pub mod payload;
 pub mod postgres;
 mod query;
 mod replay;
@@ -33,6 +34,7 @@ pub fn projection_tables() -> impl Iterator<Item = &'static str> {
         "task_counts",
         "run_counts",
         "tag_counts",
+        "run_operations",
     ]
     .into_iter()
     .chain(details::DETAIL_TABLES.iter().map(|t| t.name))

@@ -52,6 +52,8 @@ pub struct RunFilter {
     pub created_after: Option<Timestamp>,
     /// Inclusive.
     pub created_before: Option<Timestamp>,
+    /// Runs whose next deadline is at or before this time (inclusive).
+    pub deadline_before: Option<Timestamp>,
     pub exit_code_min: Option<i64>,
     pub exit_code_max: Option<i64>,
     pub retries_only: bool,
@@ -60,6 +62,11 @@ pub struct RunFilter {
     /// Every pair must match.
     pub tags: Vec<(String, String)>,
     pub parent_run_id: Option<Uuid>,
+    /// Runs created by this bulk operation.
+    pub operation_id: Option<Uuid>,
+    /// Runs whose payload contains this object (PostgreSQL's `@>`; see
+    /// `payload`).
+    pub payload: Option<serde_json::Map<String, serde_json::Value>>,
     /// Deleted runs are hidden unless this is set or `statuses` asks for them.
     pub include_deleted: bool,
     /// Only dead-lettered runs (the dead-letter queue), whatever else matches.
@@ -105,11 +112,20 @@ pub enum SortField {
     Duration,
     #[default]
     CreatedAt,
+    /// The run's next deadline (`deadline_at`); runs with none sort last.
+    DeadlineAt,
 }
 
 impl SortField {
-    pub const NAMES: &'static [&'static str] =
-        &["task_name", "status", "start_at", "exit_code", "duration", "created_at"];
+    pub const NAMES: &'static [&'static str] = &[
+        "task_name",
+        "status",
+        "start_at",
+        "exit_code",
+        "duration",
+        "created_at",
+        "deadline_at",
+    ];
 
     pub fn parse(text: &str) -> Option<Self> {
         Some(match text {
@@ -119,6 +135,7 @@ impl SortField {
             "exit_code" => Self::ExitCode,
             "duration" => Self::Duration,
             "created_at" => Self::CreatedAt,
+            "deadline_at" => Self::DeadlineAt,
             _ => return None,
         })
     }
@@ -132,7 +149,7 @@ impl SortField {
 
     /// Whether the column has no value for some runs (they sort last).
     fn nullable(&self) -> bool {
-        matches!(self, Self::StartAt | Self::ExitCode | Self::Duration)
+        matches!(self, Self::StartAt | Self::ExitCode | Self::Duration | Self::DeadlineAt)
     }
 
     /// The run's value of the column, as the column stores it.
@@ -144,6 +161,7 @@ impl SortField {
             Self::ExitCode => run.exit_code.map(Arg::Int),
             Self::Duration => run.duration_ms.map(Arg::Int),
             Self::CreatedAt => Some(Arg::Int(run.created_at.as_micros())),
+            Self::DeadlineAt => run.deadline_at.map(|t| Arg::Int(t.as_micros())),
         }
     }
 
@@ -155,6 +173,7 @@ impl SortField {
             Self::ExitCode => "exit_code",
             Self::Duration => "duration_ms",
             Self::CreatedAt => "created_at",
+            Self::DeadlineAt => "deadline_at",
         }
     }
 }
@@ -410,6 +429,39 @@ fn search_condition(needle: &str, table: &str, b: &mut Builder) -> String {
     format!("({tasks} OR ({ids}))")
 }
 
+/// Runs whose payload contains `needle`. As with tags, a page checks each
+/// run it reads in order, and a count starts from the index: PostgreSQL's
+/// GIN index on `run_payloads`; on SQLite the runs having the needle's first
+/// term, every other term checked by key, and `payload_contains` deciding.
+fn payload_condition(needle: &serde_json::Map<String, serde_json::Value>, table: &str, b: &mut Builder) -> String {
+    let text = serde_json::Value::Object(needle.clone()).to_string();
+    if b.dialect == Dialect::Postgres {
+        let n = b.text(&text);
+        return if b.counting {
+            format!("id IN (SELECT p.run_id FROM run_payloads p WHERE p.payload @> {n}::jsonb)")
+        } else {
+            format!("EXISTS (SELECT 1 FROM run_payloads p WHERE p.run_id = {table}.id AND p.payload @> {n}::jsonb)")
+        };
+    }
+    let mut parts = Vec::new();
+    for (i, term) in crate::payload::needle_terms(needle).into_iter().enumerate() {
+        let t = b.int(term);
+        parts.push(if i == 0 && b.counting {
+            format!("id IN (SELECT p.run_id FROM run_payload_terms p WHERE p.term = {t})")
+        } else {
+            format!("EXISTS (SELECT 1 FROM run_payload_terms p WHERE p.term = {t} AND p.run_id = {table}.id)")
+        });
+    }
+    let n = b.text(&text);
+    let payload = if table == "runs" {
+        "runs.state -> '$.payload'".to_owned()
+    } else {
+        format!("(SELECT r.state -> '$.payload' FROM runs r WHERE r.id = {table}.id)")
+    };
+    parts.push(format!("payload_contains({payload}, {n})"));
+    parts.join(" AND ")
+}
+
 impl RunFilter {
     fn conditions(&self, table: &str, b: &mut Builder) -> Vec<String> {
         let mut parts = Vec::new();
@@ -462,6 +514,9 @@ impl RunFilter {
         if let Some(t) = self.created_before {
             parts.push(format!("created_at <= {}", b.int(t.as_micros())));
         }
+        if let Some(t) = self.deadline_before {
+            parts.push(format!("deadline_at <= {}", b.int(t.as_micros())));
+        }
         if let Some(code) = self.exit_code_min {
             parts.push(format!("exit_code >= {}", b.int(code)));
         }
@@ -492,6 +547,17 @@ impl RunFilter {
         if let Some(parent) = &self.parent_run_id {
             parts.push(format!("parent_run_id = {}", b.text(&parent.to_string())));
         }
+        // Both are fixed when a run is created, so one table keyed by run
+        // serves `runs` and every version in `run_history`.
+        if let Some(operation) = &self.operation_id {
+            let o = b.text(&operation.to_string());
+            parts.push(format!(
+                "id IN (SELECT o.run_id FROM run_operations o WHERE o.operation_id = {o})"
+            ));
+        }
+        if let Some(needle) = &self.payload {
+            parts.push(payload_condition(needle, table, b));
+        }
         parts
     }
 }
@@ -507,21 +573,27 @@ impl RunFilter {
             triggered_by: _,
             created_after,
             created_before,
+            deadline_before,
             exit_code_min: _,
             exit_code_max: _,
             retries_only: _,
             search,
             tags,
             parent_run_id,
+            operation_id,
+            payload,
             include_deleted: _,
             dead_lettered_only: _,
             candidates: _,
         } = self;
         created_after.is_none()
             && created_before.is_none()
+            && deadline_before.is_none()
             && search.as_deref().is_none_or(|s| !may_be_in_an_id(s))
             && tags.is_empty()
             && parent_run_id.is_none()
+            && operation_id.is_none()
+            && payload.is_none()
     }
 }
 
@@ -679,6 +751,8 @@ impl RunQuery {
     pub fn ids_sql(&self, dialect: Dialect) -> SqlQuery {
         let table = self.table();
         let mut b = Builder::new(dialect);
+        // The selection is sorted by id whatever the conditions' shape.
+        b.counting = true;
         let filter = self.where_sql(&mut b);
         SqlQuery {
             sql: format!("SELECT id FROM {table}{filter} ORDER BY id"),

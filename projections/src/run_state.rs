@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use runledger_events::{EndReason, EventEnvelope, RunEvent, Timestamp, TriggeredBy};
+use runledger_events::{EndReason, EventEnvelope, ExecutionTrace, Metadata, RunEvent, Timestamp, TriggeredBy};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
@@ -45,20 +45,26 @@ impl fmt::Display for RunStatus {
     }
 }
 
-/// Where an event sits in the log; the fold records it on the run.
+/// Where an event sits in the log, and who appended it; the fold records
+/// it on the run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct EventContext {
+pub struct EventContext<'a> {
     pub position: i64,
     pub stream_version: i64,
     pub recorded_at: Timestamp,
+    /// The event's metadata; `None` where it is not known yet (a command
+    /// probing whether its events apply), or not read (a replay reads it
+    /// for `run.created` only, the one event whose metadata the fold keeps).
+    pub metadata: Option<&'a Metadata>,
 }
 
-impl EventContext {
-    pub fn of(envelope: &EventEnvelope) -> Self {
+impl<'a> EventContext<'a> {
+    pub fn of(envelope: &'a EventEnvelope) -> Self {
         Self {
             position: envelope.position,
             stream_version: envelope.stream_version,
             recorded_at: envelope.recorded_at,
+            metadata: Some(&envelope.metadata),
         }
     }
 }
@@ -108,6 +114,20 @@ pub struct RunState {
     #[schema(value_type = Option<String>, format = Uuid)]
     pub continuation_of: Option<Uuid>,
     pub lineage_depth: i64,
+    /// Who created the run: the actor (token name, `anonymous`, or
+    /// `system`) of its `run.created` event.
+    #[serde(default)]
+    pub created_by: Option<String>,
+    /// The bulk operation that created the run (a bulk retry, rerun or
+    /// dead-letter replay), from its `run.created` event; null otherwise.
+    #[serde(default)]
+    #[schema(value_type = Option<String>, format = Uuid)]
+    pub operation_id: Option<String>,
+    /// Step timings the executor reported on start and end, merged (the
+    /// end's members win).
+    #[serde(default)]
+    #[schema(value_type = Option<crate::schema::ExecutionTraceSchema>)]
+    pub execution_trace: Option<ExecutionTrace>,
     #[schema(value_type = Vec<String>, format = Uuid)]
     pub depends_on: Vec<Uuid>,
     pub external_execution_id: Option<String>,
@@ -180,6 +200,9 @@ impl RunState {
             parent_run_id: None,
             continuation_of: None,
             lineage_depth: 0,
+            created_by: None,
+            operation_id: None,
+            execution_trace: None,
             depends_on: Vec::new(),
             external_execution_id: None,
             payload: None,
@@ -247,7 +270,7 @@ impl RunState {
 
     /// The fold. Refuses, and leaves the state untouched, if the event is not
     /// legal in the run's current state.
-    pub fn apply(&mut self, event: &RunEvent, at: &EventContext) -> Result<(), Refusal> {
+    pub fn apply(&mut self, event: &RunEvent, at: &EventContext<'_>) -> Result<(), Refusal> {
         use RunStatus::*;
         if let RunEvent::Created(created) = event {
             if self.exists() {
@@ -283,6 +306,9 @@ impl RunState {
                 }
                 if let Some(index) = started.replica_index {
                     self.replica_index = index;
+                }
+                if let Some(trace) = &started.execution_trace {
+                    self.execution_trace = Some(trace.clone());
                 }
             }
             RunEvent::Heartbeat(_) => {
@@ -327,6 +353,9 @@ impl RunState {
                 self.result = ended.result.clone();
                 self.end_at = Some(at.recorded_at);
                 self.duration_ms = self.start_at.map(|start| at.recorded_at.millis_since(&start));
+                if let Some(end) = &ended.execution_trace {
+                    self.execution_trace = Some(merge_trace(self.execution_trace.take(), end));
+                }
             }
             RunEvent::DeadLettered(_) => {
                 let failed = self.end_reason.is_some_and(|r| r.is_failure());
@@ -416,12 +445,12 @@ impl RunState {
         self.deadline_reason = next.map(|(_, r)| r);
     }
 
-    fn touch(&mut self, at: &EventContext) {
+    fn touch(&mut self, at: &EventContext<'_>) {
         self.version = at.stream_version;
         self.position = at.position;
     }
 
-    fn create(&mut self, c: &runledger_events::RunCreated, at: &EventContext) {
+    fn create(&mut self, c: &runledger_events::RunCreated, at: &EventContext<'_>) {
         *self = Self {
             id: c.run_id,
             project: c.project.clone(),
@@ -434,6 +463,8 @@ impl RunState {
             parent_run_id: c.parent_run_id,
             continuation_of: c.continuation_of,
             lineage_depth: c.lineage_depth,
+            created_by: at.metadata.map(|m| m.actor.clone()),
+            operation_id: at.metadata.and_then(|m| m.operation_id.clone()),
             depends_on: c.depends_on.clone(),
             external_execution_id: c.external_execution_id.clone(),
             payload: c.payload.clone(),
@@ -451,6 +482,21 @@ impl RunState {
             scheduled_at: c.scheduled_at,
             ..Self::empty(c.run_id)
         };
+    }
+}
+
+/// The start's trace with the end's members over it.
+fn merge_trace(start: Option<ExecutionTrace>, end: &ExecutionTrace) -> ExecutionTrace {
+    let start = start.unwrap_or_default();
+    let pick = |s: Option<i64>, e: Option<i64>| e.or(s);
+    ExecutionTrace {
+        queue_wait_ms: pick(start.queue_wait_ms, end.queue_wait_ms),
+        dequeue_ms: pick(start.dequeue_ms, end.dequeue_ms),
+        connect_ms: pick(start.connect_ms, end.connect_ms),
+        ttfb_ms: pick(start.ttfb_ms, end.ttfb_ms),
+        transfer_ms: pick(start.transfer_ms, end.transfer_ms),
+        total_ms: pick(start.total_ms, end.total_ms),
+        dispatch_ms: pick(start.dispatch_ms, end.dispatch_ms),
     }
 }
 

@@ -3,11 +3,12 @@
 use super::*;
 use runledger_events::{Empty, Reason, RunCreated, RunEnded, RunRetried, RunStarted};
 
-fn at(version: i64, micros: i64) -> EventContext {
+fn at(version: i64, micros: i64) -> EventContext<'static> {
     EventContext {
         position: 100 + version,
         stream_version: version,
         recorded_at: Timestamp::from_micros(micros).unwrap(),
+        metadata: None,
     }
 }
 
@@ -27,6 +28,7 @@ fn ended(reason: EndReason, code: i64) -> RunEvent {
         exit_code: Some(code),
         error: None,
         result: None,
+        execution_trace: None,
     })
 }
 
@@ -182,8 +184,16 @@ fn replaying_stored_envelopes_gives_the_same_state() {
     let events = [created(id), started(), ended(EndReason::Timeout, 124)];
     let mut direct = RunState::empty(id);
     let mut replayed = RunState::empty(id);
+    let metadata = Metadata {
+        actor: "scheduler".into(),
+        operation_id: Some("op-1".into()),
+        ..Default::default()
+    };
     for (i, event) in events.iter().enumerate() {
-        let ctx = at(i as i64 + 1, (i as i64 + 1) * 7);
+        let ctx = EventContext {
+            metadata: Some(&metadata),
+            ..at(i as i64 + 1, (i as i64 + 1) * 7)
+        };
         direct.apply(event, &ctx).unwrap();
         let new = event.to_new(Uuid::now_v7());
         let envelope = EventEnvelope {
@@ -194,7 +204,7 @@ fn replaying_stored_envelopes_gives_the_same_state() {
             event_type: new.event_type,
             schema_version: new.schema_version,
             data: new.data,
-            metadata: Default::default(),
+            metadata: metadata.clone(),
             recorded_at: ctx.recorded_at,
             prev_hash: String::new(),
             hash: String::new(),
@@ -202,6 +212,60 @@ fn replaying_stored_envelopes_gives_the_same_state() {
         replayed.apply_envelope(&envelope).unwrap();
     }
     assert_eq!(direct, replayed);
+    assert_eq!(replayed.created_by.as_deref(), Some("scheduler"));
+    assert_eq!(replayed.operation_id.as_deref(), Some("op-1"));
+}
+
+#[test]
+fn created_by_and_operation_come_from_run_created_alone_and_traces_merge() {
+    use runledger_events::ExecutionTrace;
+    let id = Uuid::now_v7();
+    let creator = Metadata::actor("ci");
+    let operator = Metadata {
+        actor: "ops".into(),
+        operation_id: Some("op-2".into()),
+        ..Default::default()
+    };
+    let mut run = RunState::empty(id);
+    fn ctx(v: i64, m: &Metadata) -> EventContext<'_> {
+        EventContext {
+            metadata: Some(m),
+            ..at(v, v * 10)
+        }
+    }
+    run.apply(&created(id), &ctx(1, &creator)).unwrap();
+    let start = RunStarted {
+        execution_trace: Some(ExecutionTrace {
+            queue_wait_ms: Some(5),
+            connect_ms: Some(7),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    run.apply(&RunEvent::Started(start), &ctx(2, &operator)).unwrap();
+    let end = RunEnded {
+        end_reason: EndReason::Success,
+        exit_code: Some(0),
+        error: None,
+        result: None,
+        execution_trace: Some(ExecutionTrace {
+            connect_ms: Some(9),
+            total_ms: Some(50),
+            ..Default::default()
+        }),
+    };
+    run.apply(&RunEvent::Ended(end), &ctx(3, &operator)).unwrap();
+    assert_eq!(run.created_by.as_deref(), Some("ci"));
+    assert_eq!(run.operation_id, None, "later events' operations are not the run's");
+    assert_eq!(
+        run.execution_trace,
+        Some(ExecutionTrace {
+            queue_wait_ms: Some(5),
+            connect_ms: Some(9),
+            total_ms: Some(50),
+            ..Default::default()
+        })
+    );
 }
 
 fn with_deadlines(id: Uuid) -> RunEvent {

@@ -82,3 +82,36 @@ enum_schema!(
 pub fn status_filter_values() -> Vec<String> {
     StatusValue::allowed().split(", ").map(str::to_owned).collect()
 }
+
+/// The schema of [`runledger_events::ExecutionTrace`]: optional
+/// non-negative integers, nothing else.
+pub struct ExecutionTraceSchema;
+
+impl PartialSchema for ExecutionTraceSchema {
+    fn schema() -> RefOr<Schema> {
+        let mut object = ObjectBuilder::new()
+            .schema_type(Type::Object)
+            .description(Some(
+                "Milliseconds each step of an execution took, as the executor measured them.",
+            ))
+            .additional_properties(Some(utoipa::openapi::schema::AdditionalProperties::FreeForm(false)));
+        for member in runledger_events::ExecutionTrace::MEMBERS {
+            object = object.property(
+                *member,
+                ObjectBuilder::new()
+                    .schema_type(Type::Integer)
+                    .format(Some(utoipa::openapi::SchemaFormat::KnownFormat(
+                        utoipa::openapi::KnownFormat::Int64,
+                    )))
+                    .minimum(Some(0)),
+            );
+        }
+        object.into()
+    }
+}
+
+impl ToSchema for ExecutionTraceSchema {
+    fn name() -> Cow<'static, str> {
+        Cow::Borrowed("ExecutionTrace")
+    }
+}

@@ -254,6 +254,7 @@ fn check(state: &RunState, events: &[RunEvent]) -> Result<(), Refusal> {
             position: probe.position + 1,
             stream_version: probe.version + 1,
             recorded_at: now,
+            metadata: None,
         };
         probe.apply(event, &at)?;
     }
@@ -375,6 +376,7 @@ fn decide_run(cmd: &RunCommand, loaded: &Loaded) -> Result<Decision, CommandErro
                     exit_code: None,
                     error: Some(error),
                     result: None,
+                    execution_trace: None,
                 },
             ))
         }
@@ -386,6 +388,7 @@ fn decide_run(cmd: &RunCommand, loaded: &Loaded) -> Result<Decision, CommandErro
                 None => "canceled".to_owned(),
             }),
             result: None,
+            execution_trace: None,
         })]),
         Action::Pause(reason) => updated(vec![RunEvent::Paused(reason.clone())]),
         Action::Resume(reason) => updated(vec![RunEvent::Resumed(reason.clone())]),
@@ -449,6 +452,7 @@ fn decide_retry(
                 None => "restarted".to_owned(),
             }),
             result: None,
+            execution_trace: None,
         }));
     }
     events.push(RunEvent::Retried(RunRetried {

@@ -23,6 +23,7 @@ fn execute(command: &Command, loaded: &Loaded) -> Result<(Vec<StreamWrite>, Hash
                 position: s.position + 1,
                 stream_version: s.version + 1,
                 recorded_at: Timestamp::now(),
+                metadata: None,
             };
             s.apply(e, &at).unwrap();
         }
@@ -72,6 +73,7 @@ fn end(reason: EndReason) -> Action {
         exit_code: Some(1),
         error: None,
         result: None,
+        execution_trace: None,
     })
 }
 

@@ -49,10 +49,11 @@ pub struct BulkRequest {
     /// Every run the filter matches.
     match_all: Option<bool>,
     /// The list filters of `GET /api/runs`: `status`, `task_name`, `project`,
-    /// `triggered_by`, `created_after`, `created_before`, `exit_code_min`,
+    /// `triggered_by`, `created_after`, `created_before`, `deadline_before`, `exit_code_min`,
     /// `exit_code_max`, `retries_only`, `search`, `tag` (`key:value`, or a
-    /// list of them), `parent_run_id`, `include_deleted`. Lists may be given
-    /// as arrays or comma-separated strings.
+    /// list of them), `parent_run_id`, `operation_id`, `payload` (a JSON
+    /// object, or its text), `include_deleted`. Lists may be given as arrays
+    /// or comma-separated strings.
     #[schema(value_type = Option<Object>)]
     filter: Option<serde_json::Map<String, Value>>,
     /// Runs to leave out of a `match_all` selection (an empty list, which
@@ -87,6 +88,9 @@ fn filter_pairs(filter: &serde_json::Map<String, Value>, f: &mut Faults) -> Vec<
         };
         match value {
             Value::Null => {}
+            // A containment filter is JSON itself: given as an object here,
+            // or as its text as in a query string.
+            Value::Object(_) if name == "payload" => pairs.push((name.clone(), value.to_string())),
             Value::Array(items) => {
                 let Some(items) = items.iter().map(scalar).collect::<Option<Vec<_>>>() else {
                     f.add(

@@ -92,6 +92,13 @@ fn describe() {
         "runledger_metrics_read_failures_total",
         "Scrapes that could not read the run gauges from the database (they were left out)."
     );
+    describe_counter!(
+        "runledger_deadlines_enforced_total",
+        "Runs this node ended because a deadline passed, by the end it gave them (timeout, expired, crashed)."
+    );
+    for reason in crate::deadlines::REASONS {
+        counter!("runledger_deadlines_enforced_total", "reason" => reason.as_str()).increment(0);
+    }
     describe_gauge!("runledger_build_info", "Always 1: the labels name the running build.");
     gauge!("runledger_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     gauge!("runledger_sse_clients").increment(0.0);

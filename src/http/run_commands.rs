@@ -7,7 +7,9 @@ use axum::extract::{Extension, Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use runledger_events::{EndReason, Reason, RunDebugModeSet, RunEnded, RunRescheduled, RunStarted, TriggeredBy};
+use runledger_events::{
+    EndReason, ExecutionTrace, Reason, RunDebugModeSet, RunEnded, RunRescheduled, RunStarted, TriggeredBy,
+};
 use runledger_projections::RunState;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -253,6 +255,44 @@ async fn create_run(
     }
 }
 
+/// The longest step an execution trace reports: a year, in milliseconds.
+const MAX_TRACE_MS: i64 = 366 * 24 * 3600 * 1000;
+
+/// An executor's `execution_trace`: an object of the members of
+/// `ExecutionTrace`, each a whole number of milliseconds (or null).
+fn execution_trace(faults: &mut Faults, raw: Option<Value>) -> Option<ExecutionTrace> {
+    let map = match raw? {
+        Value::Null => return None,
+        Value::Object(map) => map,
+        other => {
+            faults.add("body.execution_trace", "must be an object", Some(other));
+            return None;
+        }
+    };
+    let mut trace = ExecutionTrace::default();
+    for (name, value) in map {
+        let location = format!("body.execution_trace.{name}");
+        let Some(member) = trace.member_mut(&name) else {
+            faults.add(
+                location,
+                format!("is not a trace member; known: {}", ExecutionTrace::MEMBERS.join(", ")),
+                None,
+            );
+            continue;
+        };
+        match value.as_i64() {
+            _ if value.is_null() => {}
+            Some(ms) if (0..=MAX_TRACE_MS).contains(&ms) => *member = Some(ms),
+            _ => faults.add(
+                location,
+                format!("must be a whole number of milliseconds, 0 to {MAX_TRACE_MS}"),
+                Some(value),
+            ),
+        }
+    }
+    Some(trace)
+}
+
 fn expected(faults: &mut Faults, value: Option<i64>) -> Option<i64> {
     in_range(faults, "expected_version", value, 1, i64::MAX)
 }
@@ -304,6 +344,10 @@ pub struct StartRequest {
     #[schema(minimum = 0, maximum = 1000000)]
     #[serde(default, deserialize_with = "super::whole::maybe_whole")]
     replica_index: Option<i64>,
+    /// Timings measured so far (queueing, dequeueing, connecting…); the
+    /// end's report is merged over it.
+    #[schema(value_type = Option<runledger_projections::schema::ExecutionTraceSchema>)]
+    execution_trace: Option<Value>,
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -327,6 +371,9 @@ pub struct EndRequest {
     #[schema(max_length = 10000)]
     error: Option<String>,
     result: Option<Value>,
+    /// Timings of the execution; merged over the start's, member by member.
+    #[schema(value_type = Option<runledger_projections::schema::ExecutionTraceSchema>)]
+    execution_trace: Option<Value>,
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -467,6 +514,7 @@ transition!(
     |f, b| Action::Start(RunStarted {
         external_execution_id: optional_text(&mut f, "external_execution_id", b.external_execution_id, MAX_KEY),
         replica_index: in_range(&mut f, "replica_index", b.replica_index, 0, 1_000_000),
+        execution_trace: execution_trace(&mut f, b.execution_trace),
     })
 );
 
@@ -504,6 +552,7 @@ transition!(
             exit_code: b.exit_code,
             error,
             result: b.result,
+            execution_trace: execution_trace(&mut f, b.execution_trace),
         })
     }
 );

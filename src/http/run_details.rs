@@ -26,6 +26,7 @@ use crate::ledger::{DetailReads, Ledger};
 pub fn router() -> OpenApiRouter<Arc<Ledger>> {
     OpenApiRouter::new()
         .routes(routes!(record_checkpoint, list_checkpoints))
+        .routes(routes!(run_state))
         .routes(routes!(record_log, list_logs))
         .routes(routes!(record_usage, list_usage))
         .routes(routes!(task_usage))
@@ -185,6 +186,83 @@ async fn list_checkpoints(
         checkpoints,
         next_after_sequence,
     }))
+}
+
+/// A run's state to resume from: its latest checkpoint's.
+#[derive(Serialize, ToSchema)]
+pub struct RunStateAnswer {
+    #[schema(value_type = String, format = Uuid)]
+    pub run_id: Uuid,
+    /// The latest checkpoint's state; null when the run has no checkpoint
+    /// (at that point), and then so is every field below.
+    #[schema(value_type = Option<super::openapi::NotNull>)]
+    pub state: Option<Value>,
+    /// The checkpoint's sequence (1, 2, 3…).
+    pub sequence: Option<i64>,
+    /// Who saved it.
+    pub source: Option<String>,
+    /// The log position of its `run.checkpointed` event.
+    pub position: Option<i64>,
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub recorded_at: Option<runledger_events::Timestamp>,
+}
+
+impl RunStateAnswer {
+    fn of(run_id: Uuid, latest: Option<Checkpoint>) -> Self {
+        match latest {
+            Some(c) => Self {
+                run_id,
+                state: Some(c.state),
+                sequence: Some(c.sequence),
+                source: c.source,
+                position: Some(c.position),
+                recorded_at: Some(c.recorded_at),
+            },
+            None => Self {
+                run_id,
+                state: None,
+                sequence: None,
+                source: None,
+                position: None,
+                recorded_at: None,
+            },
+        }
+    }
+}
+
+/// The run's state: its latest checkpoint, with its sequence and log
+/// position. A run with no checkpoint yet answers 200 with `state: null` —
+/// the run exists, it has saved nothing, and a worker resuming it starts
+/// from scratch; 404 means only that there is no such run. With `as_of`,
+/// the latest checkpoint at that point (404 if the run did not exist yet).
+#[utoipa::path(get, path = "/api/runs/{id}/state", tag = "runs",
+    params(("id" = String, Path, description = "Run id"), super::runs::AsOfParams),
+    responses(
+        (status = 200, body = RunStateAnswer),
+        (status = 404, description = "No such run (at that point)", body = Problem, content_type = "application/problem+json"),
+        (status = 422, body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn run_state(
+    State(ledger): State<Arc<Ledger>>,
+    Path(id): Path<String>,
+    mut params: QueryParams,
+) -> Result<Json<RunStateAnswer>, ApiError> {
+    let run_id = params.faults.path_id(&id);
+    let as_of = params.parsed("as_of", super::runs::parse_as_of);
+    params.finish()?;
+    let run_id = run_id.expect("checked");
+    let at = match as_of {
+        Some(at) => {
+            let position = super::runs::resolve(&ledger, at).await?;
+            if ledger.run_as_of(run_id, position).await?.is_none() {
+                return Err(ApiError::run_not_found(run_id));
+            }
+            Some(position)
+        }
+        None => None,
+    };
+    let mut latest: Vec<Checkpoint> = records(&ledger, run_id, details::latest_checkpoint_sql(run_id, at)).await?;
+    Ok(Json(RunStateAnswer::of(run_id, latest.pop())))
 }
 
 // ---- logs ----

@@ -127,6 +127,10 @@ pub struct ListRunsParams {
     /// Runs created at or before this time (RFC 3339).
     #[param(format = DateTime)]
     created_before: Option<String>,
+    /// Runs whose next deadline (`deadline_at`: when the ledger will end
+    /// them unless they report first) is at or before this time (RFC 3339).
+    #[param(format = DateTime)]
+    deadline_before: Option<String>,
     /// Runs whose exit code is at least this (inclusive).
     exit_code_min: Option<i64>,
     /// Runs whose exit code is at most this (inclusive).
@@ -142,12 +146,24 @@ pub struct ListRunsParams {
     /// Children of this run.
     #[param(format = Uuid)]
     parent_run_id: Option<String>,
+    /// Runs created by this bulk operation (the `operation_id` a bulk
+    /// retry, rerun or dead-letter replay answered, and each run shows).
+    #[param(format = Uuid)]
+    operation_id: Option<String>,
+    /// A JSON object (URL-encoded): runs whose payload contains it, as
+    /// PostgreSQL's `@>` decides, on both backends — `{"customer":"acme"}`
+    /// matches a payload with that member among others; objects nest, an
+    /// array matches an array holding every element given; `1` and `1.0`
+    /// are equal, `1` and `"1"` are not.
+    #[param(min_length = 2, max_length = 4096)]
+    payload: Option<String>,
     /// Show soft-deleted runs too (hidden by default).
     include_deleted: Option<bool>,
     /// Default `created_at`.
     #[param(value_type = Option<runledger_projections::schema::SortFieldSchema>)]
     sort_field: Option<String>,
-    /// Default `desc`. Runs with no value for the sort field come last.
+    /// Default `desc`. Runs with no value for the sort field (no exit code,
+    /// never started, no deadline) come last.
     #[param(value_type = Option<runledger_projections::schema::SortDirectionSchema>)]
     sort_direction: Option<String>,
 }
@@ -175,6 +191,21 @@ fn bounded(raw: &str) -> Result<String, String> {
     crate::domain::short_text(raw, MAX_TEXT_FILTER)
 }
 
+/// The longest `payload` filter, in characters of JSON.
+const MAX_PAYLOAD_FILTER: usize = 4096;
+
+/// A `payload` filter: a JSON object.
+fn parse_payload_filter(raw: &str) -> Result<serde_json::Map<String, serde_json::Value>, String> {
+    if raw.chars().count() > MAX_PAYLOAD_FILTER {
+        return Err(format!("must be at most {MAX_PAYLOAD_FILTER} characters of JSON"));
+    }
+    match serde_json::from_str(raw) {
+        Ok(serde_json::Value::Object(needle)) => Ok(needle),
+        Ok(_) => Err("must be a JSON object, e.g. {\"customer\":\"acme\"}".to_owned()),
+        Err(e) => Err(format!("must be a JSON object: {e}")),
+    }
+}
+
 /// Parses the list parameters; faults are recorded in `params`.
 pub fn run_query(params: &mut QueryParams) -> RunQuery {
     let limit = params.int_in("limit", 1, 1000).unwrap_or(50);
@@ -185,6 +216,7 @@ pub fn run_query(params: &mut QueryParams) -> RunQuery {
     let project = params.parsed("project", bounded);
     let created_after = params.time("created_after");
     let created_before = params.time("created_before");
+    let deadline_before = params.time("deadline_before");
     let exit_code_min = params.int_in("exit_code_min", i64::MIN, i64::MAX);
     let exit_code_max = params.int_in("exit_code_max", i64::MIN, i64::MAX);
     let retries_only = params.flag("retries_only").unwrap_or(false);
@@ -204,6 +236,8 @@ pub fn run_query(params: &mut QueryParams) -> RunQuery {
         params.faults.add(tag_location, "at most 20 tag filters", None);
     }
     let parent_run_id = params.parsed("parent_run_id", parse_uuid);
+    let operation_id = params.parsed("operation_id", parse_uuid);
+    let payload = params.parsed("payload", parse_payload_filter);
     let include_deleted = params.flag("include_deleted").unwrap_or(false);
     let sort_field = params
         .parsed("sort_field", |raw| {
@@ -263,12 +297,15 @@ pub fn run_query(params: &mut QueryParams) -> RunQuery {
             triggered_by,
             created_after,
             created_before,
+            deadline_before,
             exit_code_min,
             exit_code_max,
             retries_only,
             search,
             tags,
             parent_run_id,
+            operation_id,
+            payload,
             include_deleted,
             dead_lettered_only: false,
             candidates: None,

@@ -82,6 +82,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0017_run_deadlines.sql"),
     ),
     (
+        18,
+        "run_origins",
+        include_str!("../../migrations/sqlite/0018_run_origins.sql"),
+    ),
+    (
         20,
         "run_search_ids",
         include_str!("../../migrations/sqlite/0020_run_search_ids.sql"),

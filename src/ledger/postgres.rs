@@ -712,8 +712,8 @@ impl PgLedger {
         for chunk in store.details.chunks(BULK_CHUNK) {
             details::store_many(&mut tx, chunk).await.map_err(storage)?;
         }
-        // The maintained counts that totals and `/api/tasks` are read from:
-        // one row per task and per counted combination, however many runs.
+        // The counts behind list totals and `GET /api/tasks`, as a batch of
+        // single commands keeps them.
         runs::store_task_deltas(&mut tx, &store.task_deltas)
             .await
             .map_err(storage)?;

@@ -261,6 +261,40 @@ pub async fn store_many(conn: &mut PgConnection, rows: &[RunRow<'_>]) -> sqlx::R
         .execute(&mut *conn)
         .await?;
     }
+    store_origins(conn, rows.iter().filter(|r| r.tags == Tags::New).map(|r| r.state)).await
+}
+
+/// What new runs are created with and keep: the bulk operation that created
+/// each and its payload (for the payload filter's GIN index).
+async fn store_origins(conn: &mut PgConnection, created: impl Iterator<Item = &RunState>) -> sqlx::Result<()> {
+    let (mut op_runs, mut operations, mut payload_runs, mut payloads) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for state in created {
+        if let Some(operation) = &state.operation_id {
+            op_runs.push(state.id.to_string());
+            operations.push(operation.as_str());
+        }
+        if let Some(payload) = &state.payload {
+            payload_runs.push(state.id.to_string());
+            payloads.push(payload.to_string());
+        }
+    }
+    if !op_runs.is_empty() {
+        sqlx::query("INSERT INTO run_operations (operation_id, run_id) SELECT * FROM UNNEST($1::text[], $2::text[])")
+            .bind(operations)
+            .bind(op_runs)
+            .execute(&mut *conn)
+            .await?;
+    }
+    if !payload_runs.is_empty() {
+        sqlx::query(
+            "INSERT INTO run_payloads (run_id, payload) SELECT r, p::jsonb FROM UNNEST($1::text[], $2::text[]) AS u(r, p)",
+        )
+        .bind(payload_runs)
+        .bind(payloads)
+        .execute(&mut *conn)
+        .await?;
+    }
     Ok(())
 }
 
@@ -436,7 +470,7 @@ pub async fn log_page(conn: &mut PgConnection, after: i64, limit: i64) -> sqlx::
 /// Drops the projection tables' rows and replays the whole log into them.
 /// Run inside a transaction that holds the append lock. Returns (events, runs).
 pub async fn rebuild(conn: &mut PgConnection) -> Result<(u64, usize), String> {
-    for table in crate::projection_tables() {
+    for table in crate::projection_tables().chain(["run_payloads"]) {
         sqlx::raw_sql(&format!("DELETE FROM {table}"))
             .execute(&mut *conn)
             .await

@@ -202,6 +202,7 @@ fn store_row(conn: &Connection, previous: Option<&RunState>, state: &RunState) -
     if previous.is_none() {
         conn.prepare_cached("INSERT INTO run_search (id) VALUES (?1)")?
             .execute([&v.id])?;
+        store_origin(conn, state, &v.id)?;
     }
     if previous.map(|p| &p.tags) != Some(&state.tags) {
         let id = state.id.to_string();
@@ -217,9 +218,26 @@ fn store_row(conn: &Connection, previous: Option<&RunState>, state: &RunState) -
     Ok(())
 }
 
+/// What a run is created with and keeps: the bulk operation that created it
+/// and its payload's terms (see `payload`).
+fn store_origin(conn: &Connection, state: &RunState, id: &str) -> rusqlite::Result<()> {
+    if let Some(operation) = &state.operation_id {
+        conn.prepare_cached("INSERT INTO run_operations (operation_id, run_id) VALUES (?1, ?2)")?
+            .execute(params![operation, id])?;
+    }
+    if let Some(payload) = &state.payload {
+        let mut insert = conn.prepare_cached("INSERT INTO run_payload_terms (term, run_id) VALUES (?1, ?2)")?;
+        for term in crate::payload::terms(payload) {
+            insert.execute(params![term, id])?;
+        }
+    }
+    Ok(())
+}
+
 /// How many runs match the query, and — when there are at most `max` — their
 /// ids, in id order.
 pub fn select(conn: &Connection, query: &RunQuery, max: usize) -> rusqlite::Result<(i64, Option<Vec<Uuid>>)> {
+    functions_for(conn, query)?;
     let count = query.count_sql(crate::Dialect::Sqlite);
     let total: i64 = conn
         .prepare_cached(&count.sql)?
@@ -234,12 +252,21 @@ pub fn select(conn: &Connection, query: &RunQuery, max: usize) -> rusqlite::Resu
     Ok((total, Some(ids)))
 }
 
+/// Registers the SQL functions `query` calls on this connection.
+fn functions_for(conn: &Connection, query: &RunQuery) -> rusqlite::Result<()> {
+    if query.filter.payload.is_some() {
+        crate::payload::register_sqlite(conn)?;
+    }
+    Ok(())
+}
+
 fn json_err_any(message: String) -> rusqlite::Error {
     rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, message.into())
 }
 
 /// A page of runs and the number of runs matching the filter.
 pub fn list(conn: &Connection, query: &RunQuery) -> rusqlite::Result<(Vec<RunState>, i64)> {
+    functions_for(conn, query)?;
     let mut runs = Vec::new();
     for part in query.page_sql(crate::Dialect::Sqlite) {
         runs.extend(query_states(conn, &part)?);
@@ -311,7 +338,7 @@ pub fn rebuild(conn: &Connection) -> Result<(u64, usize), crate::ReplayError> {
     let storage = |e: rusqlite::Error| crate::ReplayError::Storage(e.to_string());
     let _cache = RebuildCache::raise(conn).map_err(storage)?;
     // The search index (SQLite's alone) is refilled as each run is stored.
-    for table in crate::projection_tables().chain(["run_search"]) {
+    for table in crate::projection_tables().chain(["run_search", "run_payload_terms"]) {
         conn.execute_batch(&format!("DELETE FROM {table}")).map_err(storage)?;
     }
     let indexes = drop_indexes(conn).map_err(storage)?;
@@ -319,7 +346,7 @@ pub fn rebuild(conn: &Connection) -> Result<(u64, usize), crate::ReplayError> {
     // Only what the fold needs, decoded straight from the stored text.
     let mut stmt = conn
         .prepare_cached(
-            "SELECT position, stream_id, stream_version, event_type, schema_version, data, recorded_at \
+            "SELECT position, stream_id, stream_version, event_type, schema_version, data, recorded_at, metadata \
              FROM events WHERE position > ?1 ORDER BY position LIMIT 10000",
         )
         .map_err(storage)?;
@@ -352,10 +379,23 @@ pub fn rebuild(conn: &Connection) -> Result<(u64, usize), crate::ReplayError> {
                     source: crate::ApplyError::Decode(e),
                 }
             })?;
+            // The fold keeps the metadata of `run.created` alone (its actor
+            // and operation), so only that is decoded.
+            let metadata: Option<runledger_events::Metadata> = match event {
+                RunEvent::Created(_) => {
+                    let text = row
+                        .get_ref(7)
+                        .and_then(|v| v.as_str().map_err(Into::into))
+                        .map_err(storage)?;
+                    Some(serde_json::from_str(text).map_err(|e| crate::ReplayError::Storage(e.to_string()))?)
+                }
+                _ => None,
+            };
             let at = crate::EventContext {
                 position,
                 stream_version: row.get(2).map_err(storage)?,
                 recorded_at: Timestamp::parse(recorded_at).map_err(|e| crate::ReplayError::Storage(e.to_string()))?,
+                metadata: metadata.as_ref(),
             };
             if let Some(closed) = replay.apply_event(stream_id, &event, &at)? {
                 store_version(conn, &closed).map_err(storage)?;
