@@ -26,6 +26,16 @@ pub struct Cli {
     pub log_format: LogFormat,
 }
 
+impl Cli {
+    /// Where `serve` exports its spans, if anywhere (an empty value: nowhere).
+    pub fn otlp_endpoint(&self) -> Option<&str> {
+        match &self.command {
+            Cmd::Serve(args) => args.otlp_endpoint.as_deref().filter(|e| !e.is_empty()),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Subcommand, Debug)]
 pub enum Cmd {
     /// Serve the HTTP API.
@@ -183,6 +193,12 @@ pub struct ServeArgs {
     /// node enforces no deadline (an offline copy under inspection, say).
     #[arg(long, env = "RUNLEDGER_DEADLINE_POLL_MS", default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(0..=3_600_000))]
     pub deadline_poll_ms: u64,
+    /// Export request spans over OpenTelemetry (OTLP/HTTP, protobuf) to this
+    /// collector base URL, e.g. `http://127.0.0.1:4318` (spans go to its
+    /// `/v1/traces`). Unset: no export; a caller's `traceparent` is still
+    /// recorded on the events its requests append.
+    #[arg(long, env = "RUNLEDGER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
     #[command(flatten)]
     pub anchors: AnchorArgs,
     /// Anchor the head after this many new events; 0: only by time.

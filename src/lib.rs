@@ -11,3 +11,4 @@ pub mod follow;
 pub mod http;
 pub mod ledger;
 pub mod logging;
+pub mod telemetry;

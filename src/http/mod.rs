@@ -181,13 +181,35 @@ pub fn api(
         .layer(Extension(streams))
         .layer(Extension(bulk::BulkCap(config.bulk_cap)))
         .layer(Extension(debug_bundle::BundleCap(config.bundle_max_events)))
-        .layer(Extension(metrics::TopTasks(config.metrics_top_tasks.min(metrics::MAX_TOP_TASKS))))
+        .layer(Extension(metrics::TopTasks(
+            config.metrics_top_tasks.min(metrics::MAX_TOP_TASKS),
+        )))
         .layer(middleware::from_fn(error::problems))
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
+        .layer(middleware::from_fn(record_trace))
+        // The request span, named by its route template, is a child of the
+        // caller's W3C trace context (when it sent a valid one).
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
+            use tracing_opentelemetry::OpenTelemetrySpanExt;
             let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned());
-            let id = req.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
-            tracing::info_span!("request", method = %req.method(), route = route.as_deref().unwrap_or("unmatched"), request_id = %id)
+            let route = route.as_deref().unwrap_or("unmatched");
+            let id = req
+                .headers()
+                .get(REQUEST_ID)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned();
+            let span = tracing::info_span!(
+                "request",
+                otel.name = %format_args!("{} {route}", req.method()),
+                otel.kind = "server",
+                method = %req.method(),
+                route,
+                request_id = %id,
+            );
+            // Without an OpenTelemetry layer (no export) there is no span to parent.
+            let _ = span.set_parent(crate::telemetry::remote_context(req.headers()));
+            span
         }))
         // Outermost: every request has an X-Request-Id (the client's, or a
         // new UUID) before anything else sees it, and every response echoes
@@ -196,6 +218,18 @@ pub fn api(
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid));
     (router, openapi)
+}
+
+/// The trace a request belongs to; the `trace_id` of the events it appends.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RequestTrace(pub opentelemetry::trace::TraceId);
+
+/// Runs inside the request span: notes the request's trace for its events.
+async fn record_trace(mut req: Request, next: middleware::Next) -> axum::response::Response {
+    if let Some(id) = crate::telemetry::request_trace_id(&tracing::Span::current(), req.headers()) {
+        req.extensions_mut().insert(RequestTrace(id));
+    }
+    next.run(req).await
 }
 
 /// CORS for a browser console on another origin; none when unconfigured.
