@@ -3,6 +3,7 @@
 
 pub mod anchors;
 pub mod auth;
+pub mod chunks;
 pub mod cli;
 pub mod commands;
 pub mod deadlines;

@@ -2,6 +2,7 @@
 
 mod auth;
 mod bulk;
+mod chunks;
 mod debug_bundle;
 mod error;
 mod events;
@@ -104,6 +105,10 @@ pub struct HttpConfig {
     /// The longest the deadline enforcer, which `serve` runs beside the
     /// API, sleeps between looks for due runs; zero: no enforcer.
     pub deadline_poll: Duration,
+    /// How long a run's LLM chunks are gathered into one `run.chunks` event.
+    pub chunk_window: Duration,
+    /// Chunk bytes waiting for a run that are appended at once.
+    pub chunk_flush_bytes: usize,
 }
 
 impl Default for HttpConfig {
@@ -127,6 +132,8 @@ impl Default for HttpConfig {
             stalled_client_timeout: Duration::from_secs(30),
             metrics_top_tasks: metrics::DEFAULT_TOP_TASKS,
             deadline_poll: crate::deadlines::DEFAULT_POLL,
+            chunk_window: crate::chunks::DEFAULT_WINDOW,
+            chunk_flush_bytes: crate::chunks::DEFAULT_FLUSH_BYTES,
         }
     }
 }
@@ -157,11 +164,18 @@ pub fn api(
         .merge(system::router())
         .merge(metrics::router())
         .merge(bulk::router())
+        .merge(chunks::router())
         .split_for_parts();
     auth::document(&mut openapi);
     let mut openapi = openapi::document(&openapi);
     bulk::document(&mut openapi);
     let contract = Arc::new(query_contract::QueryContract::from_openapi(&openapi));
+    let coalescer = crate::chunks::Coalescer::new(
+        ledger.clone(),
+        config.chunk_window,
+        config.chunk_flush_bytes,
+        streams.shutdown.clone(),
+    );
     let router = router
         .with_state(ledger)
         // Inside the auth guard: keys belong to the caller it names.
@@ -179,6 +193,7 @@ pub fn api(
             config.request_timeout,
         ))
         .layer(Extension(streams))
+        .layer(Extension(coalescer))
         .layer(Extension(bulk::BulkCap(config.bulk_cap)))
         .layer(Extension(debug_bundle::BundleCap(config.bundle_max_events)))
         .layer(Extension(metrics::TopTasks(
