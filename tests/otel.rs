@@ -294,6 +294,18 @@ async fn the_binary_exports_request_spans_as_children_of_the_callers_span(mut s:
     assert_eq!(create.name, "POST /api/runs");
     assert_eq!(create.trace_state, "vendor=abc", "the caller's tracestate goes on");
     assert_eq!(create.kind, 2, "a server span");
+    let status = create
+        .attributes
+        .iter()
+        .find(|a| a.key == "http.response.status_code")
+        .and_then(|a| a.value.as_ref())
+        .and_then(|v| v.value.clone());
+    assert_eq!(
+        status,
+        Some(opentelemetry_proto::tonic::common::v1::any_value::Value::IntValue(201)),
+        "the answer's status: {:?}",
+        create.attributes
+    );
     let own_spans = of_trace(&own);
     let roots: Vec<&&Span> = own_spans.iter().filter(|span| span.parent_span_id.is_empty()).collect();
     assert_eq!(

@@ -204,28 +204,45 @@ pub fn api(
         .layer(middleware::from_fn(record_trace))
         // The request span, named by its route template, is a child of the
         // caller's W3C trace context (when it sent a valid one).
-        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
-            use tracing_opentelemetry::OpenTelemetrySpanExt;
-            let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned());
-            let route = route.as_deref().unwrap_or("unmatched");
-            let id = req
-                .headers()
-                .get(REQUEST_ID)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default()
-                .to_owned();
-            let span = tracing::info_span!(
-                "request",
-                otel.name = %format_args!("{} {route}", req.method()),
-                otel.kind = "server",
-                method = %req.method(),
-                route,
-                request_id = %id,
-            );
-            // Without an OpenTelemetry layer (no export) there is no span to parent.
-            let _ = span.set_parent(crate::telemetry::remote_context(req.headers()));
-            span
-        }))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|req: &Request| {
+                    use tracing_opentelemetry::OpenTelemetrySpanExt;
+                    let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned());
+                    let route = route.as_deref().unwrap_or("unmatched");
+                    let id = req
+                        .headers()
+                        .get(REQUEST_ID)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_owned();
+                    let span = tracing::info_span!(
+                        "request",
+                        otel.name = %format_args!("{} {route}", req.method()),
+                        otel.kind = "server",
+                        otel.status_code = tracing::field::Empty,
+                        method = %req.method(),
+                        route,
+                        request_id = %id,
+                        http.response.status_code = tracing::field::Empty,
+                    );
+                    // Without an OpenTelemetry layer (no export) there is no span to parent.
+                    let _ = span.set_parent(crate::telemetry::remote_context(req.headers()));
+                    span
+                })
+                .on_response(
+                    |res: &axum::response::Response, latency: Duration, span: &tracing::Span| {
+                        use tower_http::trace::OnResponse;
+                        let status = res.status();
+                        span.record("http.response.status_code", i64::from(status.as_u16()));
+                        // OpenTelemetry's HTTP server convention: only 5xx is the server's error.
+                        if status.is_server_error() {
+                            span.record("otel.status_code", "error");
+                        }
+                        tower_http::trace::DefaultOnResponse::default().on_response(res, latency, span);
+                    },
+                ),
+        )
         // Outermost: every request has an X-Request-Id (the client's, or a
         // new UUID) before anything else sees it, and every response echoes
         // it; it is also the request_id of every event the request appends.
