@@ -174,9 +174,12 @@ async fn chunks_arrive_in_order_across_requests_and_the_stream_closes_after_the_
     let run = running_run(&s).await;
     // Opened before any chunk: live from the start.
     let mut stream = ChunkStream::open(&s, &run, "?after=0", None).await;
+    // Another run streams at the same time: none of its chunks show here.
+    let other = running_run(&s).await;
     let posts: [&[&str]; 3] = [&["Hel", "lo"], &[", "], &["wor", "ld", "!\n"]];
     let mut expected_first = 1;
     for chunks in posts {
+        post_chunks(&s, &other, &["noise"]).await;
         let answer = post_chunks(&s, &run, chunks).await;
         assert_eq!(answer["run_id"], run.as_str());
         assert_eq!(answer["first_index"], expected_first, "{answer}");
@@ -190,11 +193,27 @@ async fn chunks_arrive_in_order_across_requests_and_the_stream_closes_after_the_
     let state = s.get(&format!("/api/runs/{run}")).await;
     assert_eq!(state.ok(200)["chunks"], 6);
 
+    // A retried POST with the same Idempotency-Key is answered again, and
+    // appends nothing.
+    let keyed = || {
+        s.client
+            .post(s.url(&format!("/api/runs/{run}/chunks")))
+            .header("Idempotency-Key", "chunk-batch-7")
+            .json(&json!({"chunks": ["?"]}))
+    };
+    let first = TestServer::reply(keyed().send_checked().await.unwrap()).await;
+    let events = s.event_count().await;
+    let again = TestServer::reply(keyed().send_checked().await.unwrap()).await;
+    assert_eq!(again.ok(200), first.ok(200));
+    assert_eq!(first.body["first_index"], 7);
+    assert_eq!(s.event_count().await, events);
+    assert_eq!(stream.chunks(1).await, [(7, "?".into())]);
+
     s.post(&format!("/api/runs/{run}/end"), json!({"end_reason": "success"}))
         .await
         .ok(200);
     let end = stream.expect_end().await;
-    assert_eq!(end, json!({"run_id": run, "chunks": 6, "end_reason": "success"}));
+    assert_eq!(end, json!({"run_id": run, "chunks": 7, "end_reason": "success"}));
 
     // The chunks are durable: each event holds its first index and chunks in order.
     let events = chunk_events(&s, &run).await;
@@ -204,7 +223,7 @@ async fn chunks_arrive_in_order_across_requests_and_the_stream_closes_after_the_
         index += event["data"]["chunks"].as_array().unwrap().len() as i64;
         assert_eq!(event["metadata"]["actor"], "anonymous");
     }
-    assert_eq!(index, 7);
+    assert_eq!(index, 8);
     s.stop().await;
 }
 
