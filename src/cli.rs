@@ -27,6 +27,16 @@ pub struct Cli {
     pub log_format: LogFormat,
 }
 
+impl Cli {
+    /// Where `serve` exports its spans, if anywhere (an empty value: nowhere).
+    pub fn otlp_endpoint(&self) -> Option<&str> {
+        match &self.command {
+            Cmd::Serve(args) => args.otlp_endpoint.as_deref().filter(|e| !e.is_empty()),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Subcommand, Debug)]
 pub enum Cmd {
     /// Serve the HTTP API.
@@ -192,6 +202,18 @@ pub struct ServeArgs {
     /// node enforces no deadline (an offline copy under inspection, say).
     #[arg(long, env = "RUNLEDGER_DEADLINE_POLL_MS", default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(0..=3_600_000))]
     pub deadline_poll_ms: u64,
+    /// How long the LLM chunks POSTed to one run are gathered into one
+    /// `run.chunks` ledger event, in milliseconds (64 KiB waiting also ends
+    /// the wait); 0: append at once, coalescing only what arrives while
+    /// the previous append commits.
+    #[arg(long, env = "RUNLEDGER_CHUNK_WINDOW_MS", default_value_t = 100, value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    pub chunk_window_ms: u64,
+    /// Export request spans over OpenTelemetry (OTLP/HTTP, protobuf) to this
+    /// collector base URL, e.g. `http://127.0.0.1:4318` (spans go to its
+    /// `/v1/traces`). Unset: no export; a caller's `traceparent` is still
+    /// recorded on the events its requests append.
+    #[arg(long, env = "RUNLEDGER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
     #[command(flatten)]
     pub anchors: AnchorArgs,
     /// Anchor the head after this many new events; 0: only by time.
@@ -511,6 +533,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         stalled_client_timeout: std::time::Duration::from_secs(args.stalled_client_timeout_secs),
         metrics_top_tasks: usize::from(args.metrics_top_tasks),
         deadline_poll: std::time::Duration::from_millis(args.deadline_poll_ms),
+        chunk_window: std::time::Duration::from_millis(args.chunk_window_ms),
         ..HttpConfig::default()
     };
     let served = http::serve(ledger, config, listener, shutdown_signal()).await;

@@ -3,6 +3,7 @@
 
 pub mod anchors;
 pub mod auth;
+pub mod chunks;
 pub mod cli;
 pub mod client;
 pub mod commands;
@@ -12,3 +13,4 @@ pub mod follow;
 pub mod http;
 pub mod ledger;
 pub mod logging;
+pub mod telemetry;

@@ -1,11 +1,17 @@
 //! The process's log: to stderr, at the level `RUST_LOG` sets (default
 //! `info`), as text for people or as JSON lines for a log shipper
 //! (`--log-format` / `RUNLEDGER_LOG_FORMAT`). Text is coloured only on a
-//! terminal, so a file or a pipe never receives escape codes.
+//! terminal, so a file or a pipe never receives escape codes. Spans go to
+//! OpenTelemetry too when `serve --otlp-endpoint` asks for it.
 
 use std::io::IsTerminal;
 
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::{EnvFilter, Targets};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{Layer, Registry};
+
+use crate::telemetry::Telemetry;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -18,18 +24,27 @@ pub enum LogFormat {
 }
 
 /// Installs the process's subscriber; call once, before anything logs.
-pub fn init(format: LogFormat) {
+/// `telemetry`'s spans are exported whatever `RUST_LOG` says: the log's
+/// level does not decide what a trace holds.
+pub fn init(format: LogFormat, telemetry: &Telemetry) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
-        LogFormat::Json => builder
+    let log: Box<dyn Layer<Registry> + Send + Sync> = match format {
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_filter(filter)
+            .boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
             .json()
             .flatten_event(true)
             .with_current_span(true)
             .with_span_list(true)
-            .init(),
-    }
+            .with_filter(filter)
+            .boxed(),
+    };
+    let spans = telemetry
+        .layer()
+        .map(|layer| layer.with_filter(Targets::new().with_target("runledger", tracing::Level::INFO)));
+    tracing_subscriber::registry().with(log).with(spans).init();
 }

@@ -16,6 +16,10 @@ pub struct Metadata {
     pub correlation_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub causation_id: Option<String>,
+    /// The W3C trace id (32 lowercase hex digits) of the trace the request
+    /// that appended the event belongs to: the caller's `traceparent`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
 }
 
 impl Metadata {

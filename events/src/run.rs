@@ -286,6 +286,15 @@ pub struct RunOutputRecorded {
     pub value: Value,
 }
 
+/// `run.chunks`: a run's LLM output chunks, in order — one or more requests'
+/// chunks coalesced over a short window into one event. `chunks[0]` is the
+/// run's chunk `first_index` (1-based), the next one `first_index + 1`, …
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunChunks {
+    pub first_index: i64,
+    pub chunks: Vec<String>,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RunDebugModeSet {
     pub enabled: bool,
@@ -334,6 +343,8 @@ pub enum RunEvent {
     DebugModeSet(RunDebugModeSet),
     #[serde(rename = "run.idempotency_key_reset")]
     IdempotencyKeyReset(Empty),
+    #[serde(rename = "run.chunks")]
+    Chunks(RunChunks),
 }
 
 /// Every event type name, in the order of the vocabulary.
@@ -356,6 +367,7 @@ pub const RUN_EVENT_TYPES: &[&str] = &[
     "run.retried",
     "run.debug_mode_set",
     "run.idempotency_key_reset",
+    "run.chunks",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -390,6 +402,7 @@ impl RunEvent {
             Self::Retried(_) => "run.retried",
             Self::DebugModeSet(_) => "run.debug_mode_set",
             Self::IdempotencyKeyReset(_) => "run.idempotency_key_reset",
+            Self::Chunks(_) => "run.chunks",
         }
     }
 
@@ -465,6 +478,7 @@ impl RunEvent {
             "run.retried" => Self::Retried(de(data).map_err(shape)?),
             "run.debug_mode_set" => Self::DebugModeSet(de(data).map_err(shape)?),
             "run.idempotency_key_reset" => Self::IdempotencyKeyReset(de(data).map_err(shape)?),
+            "run.chunks" => Self::Chunks(de(data).map_err(shape)?),
             other => return Err(upcast::UpcastError::UnknownType(other.to_owned()).into()),
         })
     }
@@ -512,7 +526,7 @@ mod tests {
         for name in RUN_EVENT_TYPES {
             assert!(upcast::current_version(name) >= 1);
         }
-        assert_eq!(RUN_EVENT_TYPES.len(), 18);
+        assert_eq!(RUN_EVENT_TYPES.len(), 19);
     }
 
     #[test]

@@ -43,6 +43,8 @@ pub struct RunChanges<'a> {
     scheduled_at: Option<Timestamp>,
     #[serde(default, skip_serializing_if = "is_zero")]
     last_checkpoint_sequence: i64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    chunks: i64,
     #[serde(default, skip_serializing_if = "is_false")]
     dead_lettered: bool,
     #[serde(default, skip_serializing_if = "is_false")]
@@ -83,6 +85,7 @@ impl<'a> RunChanges<'a> {
             external_execution_id: s.external_execution_id.as_deref().map(Cow::Borrowed),
             scheduled_at: s.scheduled_at,
             last_checkpoint_sequence: s.last_checkpoint_sequence,
+            chunks: s.chunks,
             dead_lettered: s.dead_lettered,
             deleted: s.deleted,
             deleted_at: s.deleted_at,
@@ -134,6 +137,7 @@ impl<'a> RunChanges<'a> {
             external_execution_id: self.external_execution_id.map(Cow::into_owned),
             scheduled_at: self.scheduled_at,
             last_checkpoint_sequence: self.last_checkpoint_sequence,
+            chunks: self.chunks,
             dead_lettered: self.dead_lettered,
             deleted: self.deleted,
             deleted_at: self.deleted_at,
@@ -163,8 +167,8 @@ impl<'a> RunChanges<'a> {
 #[cfg(test)]
 mod tests {
     use runledger_events::{
-        Empty, Reason, RunCheckpointed, RunCreated, RunDebugModeSet, RunEnded, RunEvent, RunLogged, RunOutputRecorded,
-        RunRescheduled, RunRetried, RunStarted,
+        Empty, Reason, RunCheckpointed, RunChunks, RunCreated, RunDebugModeSet, RunEnded, RunEvent, RunLogged,
+        RunOutputRecorded, RunRescheduled, RunRetried, RunStarted,
     };
     use serde_json::json;
     use uuid::Uuid;
@@ -213,6 +217,10 @@ mod tests {
                 sequence: 1,
                 source: None,
                 state: json!({"page": 4}),
+            }),
+            RunEvent::Chunks(RunChunks {
+                first_index: 1,
+                chunks: vec!["Hel".into(), "lo".into()],
             }),
             RunEvent::Paused(Reason::default()),
             RunEvent::Resumed(Reason::default()),

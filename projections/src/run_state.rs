@@ -150,6 +150,10 @@ pub struct RunState {
     /// The sequence of the run's last checkpoint (0: none yet).
     #[serde(default)]
     pub last_checkpoint_sequence: i64,
+    /// LLM chunks streamed to the run so far (`POST /api/runs/{id}/chunks`):
+    /// the index of its last chunk (0: none yet).
+    #[serde(default)]
+    pub chunks: i64,
     pub dead_lettered: bool,
     pub deleted: bool,
     #[schema(value_type = Option<String>, format = DateTime)]
@@ -218,6 +222,7 @@ impl RunState {
             heartbeat_timeout_secs: None,
             debug_mode: false,
             last_checkpoint_sequence: 0,
+            chunks: 0,
             dead_lettered: false,
             deleted: false,
             deleted_at: None,
@@ -340,6 +345,20 @@ impl RunState {
                 self.last_checkpoint_sequence = c.sequence;
             }
             RunEvent::OutputRecorded(_) => self.require(&[Pending, Running, Paused], "record an output")?,
+            // A run's output stream: its chunks follow one another with no
+            // gap or repeat, and end with the run.
+            RunEvent::Chunks(c) => {
+                self.require(&[Pending, Running, Paused], "stream chunks")?;
+                if c.chunks.is_empty() || c.first_index != self.chunks + 1 {
+                    return Err(self.illegal(&format!(
+                        "append {} chunks from index {} after chunk {}",
+                        c.chunks.len(),
+                        c.first_index,
+                        self.chunks
+                    )));
+                }
+                self.chunks += c.chunks.len() as i64;
+            }
             // Telemetry: log lines, usage and tool calls arrive after the end
             // from buffered shippers, and cost that was incurred must not be
             // lost, so they are taken in any state.

@@ -334,3 +334,24 @@ fn a_run_without_deadline_fields_has_no_deadline() {
     let run = given(&[placeholder(), started()]);
     assert_eq!((run.deadline_at, run.deadline_reason), (None, None));
 }
+
+#[test]
+fn chunks_follow_one_another_and_end_with_the_run() {
+    use runledger_events::RunChunks;
+    let chunks = |first_index: i64, n: usize| {
+        RunEvent::Chunks(RunChunks {
+            first_index,
+            chunks: vec!["x".to_owned(); n],
+        })
+    };
+    let s = given(&[placeholder(), started(), chunks(1, 2), chunks(3, 1)]);
+    assert_eq!(s.chunks, 3);
+    // A gap, a repeat and an empty batch are refused.
+    for bad in [chunks(5, 1), chunks(3, 1), chunks(4, 0)] {
+        let err = when(&s, bad).unwrap_err();
+        assert_eq!(err.kind, RefusalKind::IllegalTransition);
+    }
+    let s = when(&s, ended(EndReason::Success, 0)).unwrap();
+    let err = when(&s, chunks(4, 1)).unwrap_err();
+    assert!(err.message.contains("ended"), "{err}");
+}

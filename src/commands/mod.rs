@@ -6,9 +6,9 @@
 use std::collections::{BTreeMap, HashMap};
 
 use runledger_events::{
-    Empty, EndReason, ExpectedVersion, Reason, RunCheckpointed, RunCreated, RunDebugModeSet, RunEnded, RunEvent,
-    RunLogged, RunOutputRecorded, RunRescheduled, RunRetried, RunStarted, RunToolCalled, RunUsageRecorded, Timestamp,
-    TriggeredBy,
+    Empty, EndReason, ExpectedVersion, Reason, RunCheckpointed, RunChunks, RunCreated, RunDebugModeSet, RunEnded,
+    RunEvent, RunLogged, RunOutputRecorded, RunRescheduled, RunRetried, RunStarted, RunToolCalled, RunUsageRecorded,
+    Timestamp, TriggeredBy,
 };
 use runledger_projections::{EventContext, Refusal, RefusalKind, RunState};
 use serde_json::Value;
@@ -132,6 +132,9 @@ pub enum Action {
         state: Value,
     },
     Log(RunLogged),
+    /// LLM output chunks, in order; their indexes follow the run's last one,
+    /// assigned when deciding.
+    AppendChunks(Vec<String>),
     RecordUsage(RunUsageRecorded),
     RecordToolCall(RunToolCalled),
     RecordOutput(RunOutputRecorded),
@@ -406,6 +409,10 @@ fn decide_run(cmd: &RunCommand, loaded: &Loaded) -> Result<Decision, CommandErro
             state: saved.clone(),
         })),
         Action::Log(line) => recorded(RunEvent::Logged(line.clone())),
+        Action::AppendChunks(chunks) => updated(vec![RunEvent::Chunks(RunChunks {
+            first_index: state.chunks + 1,
+            chunks: chunks.clone(),
+        })]),
         Action::RecordUsage(usage) => recorded(RunEvent::UsageRecorded(usage.clone())),
         Action::RecordToolCall(call) => recorded(RunEvent::ToolCalled(call.clone())),
         Action::RecordOutput(output) => recorded(RunEvent::OutputRecorded(output.clone())),

@@ -451,6 +451,7 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestMeta {
             operation_id: None,
             correlation_id: header("x-correlation-id"),
             causation_id: header("x-causation-id"),
+            trace_id: parts.extensions.get::<super::RequestTrace>().map(|t| t.0.to_string()),
         }))
     }
 }

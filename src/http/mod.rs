@@ -2,6 +2,7 @@
 
 mod auth;
 mod bulk;
+mod chunks;
 mod debug_bundle;
 mod error;
 mod events;
@@ -104,6 +105,10 @@ pub struct HttpConfig {
     /// The longest the deadline enforcer, which `serve` runs beside the
     /// API, sleeps between looks for due runs; zero: no enforcer.
     pub deadline_poll: Duration,
+    /// How long a run's LLM chunks are gathered into one `run.chunks` event.
+    pub chunk_window: Duration,
+    /// Chunk bytes waiting for a run that are appended at once.
+    pub chunk_flush_bytes: usize,
 }
 
 impl Default for HttpConfig {
@@ -127,6 +132,8 @@ impl Default for HttpConfig {
             stalled_client_timeout: Duration::from_secs(30),
             metrics_top_tasks: metrics::DEFAULT_TOP_TASKS,
             deadline_poll: crate::deadlines::DEFAULT_POLL,
+            chunk_window: crate::chunks::DEFAULT_WINDOW,
+            chunk_flush_bytes: crate::chunks::DEFAULT_FLUSH_BYTES,
         }
     }
 }
@@ -157,11 +164,18 @@ pub fn api(
         .merge(system::router())
         .merge(metrics::router())
         .merge(bulk::router())
+        .merge(chunks::router())
         .split_for_parts();
     auth::document(&mut openapi);
     let mut openapi = openapi::document(&openapi);
     bulk::document(&mut openapi);
     let contract = Arc::new(query_contract::QueryContract::from_openapi(&openapi));
+    let coalescer = crate::chunks::Coalescer::new(
+        ledger.clone(),
+        config.chunk_window,
+        config.chunk_flush_bytes,
+        streams.shutdown.clone(),
+    );
     let router = router
         .with_state(ledger)
         // Inside the auth guard: keys belong to the caller it names.
@@ -179,16 +193,56 @@ pub fn api(
             config.request_timeout,
         ))
         .layer(Extension(streams))
+        .layer(Extension(coalescer))
         .layer(Extension(bulk::BulkCap(config.bulk_cap)))
         .layer(Extension(debug_bundle::BundleCap(config.bundle_max_events)))
-        .layer(Extension(metrics::TopTasks(config.metrics_top_tasks.min(metrics::MAX_TOP_TASKS))))
+        .layer(Extension(metrics::TopTasks(
+            config.metrics_top_tasks.min(metrics::MAX_TOP_TASKS),
+        )))
         .layer(middleware::from_fn(error::problems))
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
-        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
-            let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned());
-            let id = req.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
-            tracing::info_span!("request", method = %req.method(), route = route.as_deref().unwrap_or("unmatched"), request_id = %id)
-        }))
+        .layer(middleware::from_fn(record_trace))
+        // The request span, named by its route template, is a child of the
+        // caller's W3C trace context (when it sent a valid one).
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|req: &Request| {
+                    use tracing_opentelemetry::OpenTelemetrySpanExt;
+                    let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned());
+                    let route = route.as_deref().unwrap_or("unmatched");
+                    let id = req
+                        .headers()
+                        .get(REQUEST_ID)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_owned();
+                    let span = tracing::info_span!(
+                        "request",
+                        otel.name = %format_args!("{} {route}", req.method()),
+                        otel.kind = "server",
+                        otel.status_code = tracing::field::Empty,
+                        method = %req.method(),
+                        route,
+                        request_id = %id,
+                        http.response.status_code = tracing::field::Empty,
+                    );
+                    // Without an OpenTelemetry layer (no export) there is no span to parent.
+                    let _ = span.set_parent(crate::telemetry::remote_context(req.headers()));
+                    span
+                })
+                .on_response(
+                    |res: &axum::response::Response, latency: Duration, span: &tracing::Span| {
+                        use tower_http::trace::OnResponse;
+                        let status = res.status();
+                        span.record("http.response.status_code", i64::from(status.as_u16()));
+                        // OpenTelemetry's HTTP server convention: only 5xx is the server's error.
+                        if status.is_server_error() {
+                            span.record("otel.status_code", "error");
+                        }
+                        tower_http::trace::DefaultOnResponse::default().on_response(res, latency, span);
+                    },
+                ),
+        )
         // Outermost: every request has an X-Request-Id (the client's, or a
         // new UUID) before anything else sees it, and every response echoes
         // it; it is also the request_id of every event the request appends.
@@ -196,6 +250,18 @@ pub fn api(
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid));
     (router, openapi)
+}
+
+/// The trace a request belongs to; the `trace_id` of the events it appends.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RequestTrace(pub opentelemetry::trace::TraceId);
+
+/// Runs inside the request span: notes the request's trace for its events.
+async fn record_trace(mut req: Request, next: middleware::Next) -> axum::response::Response {
+    if let Some(id) = crate::telemetry::request_trace_id(&tracing::Span::current(), req.headers()) {
+        req.extensions_mut().insert(RequestTrace(id));
+    }
+    next.run(req).await
 }
 
 /// CORS for a browser console on another origin; none when unconfigured.

@@ -62,6 +62,12 @@ pub struct MetadataSchema {
     correlation_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     causation_id: Option<String>,
+    /// The W3C trace id of the request that appended the event: the trace id
+    /// of its `traceparent` header (absent without a valid one), or, when the
+    /// server exports spans over OTLP, of the trace its request span began.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^[0-9a-f]{32}$")]
+    trace_id: Option<String>,
 }
 
 /// `as_of`, `from`, `to`: a log position or an RFC 3339 time.

@@ -72,7 +72,7 @@ fn upcast(envelope: EventEnvelope) -> Result<EventEnvelope, LedgerError> {
         .map_err(|e| LedgerError::Storage(format!("event at position {position}: {e}")))
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum LedgerError {
     #[error(transparent)]
     Command(#[from] CommandError),
