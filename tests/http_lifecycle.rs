@@ -281,7 +281,11 @@ async fn the_document_states_what_the_routes_accept_and_answer(s: TestServer) {
         .as_array()
         .unwrap()
         .contains(&json!("log_overflow")));
-    assert_eq!(schemas["SortField"]["enum"].as_array().unwrap().len(), 6);
+    assert_eq!(schemas["SortField"]["enum"].as_array().unwrap().len(), 7);
+    assert!(schemas["SortField"]["enum"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("deadline_at")));
     assert_eq!(schemas["RetryKind"]["enum"], json!(["retry", "dlq_replay", "restart"]));
     let problem = &schemas["Problem"];
     for field in ["message", "details", "code", "detail", "status", "title", "type"] {
