@@ -182,9 +182,6 @@ pub struct StreamWrite {
     pub run_id: Uuid,
     pub expected: ExpectedVersion,
     pub events: Vec<RunEvent>,
-    /// The decision minted `run_id` (a new v7 id): the stream cannot exist,
-    /// so its version need not be read.
-    pub minted: bool,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -313,7 +310,6 @@ fn decide_create(create: &CreateRun, loaded: &Loaded) -> Result<Decision, Comman
             run_id,
             expected: ExpectedVersion::NoStream,
             events: vec![event],
-            minted: true,
         }],
         reply: Reply::Created(run_id),
     })
@@ -341,7 +337,6 @@ fn decide_run(cmd: &RunCommand, loaded: &Loaded) -> Result<Decision, CommandErro
                 run_id: cmd.run_id,
                 expected,
                 events,
-                minted: false,
             }],
             reply,
         })
@@ -479,13 +474,11 @@ fn decide_retry(
                 run_id: source.id,
                 expected,
                 events,
-                minted: false,
             },
             StreamWrite {
                 run_id: new_run,
                 expected: ExpectedVersion::NoStream,
                 events: vec![created],
-                minted: true,
             },
         ],
         reply: Reply::Retried {

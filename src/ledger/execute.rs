@@ -19,10 +19,6 @@ pub trait RunStore {
     fn find_unfinished_by_idempotency_key(&mut self, task_name: &str, key: &str) -> Result<Option<RunState>, String>;
     /// The version of the run's stream (0 if it has none).
     fn stream_version(&mut self, run_id: Uuid) -> Result<i64, String>;
-    /// The decision just minted `run_id`, so its stream is new: a backend
-    /// that remembers versions can skip reading this one (the unique
-    /// stream version still guards the append).
-    fn minted(&mut self, _run_id: Uuid) {}
     /// Appends to the run's stream; the caller has checked the version.
     fn append(
         &mut self,
@@ -81,12 +77,7 @@ pub fn execute(store: &mut impl RunStore, command: &Command, metadata: &Metadata
         Decision::Append { writes, reply } => (writes, reply),
     };
     for write in &writes {
-        let actual = if write.minted {
-            store.minted(write.run_id);
-            0
-        } else {
-            store.stream_version(write.run_id).map_err(ExecError::Storage)?
-        };
+        let actual = store.stream_version(write.run_id).map_err(ExecError::Storage)?;
         if !write.expected.admits(actual) {
             let expected = match write.expected {
                 ExpectedVersion::Exact(v) => v,

@@ -258,10 +258,6 @@ impl RunStore for SqliteStore<'_, '_> {
         self.0.stream_version(&stream_of(run_id)).map_err(|e| e.to_string())
     }
 
-    fn minted(&mut self, run_id: Uuid) {
-        self.0.new_stream(&stream_of(run_id));
-    }
-
     fn append(
         &mut self,
         run_id: Uuid,

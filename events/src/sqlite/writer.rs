@@ -112,13 +112,6 @@ impl WriteTx<'_> {
         Ok(version)
     }
 
-    /// Records that `stream_id` is new (its id was just minted), so its
-    /// version is 0 without asking the database. The unique
-    /// `(stream_id, stream_version)` still guards the append.
-    pub fn new_stream(&mut self, stream_id: &str) {
-        self.versions.map.entry(stream_id.to_owned()).or_insert(0);
-    }
-
     /// Appends `events` to `stream_id` if the stream is at `expected`.
     /// Appending events whose ids are already stored is a no-op that returns
     /// the stored envelopes.
@@ -271,14 +264,10 @@ impl WriterStats {
     }
 }
 
-/// How often the checkpointer looks for new commits.
-const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
-
 /// The single writer of one SQLite database.
 pub struct Writer {
     sender: Option<mpsc::Sender<Box<dyn Unit>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
-    checkpointer: Mutex<Option<JoinHandle<()>>>,
     head: watch::Receiver<i64>,
     stats: Arc<WriterStats>,
 }
@@ -287,11 +276,6 @@ impl Writer {
     /// Starts the writer thread on `path`. The schema must already exist.
     pub fn start(path: &Path) -> rusqlite::Result<Self> {
         let conn = super::open(path)?;
-        // The COMMIT that filled the WAL would otherwise copy it back into
-        // the database, fsync and all, while every caller of the batch
-        // waits: the checkpointer does it beside the writer instead.
-        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
-        let checkpoints = super::open(path)?;
         let (position, _, _) = read::head(&conn)?;
         let (head_tx, head_rx) = watch::channel(position);
         let (sender, receiver) = mpsc::channel(QUEUE);
@@ -301,15 +285,9 @@ impl Writer {
             .name("runledger-writer".into())
             .spawn(move || run(conn, receiver, head_tx, &thread_stats))
             .expect("spawning the writer thread");
-        let commits = head_rx.clone();
-        let checkpointer = std::thread::Builder::new()
-            .name("runledger-checkpoint".into())
-            .spawn(move || checkpoint(&checkpoints, commits))
-            .expect("spawning the checkpoint thread");
         Ok(Self {
             sender: Some(sender),
             thread: Mutex::new(Some(thread)),
-            checkpointer: Mutex::new(Some(checkpointer)),
             head: head_rx,
             stats,
         })
@@ -356,30 +334,6 @@ impl Drop for Writer {
         self.sender.take();
         if let Some(thread) = self.thread.lock().ok().and_then(|mut t| t.take()) {
             let _ = thread.join();
-        }
-        // The writer's end drops the head's sender, which stops this one
-        // after a last checkpoint.
-        if let Some(thread) = self.checkpointer.lock().ok().and_then(|mut t| t.take()) {
-            let _ = thread.join();
-        }
-    }
-}
-
-/// Checkpoints the WAL after commits, without blocking the writer or
-/// readers (PASSIVE: it copies what no reader still needs; the next round
-/// copies the rest), until the writer stops.
-fn checkpoint(conn: &Connection, mut commits: watch::Receiver<i64>) {
-    loop {
-        std::thread::sleep(CHECKPOINT_EVERY);
-        let stopped = commits.has_changed().is_err();
-        if stopped || commits.has_changed().unwrap_or(false) {
-            commits.mark_unchanged();
-            if let Err(err) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-                tracing::warn!(error = %err, "WAL checkpoint failed");
-            }
-        }
-        if stopped {
-            return;
         }
     }
 }
