@@ -15,6 +15,7 @@ mod run_details;
 mod run_relations;
 mod runs;
 mod server;
+mod session;
 mod system;
 mod tasks;
 mod whole;
@@ -157,6 +158,7 @@ pub fn api(
         .merge(system::router())
         .merge(metrics::router())
         .merge(bulk::router())
+        .merge(session::router())
         .split_for_parts();
     auth::document(&mut openapi);
     let mut openapi = openapi::document(&openapi);
