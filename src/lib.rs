@@ -5,6 +5,7 @@ pub mod anchors;
 pub mod auth;
 pub mod cli;
 pub mod commands;
+pub mod console;
 pub mod deadlines;
 pub mod domain;
 pub mod follow;

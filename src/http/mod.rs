@@ -1,11 +1,11 @@
 //! The HTTP API: one router per resource, merged here.
 
-mod auth;
+pub(crate) mod auth;
 mod bulk;
-mod debug_bundle;
-mod error;
+pub(crate) mod debug_bundle;
+pub(crate) mod error;
 mod events;
-mod extract;
+pub(crate) mod extract;
 mod idempotency;
 mod metrics;
 mod openapi;
@@ -13,7 +13,7 @@ mod query_contract;
 mod run_commands;
 mod run_details;
 mod run_relations;
-mod runs;
+pub(crate) mod runs;
 mod server;
 mod session;
 mod system;
@@ -141,6 +141,11 @@ pub fn api(
     open_allowed: bool,
 ) -> (Router, serde_json::Value) {
     let gate = Arc::new(auth::Gate::new(ledger.clone(), open_allowed, config.rate_limit));
+    let console = crate::console::router(crate::console::Console {
+        ledger: ledger.clone(),
+        gate: gate.clone(),
+        bundle_cap: config.bundle_max_events,
+    });
     let idempotency = Arc::new(idempotency::Idempotency {
         ledger: ledger.clone(),
         ttl: config.idempotency_ttl,
@@ -175,6 +180,9 @@ pub fn api(
         // After routing, so that it knows the route template.
         .route_layer(middleware::from_fn_with_state(gate, auth::guard))
         .merge(SwaggerUi::new("/docs").external_url_unchecked("/openapi.json", openapi.clone()))
+        // HTML pages, outside the API's guards: they sign in, parse and
+        // refuse their query themselves, and answer HTML, never JSON.
+        .merge(console)
         .layer(middleware::from_fn(metrics::track))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             axum::http::StatusCode::SERVICE_UNAVAILABLE,
