@@ -47,9 +47,11 @@ async function refresh() {
     const r = await fetch(location.href, { credentials: "same-origin" });
     if (!r.ok) return;
     const doc = new DOMParser().parseFromString(await r.text(), "text/html");
-    for (const id of ["live-region", "run-status", "total", "head-position", "chain", "actions"]) {
+    for (const id of ["live-region", "run-status", "total", "bulk-count", "head-position", "chain", "actions", "travel"]) {
       const fresh = doc.getElementById(id), old = document.getElementById(id);
       if (!fresh || !old) continue;
+      // Never pull a control from under the viewer's hands.
+      if (old.contains(document.activeElement)) continue;
       if (id === "live-region") {
         const checked = new Set([...old.querySelectorAll("input[name=id]:checked")].map(i => i.value));
         const before = new Map([...old.querySelectorAll("tr[data-id]")].map(tr => [tr.dataset.id, tr.dataset.status]));
@@ -64,6 +66,7 @@ async function refresh() {
         old.replaceWith(fresh);
         localTimes(fresh);
         if (id === "actions") wireActions();
+        if (id === "travel") travel();
       }
     }
   } finally {
@@ -185,7 +188,7 @@ function bulk() {
 function keys() {
   document.addEventListener("keydown", ev => {
     if (ev.target.closest("input, select, textarea, dialog")) return;
-    if (ev.key === "/") { const f = document.querySelector("#filters input"); if (f) { ev.preventDefault(); f.focus(); } }
+    if (ev.key === "/") { const f = document.querySelector("#filters input"); if (f) { ev.preventDefault(); f.closest("details").open = true; f.focus(); } }
     if (ev.key === "j" || ev.key === "k") {
       const links = [...document.querySelectorAll("#runs tbody a")];
       if (!links.length) return;

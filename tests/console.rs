@@ -211,6 +211,8 @@ async fn the_console_in_a_real_browser() {
             return;
         }
     };
+    let shots = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/console-screenshots");
+    let _ = std::fs::remove_dir_all(&shots);
     let s = TestServer::sqlite().await;
     let (s, modules_c, chromium_c) = (s, modules.clone(), chromium.clone());
     let s = tokio::task::spawn_blocking(move || {

@@ -186,7 +186,7 @@ async fn runs_view_inner(c: &Console, headers: &HeaderMap, uri: &Uri) -> Result<
     };
     html.push_str(&chain);
     filters(&mut html, &pairs);
-    tasks_summary(&mut html, &tasks);
+    tasks_summary(&mut html, &tasks, query.as_of.is_some());
 
     // The table, with selection and bulk actions.
     let filter: serde_json::Map<String, Value> = {
@@ -212,7 +212,7 @@ async fn runs_view_inner(c: &Console, headers: &HeaderMap, uri: &Uri) -> Result<
 <form id="bulk" class="bulk" data-filter="{}" data-as-of="{}">
 <fieldset><legend>Bulk action</legend>
 <label><input type="radio" name="scope" value="selected" checked> selected runs</label>
-<label><input type="radio" name="scope" value="all"> all {total} matching</label>
+<label><input type="radio" name="scope" value="all"> all <span id="bulk-count">{total}</span> matching</label>
 <select name="action" aria-label="Action"><option value="cancel">cancel</option><option value="retry">retry</option><option value="delete">delete</option><option value="restore">restore</option><option value="rerun">rerun</option></select>
 <button type="submit">Review…</button>
 </fieldset>
@@ -246,7 +246,19 @@ async fn runs_view_inner(c: &Console, headers: &HeaderMap, uri: &Uri) -> Result<
         );
     }
     html.push_str("</nav></div></section>");
-    let live = query.as_of.is_none().then_some("/api/events/stream");
+    // The stream carries the view's task and project filters, so a busy
+    // ledger wakes only the views its events can change.
+    let stream = format!(
+        "/api/events/stream{}",
+        page::query(
+            &pairs
+                .iter()
+                .filter(|(k, _)| k == "task_name" || k == "project")
+                .cloned()
+                .collect::<Vec<_>>()
+        )
+    );
+    let live = query.as_of.is_none().then_some(stream.as_str());
     Ok(page::respond(
         StatusCode::OK,
         page::frame("Runs", Some(&viewer), live, &html),
@@ -308,7 +320,7 @@ fn filters(html: &mut String, pairs: &[(String, String)]) {
         .collect();
     let _ = write!(
         html,
-        r#"<details class="card" open><summary>Filters</summary>
+        r#"<details class="card"{}><summary>Filters</summary>
 <form id="filters" action="/" method="get" class="filters">
 {}{}{}{}{}{}{}{}{}{}{}
 <label><input type="checkbox" name="retries_only" value="true"{}> retries only</label>
@@ -317,6 +329,14 @@ fn filters(html: &mut String, pairs: &[(String, String)]) {
 <input type="hidden" name="as_of" value="{}">
 <button type="submit">Apply</button> <a href="/">Clear</a>
 </form></details>"#,
+        if pairs
+            .iter()
+            .any(|(k, v)| !v.is_empty() && !["as_of", "offset"].contains(&k.as_str()))
+        {
+            " open"
+        } else {
+            ""
+        },
         field("status", "status", "failed,running"),
         field("task_name", "task", "etl"),
         field("project", "project", "default"),
@@ -343,11 +363,16 @@ fn filters(html: &mut String, pairs: &[(String, String)]) {
     let _ = tags;
 }
 
-fn tasks_summary(html: &mut String, tasks: &[runledger_projections::TaskSummary]) {
+fn tasks_summary(html: &mut String, tasks: &[runledger_projections::TaskSummary], past: bool) {
     let _ = write!(
         html,
-        r#"<details class="card"><summary>Tasks ({})</summary><div class="scroll"><table><thead><tr><th scope=col>task</th><th scope=col>runs</th><th scope=col>by status</th><th scope=col>last success</th><th scope=col>last failure</th></tr></thead><tbody>"#,
-        tasks.len()
+        r#"<details class="card"><summary>Tasks ({}){}</summary><div class="scroll"><table><thead><tr><th scope=col>task</th><th scope=col>runs</th><th scope=col>by status</th><th scope=col>last success</th><th scope=col>last failure</th></tr></thead><tbody>"#,
+        tasks.len(),
+        if past {
+            " · now, not as of the position shown"
+        } else {
+            ""
+        }
     );
     for t in tasks {
         let counts: Vec<String> = t
@@ -544,11 +569,16 @@ async fn run_page_inner(c: &Console, raw_id: &str, headers: &HeaderMap, uri: &Ur
     }
     let actions = format!(
         r#"<div class="actions" id="actions" data-run="{id}">
-<button type="button" data-action="retry">Retry</button>
+<button type="button" data-action="retry"{}>Retry</button>
 <button type="button" data-action="cancel"{}>Cancel</button>
 <button type="button" data-action="{}">{}</button>
 <a class="button" href="/api/runs/{id}/debug-bundle" download="run-{id}.json">Debug bundle</a></div>
 <div id="action-result" role="status" aria-live="polite"></div>"#,
+        if ended {
+            ""
+        } else {
+            r#" disabled title="only an ended run can be retried""#
+        },
         if ended { " disabled" } else { "" },
         if deleted { "restore" } else { "delete" },
         if deleted { "Restore" } else { "Delete" },

@@ -106,6 +106,28 @@ try {
     check(await page.locator(`section[aria-labelledby=lineage-h] a[href="/runs/${failed.id}"]`).count() === 1, "lineage links the source");
     await shot("retried");
 
+    // Bulk: every matching run, with the exact dry-run count pinned at a
+    // position, then the operation's result.
+    await page.goto(base + "/?task_name=report&status=pending");
+    check(await rows().count() === 1, "one pending report run");
+    await page.check('#bulk input[name=scope][value=all]');
+    await page.selectOption('#bulk select[name=action]', "cancel");
+    await page.click('#bulk button[type=submit]');
+    const dialog = page.locator("dialog[open]");
+    await dialog.waitFor();
+    check((await dialog.locator("h2").textContent()) === "cancel 1 runs?", "the dry-run count");
+    check((await dialog.textContent()).includes("Selected at position"), "pinned at a position");
+    await shot("bulk-confirm");
+    await page.click("#confirm-ok");
+    await page.locator("#bulk-result", { hasText: "cancel: done" }).waitFor();
+    check((await page.locator("#bulk-result pre").textContent()).includes('"canceled": 1'), "the operation record");
+    await page.locator("#runs tbody td.empty").waitFor();
+    await shot("bulk-done");
+
+    // Keyboard: "/" focuses the filters.
+    await page.keyboard.press("/");
+    check(await page.evaluate(() => document.activeElement.closest("#filters") !== null), "/ focuses the filters");
+
     // A phone.
     await page.setViewportSize({ width: 390, height: 844 });
     await page.goto(base + "/");
