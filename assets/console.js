@@ -51,7 +51,7 @@ async function refresh() {
       const fresh = doc.getElementById(id), old = document.getElementById(id);
       if (!fresh || !old) continue;
       // Never pull a control from under the viewer's hands.
-      if (old.contains(document.activeElement)) continue;
+      if (id === "travel" && old.contains(document.activeElement)) continue;
       if (id === "live-region") {
         const checked = new Set([...old.querySelectorAll("input[name=id]:checked")].map(i => i.value));
         const before = new Map([...old.querySelectorAll("tr[data-id]")].map(tr => [tr.dataset.id, tr.dataset.status]));

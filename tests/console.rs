@@ -20,6 +20,13 @@ async fn fetch(s: &TestServer, path: &str, cookie: Option<&str>) -> (u16, String
     }
     let resp = send_checked(req).await.unwrap();
     let status = resp.status().as_u16();
+    // Every console answer keeps the browser on this server.
+    let csp = resp.headers()["content-security-policy"].to_str().unwrap();
+    assert!(
+        csp.starts_with("default-src 'self'") && csp.contains("frame-ancestors 'none'"),
+        "{path}: {csp}"
+    );
+    assert_eq!(resp.headers()["x-content-type-options"], "nosniff", "{path}");
     let ct = resp.headers()["content-type"].to_str().unwrap().to_owned();
     (status, ct, resp.text().await.unwrap())
 }
@@ -50,7 +57,13 @@ fn assert_local(html: &str, page: &str) {
 }
 
 async fn pages_and_assets_are_served_from_the_binary(s: TestServer) {
-    let run = s.run_through("etl", json!({}), &["start"]).await;
+    let run = s
+        .run_through(
+            "etl",
+            json!({"tags": {"team": "<script>alert(1)</script>"}}),
+            &["start"],
+        )
+        .await;
     let id = run["id"].as_str().unwrap().to_owned();
     let (status, ct, html) = fetch(&s, "/?status=running&task_name=etl", None).await;
     assert_eq!((status, ct.as_str()), (200, "text/html; charset=utf-8"));
@@ -64,6 +77,9 @@ async fn pages_and_assets_are_served_from_the_binary(s: TestServer) {
     let (status, _, page) = fetch(&s, &format!("/runs/{id}"), None).await;
     assert_eq!(status, 200);
     assert!(page.contains("<code>run.started</code>") && page.contains("Hash chain verifies"));
+    // Ledger text is escaped on its way into the markup.
+    assert!(page.contains("&lt;script&gt;alert(1)&lt;/script&gt;"), "escaped");
+    assert!(!page.contains("<script>alert"), "never markup");
     assert!(page.contains(&format!("/api/runs/{id}/debug-bundle")));
     assert_local(&page, "/runs/{id}");
     let (status, _, diff) = fetch(&s, "/diff?from=0", None).await;
@@ -106,6 +122,7 @@ async fn bad_console_input_is_an_html_page_naming_the_field(s: TestServer) {
         assert_eq!(got, status, "{path}: {html}");
         assert_eq!(ct, "text/html; charset=utf-8", "{path}");
         assert!(html.contains(&format!("<code>{location}</code>")), "{path}: {html}");
+        assert_local(&html, path);
     }
     let (got, _, html) = fetch(&s, "/runs/0195f2a0-0000-7000-8000-000000000000", None).await;
     assert_eq!(got, 404);
@@ -120,6 +137,7 @@ async fn with_tokens_the_console_asks_to_sign_in(s: TestServer) {
     let (status, ct, html) = fetch(&s, "/", None).await;
     assert_eq!((status, ct.as_str()), (401, "text/html; charset=utf-8"));
     assert!(html.contains(r#"id="sign-in""#));
+    assert_local(&html, "the sign-in page");
     let sign_in = |secret: String| {
         let req = s.client.post(s.url("/api/session")).bearer_auth(secret);
         async move {

@@ -21,7 +21,7 @@ use serde_json::Value;
 
 use crate::auth::Scope;
 use crate::http::auth::{Caller, Gate, Via};
-use crate::http::error::{ApiError, Finished};
+use crate::http::error::ApiError;
 use crate::http::extract::{decode_query, QueryParams, MAX_QUERY_BYTES};
 use crate::http::runs::{parse_as_of, resolve, run_query};
 use crate::ledger::Ledger;
@@ -58,7 +58,7 @@ async fn asset(body: &'static str, content_type: &'static str) -> Response {
     let h = response.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    response.extensions_mut().insert(Finished);
+    page::guard(&mut response);
     response
 }
 

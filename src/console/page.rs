@@ -214,8 +214,23 @@ pub fn respond(status: StatusCode, html: String) -> Response {
     response
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response.extensions_mut().insert(Finished);
+    guard(&mut response);
     response
+}
+
+/// What the browser may do with a console answer: load and talk to this
+/// server only, never be framed, never sniff a type.
+pub fn guard(response: &mut Response) {
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+        ),
+    );
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
+    response.extensions_mut().insert(Finished);
 }
 
 /// A page that says what is wrong, each fault at its location.

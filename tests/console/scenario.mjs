@@ -106,6 +106,21 @@ try {
     check(await page.locator(`section[aria-labelledby=lineage-h] a[href="/runs/${failed.id}"]`).count() === 1, "lineage links the source");
     await shot("retried");
 
+    // Cancel, delete and restore the new run, each confirmed.
+    const act = async (action, then) => {
+      await page.click(`#actions button[data-action="${action}"]`);
+      await page.locator("dialog[open]").waitFor();
+      await page.click("#confirm-ok");
+      await page.locator(then).waitFor();
+    };
+    await act("cancel", '#run-status .status[data-status="stopped"]');
+    await act("delete", '#actions button[data-action="restore"]');
+    check((await page.locator("#run-status").textContent()).includes("deleted"), "shown deleted");
+    await act("restore", '#actions button[data-action="delete"]');
+    const newId = page.url().split("/runs/")[1];
+    const types2 = (await api("GET", `/api/runs/${newId}/events`)).events.map(e => e.type);
+    check(JSON.stringify(types2) === JSON.stringify(["run.created", "run.ended", "run.deleted", "run.restored"]), "actions appended " + types2);
+
     // Bulk: every matching run, with the exact dry-run count pinned at a
     // position, then the operation's result.
     await page.goto(base + "/?task_name=report&status=pending");
