@@ -83,7 +83,11 @@ function live() {
   let timer = null;
   const changed = () => { clearTimeout(timer); timer = setTimeout(refresh, 100); };
   source.onopen = () => { state.textContent = "● live"; document.body.dataset.connected = "true"; };
-  source.onerror = () => { state.textContent = "○ reconnecting…"; document.body.dataset.connected = "false"; };
+  source.onerror = () => {
+    document.body.dataset.connected = "false";
+    // Refused (a session without ledger:read) is final; a dropped link is retried.
+    state.textContent = source.readyState === EventSource.CLOSED ? "○ not live: the stream was refused (it needs ledger:read)" : "○ reconnecting…";
+  };
   // Frames are named by event type; any of them may change what is shown.
   for (const type of ["run.created", "run.started", "run.heartbeat", "run.paused", "run.resumed", "run.rescheduled", "run.checkpointed", "run.logged", "run.usage_recorded", "run.tool_called", "run.output_recorded", "run.ended", "run.dead_lettered", "run.deleted", "run.restored", "run.retried", "run.debug_mode_set", "run.idempotency_key_reset"]) {
     source.addEventListener(type, changed);
@@ -96,6 +100,12 @@ function travel() {
   if (!slider || !field) return;
   slider.addEventListener("input", () => { field.value = slider.value; });
   slider.addEventListener("change", () => slider.form.submit());
+  // The date picker is in the viewer's zone; as_of is sent in UTC.
+  const picker = document.getElementById("as-of-time");
+  if (picker) picker.addEventListener("change", () => {
+    const d = new Date(picker.value);
+    if (!isNaN(d)) { field.value = d.toISOString(); field.form.submit(); }
+  });
 }
 
 function signIn() {

@@ -121,6 +121,9 @@ fn json(v: &impl serde::Serialize) -> Value {
     serde_json::to_value(v).unwrap_or(Value::Null)
 }
 
+/// The most rows a run page shows per section; the debug bundle has all.
+const MAX_ROWS: usize = 1_000;
+
 /// The list filters of a runs view, for a bulk call's `filter`.
 const NOT_FILTERS: [&str; 6] = ["limit", "offset", "cursor", "sort_field", "sort_direction", "as_of"];
 
@@ -278,6 +281,8 @@ fn time_travel(html: &mut String, pairs: &[(String, String)], at: i64, head: i64
 <fieldset><legend>Time travel</legend>{hidden}
 <label for="as-of-slider">Position</label>
 <input type="range" id="as-of-slider" min="0" max="{head}" value="{at}" aria-describedby="as-of-hint">
+<label for="as-of-time">or a time</label>
+<input type="datetime-local" id="as-of-time" step="1" aria-describedby="as-of-hint">
 <label for="as_of">as_of</label>
 <input id="as_of" name="as_of" value="{at}" size="28" aria-describedby="as-of-hint">
 <button type="submit">Go</button>
@@ -527,6 +532,9 @@ async fn run_page_inner(c: &Console, raw_id: &str, headers: &HeaderMap, uri: &Ur
             .collect()
     };
     let events = upto(&b["events"]);
+    let all_events = events.len();
+    // A page stays readable and fast: the newest rows, the rest in the bundle.
+    let events = events[all_events.saturating_sub(MAX_ROWS)..].to_vec();
     let first = b["events"][0]["position"].as_i64().unwrap_or(0);
     let last = b["events"]
         .as_array()
@@ -655,8 +663,15 @@ async fn run_page_inner(c: &Console, raw_id: &str, headers: &HeaderMap, uri: &Ur
     let _ = write!(
         html,
         r#"<section class="card" aria-labelledby="timeline-h"><h2 id="timeline-h">Timeline <span class="count">{}</span></h2><div class="scroll"><table id="timeline"><thead><tr><th scope=col>#</th><th scope=col>position</th><th scope=col>type</th><th scope=col>time</th><th scope=col>actor</th><th scope=col>request id</th><th scope=col>operation id</th><th scope=col>data</th></tr></thead><tbody>"#,
-        events.len()
+        all_events
     );
+    if all_events > events.len() {
+        let _ = write!(
+            html,
+            r#"<tr><td colspan="8" class="empty">{} older events are in the debug bundle and at <code>/api/runs/{id}/events</code>.</td></tr>"#,
+            all_events - events.len()
+        );
+    }
     for e in &events {
         let p = e["position"].as_i64().unwrap_or_default();
         let op = e["metadata"]["operation_id"].as_str().unwrap_or_default();
@@ -693,7 +708,8 @@ async fn run_page_inner(c: &Console, raw_id: &str, headers: &HeaderMap, uri: &Ur
         ("Tool calls", "tool_calls", &[][..]),
         ("Outputs", "outputs", &[][..]),
     ] {
-        let items = upto(&b[key]);
+        let mut items = upto(&b[key]);
+        items.truncate(MAX_ROWS);
         let _ = write!(
             html,
             r#"<section class="card" aria-labelledby="{key}-h"><h2 id="{key}-h">{title} <span class="count">{}</span></h2>{}</section>"#,
