@@ -164,6 +164,43 @@ async fn with_tokens_the_console_asks_to_sign_in(s: TestServer) {
     s.stop().await;
 }
 
+/// Pages are charged to the caller's rate limit, like its API calls.
+async fn pages_share_the_callers_rate_limit(s: TestServer) {
+    for _ in 0..2 {
+        assert_eq!(fetch(&s, "/", None).await.0, 200);
+    }
+    let req = s.client.get(s.url("/"));
+    let resp = send_checked(req).await.unwrap();
+    assert_eq!(resp.status(), 429);
+    let retry: u64 = resp.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!(retry >= 1);
+    assert_eq!(resp.headers()["content-type"], "text/html; charset=utf-8");
+    assert!(resp.text().await.unwrap().contains("Too many requests"));
+    s.stop().await;
+}
+
+fn tight_limit() -> runledger::http::HttpConfig {
+    runledger::http::HttpConfig {
+        rate_limit: Some(runledger::http::RateLimit {
+            per_second: std::num::NonZeroU32::new(1).unwrap(),
+            burst: std::num::NonZeroU32::new(2).unwrap(),
+        }),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_pages_share_the_callers_rate_limit() {
+    pages_share_the_callers_rate_limit(TestServer::sqlite_with(tight_limit()).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_pages_share_the_callers_rate_limit() {
+    if let Some(s) = TestServer::postgres_with("pages_share_the_callers_rate_limit", tight_limit()).await {
+        pages_share_the_callers_rate_limit(s).await;
+    }
+}
+
 mod backends {
     use super::*;
     backend_tests!(

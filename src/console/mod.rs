@@ -13,14 +13,15 @@ use std::fmt::Write;
 use std::sync::Arc;
 
 use axum::extract::{Extension, Path};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use serde_json::Value;
 
 use crate::auth::Scope;
-use crate::http::auth::{Caller, Gate, Via};
+use crate::http::auth::{limit_key, Caller, Gate, Via};
 use crate::http::error::ApiError;
 use crate::http::extract::{decode_query, QueryParams, MAX_QUERY_BYTES};
 use crate::http::runs::{parse_as_of, resolve, run_query};
@@ -84,8 +85,25 @@ fn failure(e: ApiError) -> Response {
 
 impl Console {
     /// The viewer, who must hold `runs:read`; otherwise the page to show.
-    async fn viewer(&self, headers: &HeaderMap) -> Result<(Caller, Viewer), Response> {
-        let (caller, _, via) = self.gate.identify(headers).await.map_err(failure)?;
+    /// Pages are charged to the same rate limit as the API calls of the
+    /// same caller.
+    async fn viewer(&self, parts: &Parts) -> Result<(Caller, Viewer), Response> {
+        let identity = self.gate.identify(&parts.headers).await;
+        let key = limit_key(identity.as_ref().ok().map(|(c, _, _)| c), &parts.extensions);
+        if let Err(too_many) = self.gate.charge(key) {
+            let retry = too_many.headers().get(header::RETRY_AFTER).cloned();
+            let mut page = page::error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "Too many requests",
+                "this caller has used its request budget; wait a moment and reload",
+                &[],
+            );
+            if let Some(retry) = retry {
+                page.headers_mut().insert(header::RETRY_AFTER, retry);
+            }
+            return Err(page);
+        }
+        let (caller, _, via) = identity.map_err(failure)?;
         if !caller.covers(Scope::RunsRead) {
             return Err(failure(ApiError::Forbidden {
                 required: Scope::RunsRead,
@@ -102,7 +120,7 @@ impl Console {
 }
 
 /// The query string as pairs, with the API's limits on it.
-fn pairs_of(uri: &Uri) -> Result<Vec<(String, String)>, Response> {
+fn pairs_of(uri: &axum::http::Uri) -> Result<Vec<(String, String)>, Response> {
     let raw = uri.query().unwrap_or_default();
     if raw.len() > MAX_QUERY_BYTES {
         return Err(failure(ApiError::invalid_one(
@@ -127,15 +145,15 @@ const MAX_ROWS: usize = 1_000;
 /// The list filters of a runs view, for a bulk call's `filter`.
 const NOT_FILTERS: [&str; 6] = ["limit", "offset", "cursor", "sort_field", "sort_direction", "as_of"];
 
-async fn runs_view(Extension(c): Extension<Arc<Console>>, headers: HeaderMap, uri: Uri) -> Response {
-    match runs_view_inner(&c, &headers, &uri).await {
+async fn runs_view(Extension(c): Extension<Arc<Console>>, parts: Parts) -> Response {
+    match runs_view_inner(&c, &parts).await {
         Ok(r) | Err(r) => r,
     }
 }
 
-async fn runs_view_inner(c: &Console, headers: &HeaderMap, uri: &Uri) -> Result<Response, Response> {
-    let (_, viewer) = c.viewer(headers).await?;
-    let pairs = pairs_of(uri)?;
+async fn runs_view_inner(c: &Console, parts: &Parts) -> Result<Response, Response> {
+    let (_, viewer) = c.viewer(parts).await?;
+    let pairs = pairs_of(&parts.uri)?;
     let mut params = QueryParams::from_pairs("query", pairs.clone());
     let mut query = run_query(&mut params);
     let as_of = params.parsed("as_of", parse_as_of);
@@ -480,20 +498,15 @@ fn runs_table(html: &mut String, pairs: &[(String, String)], runs: &[Value], que
     html.push_str("</tbody></table></div>");
 }
 
-async fn run_page(
-    Extension(c): Extension<Arc<Console>>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    uri: Uri,
-) -> Response {
-    match run_page_inner(&c, &id, &headers, &uri).await {
+async fn run_page(Extension(c): Extension<Arc<Console>>, Path(id): Path<String>, parts: Parts) -> Response {
+    match run_page_inner(&c, &id, &parts).await {
         Ok(r) | Err(r) => r,
     }
 }
 
-async fn run_page_inner(c: &Console, raw_id: &str, headers: &HeaderMap, uri: &Uri) -> Result<Response, Response> {
-    let (_, viewer) = c.viewer(headers).await?;
-    let pairs = pairs_of(uri)?;
+async fn run_page_inner(c: &Console, raw_id: &str, parts: &Parts) -> Result<Response, Response> {
+    let (_, viewer) = c.viewer(parts).await?;
+    let pairs = pairs_of(&parts.uri)?;
     let mut params = QueryParams::from_pairs("query", pairs.clone());
     let id = params.faults.path_id(raw_id);
     let as_of = params.parsed("as_of", parse_as_of);
@@ -787,15 +800,15 @@ async fn run_page_inner(c: &Console, raw_id: &str, headers: &HeaderMap, uri: &Ur
     ))
 }
 
-async fn diff_view(Extension(c): Extension<Arc<Console>>, headers: HeaderMap, uri: Uri) -> Response {
-    match diff_inner(&c, &headers, &uri).await {
+async fn diff_view(Extension(c): Extension<Arc<Console>>, parts: Parts) -> Response {
+    match diff_inner(&c, &parts).await {
         Ok(r) | Err(r) => r,
     }
 }
 
-async fn diff_inner(c: &Console, headers: &HeaderMap, uri: &Uri) -> Result<Response, Response> {
-    let (_, viewer) = c.viewer(headers).await?;
-    let pairs = pairs_of(uri)?;
+async fn diff_inner(c: &Console, parts: &Parts) -> Result<Response, Response> {
+    let (_, viewer) = c.viewer(parts).await?;
+    let pairs = pairs_of(&parts.uri)?;
     let mut params = QueryParams::from_pairs("query", pairs);
     let from = params.parsed("from", parse_as_of);
     let to = params.parsed("to", parse_as_of);

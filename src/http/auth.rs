@@ -387,7 +387,7 @@ impl Gate {
     }
 
     /// Charges one request to `key`: the rate-limit headers, or the 429.
-    fn charge(&self, key: String) -> Result<Option<[(HeaderName, HeaderValue); 3]>, Box<Response>> {
+    pub fn charge(&self, key: String) -> Result<Option<[(HeaderName, HeaderValue); 3]>, Box<Response>> {
         let Some((limiter, limit)) = &self.limiter else {
             return Ok(None);
         };
@@ -474,6 +474,21 @@ impl Credential {
     }
 }
 
+/// Whose budget a request is charged to: its token's, or (open, or not
+/// identified) its client address's.
+pub fn limit_key(caller: Option<&Caller>, extensions: &axum::http::Extensions) -> String {
+    match caller {
+        Some(caller) if caller.name != ANONYMOUS => format!("token {}", caller.name),
+        _ => {
+            let addr = extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+            format!(
+                "address {}",
+                addr.map_or_else(|| "unknown".to_owned(), |a| a.to_string())
+            )
+        }
+    }
+}
+
 /// The value of the session cookie, if the request has one.
 fn session_cookie(headers: &HeaderMap) -> Option<&str> {
     headers
@@ -532,16 +547,10 @@ pub async fn guard(State(gate): State<Arc<Gate>>, mut request: Request, next: Ne
         return next.run(request).await;
     };
     let identity = gate.identify(request.headers()).await;
-    let key = match &identity {
-        Ok((caller, _, _)) if caller.name != ANONYMOUS => format!("token {}", caller.name),
-        _ => {
-            let addr = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
-            format!(
-                "address {}",
-                addr.map_or_else(|| "unknown".to_owned(), |a| a.to_string())
-            )
-        }
-    };
+    let key = limit_key(
+        identity.as_ref().ok().map(|(caller, _, _)| caller),
+        request.extensions(),
+    );
     let limit_headers = match gate.charge(key) {
         Ok(headers) => headers,
         Err(too_many) => return *too_many,
