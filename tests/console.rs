@@ -164,6 +164,56 @@ async fn with_tokens_the_console_asks_to_sign_in(s: TestServer) {
     s.stop().await;
 }
 
+/// An event altered in the database is shown as a broken chain on every
+/// page that shows its run.
+async fn a_tampered_run_is_shown_unverified(s: TestServer) {
+    let run = s.run_through("etl", json!({}), &["start", "end:failed"]).await;
+    let id = run["id"].as_str().unwrap().to_owned();
+    let other = s.run_through("etl", json!({}), &["start"]).await;
+    let (_, _, before) = fetch(&s, "/", None).await;
+    assert!(
+        before.contains("✔ Hash chain verifies for the 2 runs on screen (5 events)"),
+        "{before}"
+    );
+    let disable = match &s.backend {
+        common::Backend::Sqlite { .. } => {
+            "DROP TRIGGER events_are_append_only_update; DROP TRIGGER events_are_append_only_delete"
+        }
+        common::Backend::Postgres { .. } => "ALTER TABLE events DISABLE TRIGGER USER",
+    };
+    for statement in disable.split("; ") {
+        s.exec_sql(statement).await.unwrap();
+    }
+    let position = s
+        .query_i64(&format!(
+            "SELECT position FROM events WHERE stream_id = 'run-{id}' AND event_type = 'run.ended'"
+        ))
+        .await;
+    let changed = s
+        .exec_sql(&format!(
+            "UPDATE events SET data = replace(data, '\"failed\"', '\"success\"') WHERE position = {position}"
+        ))
+        .await;
+    assert_eq!(changed, Ok(1));
+    let broken = format!("Hash chain does NOT verify: run <a href=\"/runs/{id}\">{id}</a> at position {position}");
+    let (_, _, list) = fetch(&s, "/", None).await;
+    assert!(list.contains(&broken), "{list}");
+    let (_, _, page) = fetch(&s, &format!("/runs/{id}"), None).await;
+    assert!(
+        page.contains(&format!("Hash chain does NOT verify at position {position}")),
+        "{page}"
+    );
+    let (_, _, diff) = fetch(&s, "/diff?from=0", None).await;
+    assert!(diff.contains(&broken), "{diff}");
+    // A view without the altered run still verifies.
+    let (_, _, only) = fetch(&s, &format!("/?search={}", other["id"].as_str().unwrap()), None).await;
+    assert!(
+        only.contains("✔ Hash chain verifies for the 1 runs on screen"),
+        "{only}"
+    );
+    s.stop().await;
+}
+
 /// Pages are charged to the caller's rate limit, like its API calls.
 async fn pages_share_the_callers_rate_limit(s: TestServer) {
     for _ in 0..2 {
@@ -207,6 +257,7 @@ mod backends {
         pages_and_assets_are_served_from_the_binary,
         bad_console_input_is_an_html_page_naming_the_field,
         with_tokens_the_console_asks_to_sign_in,
+        a_tampered_run_is_shown_unverified,
     );
 }
 

@@ -84,6 +84,38 @@ fn failure(e: ApiError) -> Response {
 }
 
 impl Console {
+    /// Whether the hash chain verifies for every event of these runs (each
+    /// linked into the log), as a line for the page.
+    async fn chain_verdict(&self, ids: &[uuid::Uuid]) -> Result<String, Response> {
+        let mut checked = 0;
+        for id in ids {
+            let events = self
+                .ledger
+                .run_events_stored(*id)
+                .await
+                .map_err(|e| failure(e.into()))?;
+            let Some(events) = events else { continue };
+            let v = self
+                .ledger
+                .verify_run(*id, &events)
+                .await
+                .map_err(|e| failure(e.into()))?;
+            checked += v.events_checked;
+            if let Some(f) = v.first_failure {
+                return Ok(format!(
+                    r#"<p class="chain bad" id="chain" role="alert">✖ Hash chain does NOT verify: run {} at position {}: {}</p>"#,
+                    page::run_link(&id.to_string(), &id.to_string()),
+                    f.position,
+                    esc(&f.reason)
+                ));
+            }
+        }
+        Ok(format!(
+            r#"<p class="chain ok" id="chain">✔ Hash chain verifies for the {} runs on screen ({checked} events).</p>"#,
+            ids.len()
+        ))
+    }
+
     /// The viewer, who must hold `runs:read`; otherwise the page to show.
     /// Pages are charged to the same rate limit as the API calls of the
     /// same caller.
@@ -166,22 +198,8 @@ async fn runs_view_inner(c: &Console, parts: &Parts) -> Result<Response, Respons
     let runs: Vec<Value> = runs.iter().map(json).collect();
     let (tasks, _) = c.ledger.tasks(50, 0).await.map_err(|e| failure(e.into()))?;
 
-    // Whether the chain verifies for every run on screen.
-    let mut checked = 0;
-    let mut broken = None;
-    for run in &runs {
-        let Some(id) = run["id"].as_str().and_then(|i| i.parse().ok()) else {
-            continue;
-        };
-        let events = c.ledger.run_events_stored(id).await.map_err(|e| failure(e.into()))?;
-        let Some(events) = events else { continue };
-        let v = c.ledger.verify_run(id, &events).await.map_err(|e| failure(e.into()))?;
-        checked += v.events_checked;
-        if let Some(f) = v.first_failure {
-            broken = Some((id, f));
-            break;
-        }
-    }
+    let ids: Vec<uuid::Uuid> = runs.iter().filter_map(|r| r["id"].as_str()?.parse().ok()).collect();
+    let chain = c.chain_verdict(&ids).await?;
 
     let mut html = String::new();
     let at_text = match query.as_of {
@@ -193,18 +211,6 @@ async fn runs_view_inner(c: &Console, parts: &Parts) -> Result<Response, Respons
     };
     let _ = write!(html, r#"<h1>Runs</h1><p class="when">{at_text}</p>"#);
     time_travel(&mut html, &pairs, query.as_of.unwrap_or(head), head, "/");
-    let chain = match &broken {
-        None => format!(
-            r#"<p class="chain ok" id="chain">✔ Hash chain verifies for the {} runs on screen ({checked} events).</p>"#,
-            runs.len()
-        ),
-        Some((id, f)) => format!(
-            r#"<p class="chain bad" id="chain" role="alert">✖ Hash chain does NOT verify: run {} at position {}: {}</p>"#,
-            page::run_link(&id.to_string(), &id.to_string()),
-            f.position,
-            esc(&f.reason)
-        ),
-    };
     html.push_str(&chain);
     filters(&mut html, &pairs);
     tasks_summary(&mut html, &tasks, query.as_of.is_some());
@@ -868,6 +874,8 @@ async fn diff_inner(c: &Console, parts: &Parts) -> Result<Response, Response> {
         );
     }
     html.push_str("</tbody></table></div>");
+    let ids: Vec<uuid::Uuid> = changes.iter().map(|ch| ch.run_id).collect();
+    html.push_str(&c.chain_verdict(&ids).await?);
     Ok(page::respond(
         StatusCode::OK,
         page::frame("Diff", Some(&viewer), None, &html),
