@@ -143,6 +143,11 @@ try {
     await page.keyboard.press("/");
     check(await page.evaluate(() => document.activeElement.closest("#filters") !== null), "/ focuses the filters");
 
+    // Every run so far: the README's picture.
+    await page.goto(base + "/");
+    await page.locator("#live-state", { hasText: "live" }).waitFor();
+    await shot("overview");
+
     // A phone.
     await page.setViewportSize({ width: 390, height: 844 });
     await page.goto(base + "/");
