@@ -148,6 +148,18 @@ try {
     await page.locator("#live-state", { hasText: "live" }).waitFor();
     await shot("overview");
 
+    // Bulk on a selection: tick one run, delete it.
+    await page.check(`#runs input[name=id][value="${run.id}"]`);
+    await page.selectOption('#bulk select[name=action]', "delete");
+    await page.click('#bulk button[type=submit]');
+    await page.locator("dialog[open]").waitFor();
+    check((await page.locator("dialog[open] h2").textContent()) === "delete 1 runs?", "the selection's count");
+    await page.click("#confirm-ok");
+    await page.locator("#bulk-result", { hasText: "delete: done" }).waitFor();
+    check((await page.locator("#bulk-result pre").textContent()).includes('"affected": 1'), "one deleted");
+    await page.locator(`#runs tr[data-id="${run.id}"]`).waitFor({ state: "detached" });
+    check((await api("GET", `/api/runs/${run.id}`)).deleted === true, "deleted in the ledger");
+
     // A phone.
     await page.setViewportSize({ width: 390, height: 844 });
     await page.goto(base + "/");
