@@ -7,6 +7,7 @@ pub mod chunks;
 pub mod cli;
 pub mod client;
 pub mod commands;
+pub mod console;
 pub mod deadlines;
 pub mod domain;
 pub mod follow;

@@ -193,7 +193,11 @@ async fn debug_bundle(
 ) -> Result<Json<DebugBundle>, ApiError> {
     let run_id = params.faults.path_id(&id);
     params.finish()?;
-    let run_id = run_id.expect("checked");
+    collect(&ledger, run_id.expect("checked"), cap).await.map(Json)
+}
+
+/// Everything about one run (the console's run page shows it too).
+pub(crate) async fn collect(ledger: &Ledger, run_id: uuid::Uuid, cap: usize) -> Result<DebugBundle, ApiError> {
     let generated_at = Timestamp::now();
     let run = ledger
         .get_run(run_id)
@@ -208,37 +212,37 @@ async fn debug_bundle(
         .ok_or_else(|| ApiError::run_not_found(run_id))?;
     let verification = ledger.verify_run(run_id, &events).await?;
     let checkpoints = all(
-        &ledger,
+        ledger,
         run_id,
         |p| details::checkpoints_sql(run_id, p),
         |c: &Checkpoint| c.sequence,
     )
     .await?;
     let logs = all(
-        &ledger,
+        ledger,
         run_id,
         |p| details::logs_sql(run_id, vec![], vec![], p),
         |l: &RunLog| l.position,
     )
     .await?;
-    let usage = usage(&ledger, run_id).await?;
+    let usage = usage(ledger, run_id).await?;
     let tool_calls = all(
-        &ledger,
+        ledger,
         run_id,
         |p| details::tool_calls_sql(run_id, vec![], vec![], p),
         |t: &ToolCall| t.position,
     )
     .await?;
     let outputs = all(
-        &ledger,
+        ledger,
         run_id,
         |p| details::outputs_sql(run_id, vec![], p),
         |o: &OutputRecord| o.position,
     )
     .await?;
     let lineage = ledger.lineage(run_id).await?;
-    let children = children(&ledger, run_id, cap).await?;
-    Ok(Json(DebugBundle {
+    let children = children(ledger, run_id, cap).await?;
+    Ok(DebugBundle {
         format: BUNDLE_FORMAT,
         version: BUNDLE_VERSION,
         generated_at,
@@ -252,5 +256,5 @@ async fn debug_bundle(
         lineage,
         children,
         verification,
-    }))
+    })
 }

@@ -109,6 +109,8 @@ pub enum ApiError {
         required: Scope,
         granted: Vec<Scope>,
     },
+    /// 403: a request signed in by cookie that failed the CSRF defence.
+    CrossSite(String),
     /// 429 (the guard adds `Retry-After` and the rate-limit headers).
     RateLimited {
         detail: String,
@@ -189,6 +191,7 @@ impl ApiError {
                 ),
                 vec![],
             ),
+            Self::CrossSite(detail) => (StatusCode::FORBIDDEN, "cross_site_request", detail.clone(), vec![]),
             Self::RateLimited { detail, .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited", detail.clone(), vec![]),
             Self::PayloadTooLarge => (
                 StatusCode::PAYLOAD_TOO_LARGE,

@@ -1,12 +1,12 @@
 //! The HTTP API: one router per resource, merged here.
 
-mod auth;
+pub(crate) mod auth;
 mod bulk;
 mod chunks;
-mod debug_bundle;
-mod error;
+pub(crate) mod debug_bundle;
+pub(crate) mod error;
 mod events;
-mod extract;
+pub(crate) mod extract;
 mod idempotency;
 mod metrics;
 mod openapi;
@@ -14,8 +14,9 @@ mod query_contract;
 mod run_commands;
 mod run_details;
 mod run_relations;
-mod runs;
+pub(crate) mod runs;
 mod server;
+mod session;
 mod system;
 mod tasks;
 mod whole;
@@ -147,6 +148,11 @@ pub fn api(
     open_allowed: bool,
 ) -> (Router, serde_json::Value) {
     let gate = Arc::new(auth::Gate::new(ledger.clone(), open_allowed, config.rate_limit));
+    let console = crate::console::router(crate::console::Console {
+        ledger: ledger.clone(),
+        gate: gate.clone(),
+        bundle_cap: config.bundle_max_events,
+    });
     let idempotency = Arc::new(idempotency::Idempotency {
         ledger: ledger.clone(),
         ttl: config.idempotency_ttl,
@@ -165,6 +171,7 @@ pub fn api(
         .merge(metrics::router())
         .merge(bulk::router())
         .merge(chunks::router())
+        .merge(session::router())
         .split_for_parts();
     auth::document(&mut openapi);
     let mut openapi = openapi::document(&openapi);
@@ -187,6 +194,9 @@ pub fn api(
         // After routing, so that it knows the route template.
         .route_layer(middleware::from_fn_with_state(gate, auth::guard))
         .merge(SwaggerUi::new("/docs").external_url_unchecked("/openapi.json", openapi.clone()))
+        // HTML pages, outside the API's guards: they sign in, parse and
+        // refuse their query themselves, and answer HTML, never JSON.
+        .merge(console)
         .layer(middleware::from_fn(metrics::track))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             axum::http::StatusCode::SERVICE_UNAVAILABLE,

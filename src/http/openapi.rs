@@ -244,7 +244,7 @@ fn components() -> (Value, Value) {
     let mut responses = json!({
         "BadRequest": problem("Malformed request: the body is not JSON, or the query string or a path segment cannot be decoded (`malformed_request`)."),
         "Unauthorized": problem("No token, or one that is unknown or revoked (`unauthorized`)."),
-        "Forbidden": problem("The token lacks the route's scope (`insufficient_scope`; `details` name `required_scope` and `token_scopes`)."),
+        "Forbidden": problem("The token lacks the route's scope (`insufficient_scope`; `details` name `required_scope` and `token_scopes`), or a request signed in by cookie failed the CSRF check (`cross_site_request`)."),
         "NotFound": problem("No such run or operation (`run_not_found`, `operation_not_found`; `details` name `resource` and `id`)."),
         "Conflict": problem("A request with the same `Idempotency-Key` is still running (`idempotency_key_in_progress`)."),
         "PayloadTooLarge": problem("The body is larger than the server accepts (`payload_too_large`)."),
