@@ -264,7 +264,7 @@ enum Phase {
 struct ChunkFeed {
     ledger: Arc<Ledger>,
     streams: Streams,
-    /// The run when the stream opened; `chunks` is kept up to date.
+    /// The run when the stream opened, then as it ended.
     run: RunState,
     /// The index of the last chunk sent (or skipped as asked).
     sent: i64,
@@ -324,11 +324,15 @@ impl ChunkFeed {
                         Some(Ok(frame)) => {
                             let envelope = &frame.entry.envelope;
                             if envelope.event_type == "run.ended" {
-                                let end = RunEvent::from_envelope(envelope).ok().and_then(|e| match e {
-                                    RunEvent::Ended(ended) => Some(ended.end_reason),
-                                    _ => None,
-                                });
-                                self.end(end);
+                                // The run's own fold says how it ended and how
+                                // many chunks it has; its row is committed with
+                                // the event the tail just showed.
+                                match self.ledger.get_run(self.run.id).await {
+                                    Ok(Some(run)) => self.run = run,
+                                    Ok(None) => {}
+                                    Err(e) => return Some(Err(e)),
+                                }
+                                self.end();
                             } else if let Err(e) = self.push_chunks(envelope) {
                                 return Some(Err(e));
                             }
@@ -343,7 +347,7 @@ impl ChunkFeed {
     /// no chunk left; otherwise follow the log from its position then.
     fn follow(&mut self) {
         if self.run.status == RunStatus::Ended {
-            self.end(self.run.end_reason);
+            self.end();
             return;
         }
         let filter = LogFilter {
@@ -361,11 +365,11 @@ impl ChunkFeed {
         self.phase = Phase::Live(Box::new(sub));
     }
 
-    fn end(&mut self, end_reason: Option<runledger_events::EndReason>) {
+    fn end(&mut self) {
         let end = ChunkStreamEnd {
             run_id: self.run.id,
             chunks: self.run.chunks,
-            end_reason,
+            end_reason: self.run.end_reason,
         };
         self.buffer.push_back(
             Event::default()
@@ -382,7 +386,6 @@ impl ChunkFeed {
         else {
             return Ok(());
         };
-        self.run.chunks = self.run.chunks.max(first_index + chunks.len() as i64 - 1);
         for (index, chunk) in (first_index..).zip(chunks) {
             if index <= self.sent {
                 continue;
