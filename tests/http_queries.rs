@@ -646,6 +646,60 @@ async fn search_matches_task_names_and_ids_literally_ignoring_case(s: TestServer
     s.stop().await;
 }
 
+/// A search page is merged from one index range per matching task (and,
+/// for a needle that can be in an id, the runs of other tasks whose id holds
+/// it): every page, by offset and by cursor, both ways, with a status too,
+/// is the slice of the whole list filtered here.
+async fn search_pages_by_offset_and_cursor_are_slices_of_the_list(s: TestServer) {
+    for i in 0..24 {
+        let task = ["deploy-a", "Deploy-B", "nightly", "cab-x"][i % 4];
+        let steps: &[&str] = if i % 3 == 0 { &["start", "end:failed:1"] } else { &[] };
+        s.run_through(task, json!({}), steps).await;
+    }
+    let all = s.get("/api/runs?limit=1000").await.ok(200).clone();
+    for (needle, filter) in [
+        ("deploy", ""),
+        ("a", ""),
+        ("ab", ""),
+        ("b-", ""),
+        ("deploy", "&status=failed"),
+        ("a", "&status=pending"),
+    ] {
+        for dir in ["desc", "asc"] {
+            let mut expected: Vec<String> = all["runs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|r| {
+                    let task = r["task_name"].as_str().unwrap().to_lowercase();
+                    let id = r["id"].as_str().unwrap();
+                    (task.contains(needle) || id.contains(needle))
+                        && match filter {
+                            "&status=failed" => r["end_reason"] == "failed",
+                            "&status=pending" => r["status"] == "pending",
+                            _ => true,
+                        }
+                })
+                .map(|r| r["id"].as_str().unwrap().to_owned())
+                .collect();
+            if dir == "asc" {
+                expected.reverse();
+            }
+            let path = format!("/api/runs?search={needle}{filter}&sort_direction={dir}");
+            let whole = s.get(&format!("{path}&limit=1000")).await.ok(200).clone();
+            assert_eq!(common::ids(&whole), expected, "{path}");
+            assert_eq!(whole["total"], expected.len() as i64, "total of {path}");
+            assert_eq!(walk(&s, &path, 3).await.concat(), expected, "cursor pages of {path}");
+            for offset in [0, 2, 5] {
+                let page = s.get(&format!("{path}&limit=3&offset={offset}")).await.ok(200).clone();
+                let slice: Vec<String> = expected.iter().skip(offset).take(3).cloned().collect();
+                assert_eq!(common::ids(&page), slice, "{path} at {offset}");
+            }
+        }
+    }
+    s.stop().await;
+}
+
 async fn tag_filters_are_anded_and_values_may_contain_colons(s: TestServer) {
     let prod_core = id(&s
         .create(json!({"task_name": "t", "tags": {"env": "prod", "team": "core"}}))
@@ -1271,6 +1325,7 @@ backend_tests!(
     exit_code_bounds_are_inclusive_and_skip_runs_without_a_code,
     retries_only_lists_the_retries,
     search_matches_task_names_and_ids_literally_ignoring_case,
+    search_pages_by_offset_and_cursor_are_slices_of_the_list,
     tag_filters_are_anded_and_values_may_contain_colons,
     parent_run_id_lists_the_direct_children,
     filters_combine_with_and,

@@ -11,7 +11,8 @@ mod common;
 use common::TestServer;
 use runledger_events::{EndReason, Timestamp, TriggeredBy};
 use runledger_projections::{
-    Arg, Cursor, Dialect, RunFilter, RunQuery, RunStatus, SortDirection, SortField, SqlQuery, StatusValue, TaskSummary,
+    Arg, Cursor, Dialect, Known, RunFilter, RunQuery, RunStatus, SortDirection, SortField, SqlQuery, StatusValue,
+    TaskSummary,
 };
 use serde_json::json;
 use sqlx::Arguments;
@@ -250,8 +251,42 @@ fn queries(parent: uuid::Uuid, head: i64, dialect: Dialect) -> Vec<(String, SqlQ
                 ..RunQuery::default()
             };
             out.push((format!("total of {name}{when}"), q.count_sql(dialect)));
-            for (i, part) in q.page_sql(dialect).into_iter().enumerate() {
+            for (i, part) in q.page_sql(dialect, &Known::default()).into_iter().enumerate() {
                 out.push((format!("page {i} of {name}{when}"), part));
+            }
+            // A page of a few runs with a tag or payload is read from its
+            // index, as its count is.
+            let few = Known {
+                search_tasks: None,
+                total: Some(3),
+            };
+            if !q.filter.tags.is_empty() || q.filter.payload.is_some() {
+                for (i, part) in q.page_sql(dialect, &few).into_iter().enumerate() {
+                    out.push((format!("page {i} of a few runs of {name}{when}"), part));
+                }
+            }
+            // A search page reads the matching task names first, then one
+            // index range per name (and its cursor's next page too).
+            if let Some(names) = q.search_tasks_sql(dialect) {
+                out.push((format!("task names of {name}{when}"), names));
+                let tasks = Known {
+                    search_tasks: Some(vec!["etl".to_owned(), "billing".to_owned()]),
+                    total: None,
+                };
+                let next = RunQuery {
+                    cursor: Some(Cursor {
+                        sort_field: SortField::CreatedAt,
+                        sort_direction: SortDirection::Desc,
+                        value: Some(Arg::Int(5)),
+                        id: "01890000-0000-7000-8000-000000000000".to_owned(),
+                    }),
+                    ..q.clone()
+                };
+                for (which, q) in [("page", &q), ("cursor page", &next)] {
+                    for (i, part) in q.page_sql(dialect, &tasks).into_iter().enumerate() {
+                        out.push((format!("{which} {i} of {name} by task{when}"), part));
+                    }
+                }
             }
         }
         for sort_field in SORTS {
@@ -263,7 +298,7 @@ fn queries(parent: uuid::Uuid, head: i64, dialect: Dialect) -> Vec<(String, SqlQ
                     ..RunQuery::default()
                 };
                 let sort = format!("sort {sort_field:?} {sort_direction:?}{when}");
-                for (i, part) in base.page_sql(dialect).into_iter().enumerate() {
+                for (i, part) in base.page_sql(dialect, &Known::default()).into_iter().enumerate() {
                     out.push((format!("page {i} of {sort}"), part));
                 }
                 let value = match sort_field {
@@ -288,7 +323,7 @@ fn queries(parent: uuid::Uuid, head: i64, dialect: Dialect) -> Vec<(String, SqlQ
                         cursor: Some(cursor),
                         ..base.clone()
                     };
-                    for (i, part) in q.page_sql(dialect).into_iter().enumerate() {
+                    for (i, part) in q.page_sql(dialect, &Known::default()).into_iter().enumerate() {
                         out.push((format!("cursor ({value:?}) page {i} of {sort}"), part));
                     }
                 }

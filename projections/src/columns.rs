@@ -108,6 +108,14 @@ pub static VERSION_AT_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::ne
     format!("SELECT {HISTORY_STATE} FROM run_history WHERE id = $1 AND position <= $2 AND valid_to > $2")
 });
 
+/// The time of log position `p` (a placeholder) as `run_history` knows it:
+/// when the last run version at or before it began (NULL before any run).
+/// Every run that existed at `p` was created at or before it, since
+/// `recorded_at` never decreases along the log.
+pub fn time_at_sql(p: &str) -> String {
+    format!("(SELECT h.valid_from_at FROM run_history h WHERE h.position <= {p} ORDER BY h.position DESC LIMIT 1)")
+}
+
 /// `valid_to` of a run's current version.
 pub const CURRENT: i64 = i64::MAX;
 

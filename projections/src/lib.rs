@@ -41,7 +41,8 @@ pub fn projection_tables() -> impl Iterator<Item = &'static str> {
 }
 pub use log::{LogEntry, LogFilter};
 pub use query::{
-    Arg, Candidates, Cursor, Dialect, RunFilter, RunQuery, SortDirection, SortField, SqlQuery, StatusValue, TaskSummary,
+    Arg, Candidates, Cursor, Dialect, Known, RunFilter, RunQuery, SortDirection, SortField, SqlQuery, StatusValue,
+    TaskSummary,
 };
 pub use replay::{Replay, ReplayError};
 pub use run_state::{ApplyError, EventContext, Refusal, RefusalKind, RunState, RunStatus};

@@ -329,7 +329,9 @@ pub struct SqlQuery {
 pub(crate) struct Builder {
     pub(crate) args: Vec<Arg>,
     pub(crate) dialect: Dialect,
-    /// For a count, not a page: the conditions need not follow an order.
+    /// For a count, or a page read from the index of its conditions and
+    /// then sorted (`RunQuery::driven`): the conditions need not follow an
+    /// order.
     pub(crate) counting: bool,
 }
 
@@ -412,22 +414,48 @@ fn search_condition(needle: &str, table: &str, b: &mut Builder) -> String {
         Dialect::Sqlite => format!("task_name IN ({names})"),
         Dialect::Postgres => format!("task_name = ANY(ARRAY({names}))"),
     };
+    match search_ids_condition(needle, &p, table, b) {
+        Some(ids) => format!("({tasks} OR ({ids}))"),
+        None => tasks,
+    }
+}
+
+/// The id half of `search_condition` (`p` is its bound `LIKE` pattern), if
+/// the needle can be in an id.
+fn search_ids_condition(needle: &str, p: &str, table: &str, b: &mut Builder) -> Option<String> {
     if !may_be_in_an_id(needle) {
-        return tasks;
+        return None;
     }
     let like = format!("lower(id) LIKE {p} ESCAPE '\\'");
     let ids = match b.dialect {
         _ if needle.chars().count() < 3 => like,
         Dialect::Sqlite => {
             let m = b.text(&id_trigrams(needle));
-            format!("id IN (SELECT id FROM run_search WHERE run_search MATCH {m}) AND {like}")
+            format!("{like} AND id IN (SELECT id FROM run_search WHERE run_search MATCH {m})")
         }
         // The trigram index is on `runs`; `run_history` (as_of) asks it.
         Dialect::Postgres if table == "runs" => like,
         Dialect::Postgres => format!("id IN (SELECT id FROM runs WHERE {like})"),
     };
-    format!("({tasks} OR ({ids}))")
+    Some(ids)
 }
+
+/// What a list read before its page (`RunQuery::page_sql`).
+#[derive(Clone, Debug, Default)]
+pub struct Known {
+    /// The answer of `RunQuery::search_tasks_sql`, if it was asked.
+    pub search_tasks: Option<Vec<String>>,
+    /// The total, if counted first.
+    pub total: Option<i64>,
+}
+
+/// The largest total of a tag or payload list whose page is read from the
+/// index of its condition (`RunQuery::driven`).
+const MAX_DRIVEN_TOTAL: i64 = 10_000;
+
+/// The most task names a search page reads as one index range each
+/// (`RunQuery::search_tasks_sql`); a needle matching more is one query.
+const MAX_MERGED_TASKS: i64 = 32;
 
 /// Runs whose payload contains `needle`. As with tags, a page checks each
 /// run it reads in order, and a count starts from the index: PostgreSQL's
@@ -611,6 +639,11 @@ impl RunQuery {
         if let Some(position) = self.as_of {
             let p = b.int(position);
             parts.push(format!("position <= {p} AND valid_to > {p}"));
+            // A page in created order walks `run_history_created` down from
+            // the time of the position, not every version after it.
+            if !b.counting && self.sort_field == SortField::CreatedAt {
+                parts.push(format!("created_at <= {}", crate::columns::time_at_sql(&p)));
+            }
         }
         parts.extend(self.filter.conditions(self.table(), b));
         parts
@@ -630,10 +663,15 @@ impl RunQuery {
     /// Run the queries in turn until `limit` rows have come: after a cursor
     /// on a column some runs lack, the rows with a value come first and those
     /// without after them, each from its own index range.
-    pub fn page_sql(&self, dialect: Dialect) -> Vec<SqlQuery> {
-        if let Some(merged) = self.merged_statuses_sql(dialect) {
-            return vec![merged];
+    /// `known`: what was read before the page, which can choose its plan.
+    pub fn page_sql(&self, dialect: Dialect, known: &Known) -> Vec<SqlQuery> {
+        if let Some(merged) = self
+            .merged_statuses_sql(dialect)
+            .or_else(|| self.merged_search_sql(dialect, known.search_tasks.as_deref()?))
+        {
+            return merged;
         }
+        let driven = self.driven(known.total);
         let table = self.table();
         let dir = self.sort_direction.sql();
         let column = self.sort_field.column();
@@ -645,6 +683,7 @@ impl RunQuery {
         // `after`: the keyset condition, if any.
         let page = |after: Option<&dyn Fn(&mut Builder) -> String>, order: &str| {
             let mut b = Builder::new(dialect);
+            b.counting = driven;
             let mut parts = self.where_parts(&mut b);
             if let Some(after) = after {
                 parts.push(after(&mut b));
@@ -694,11 +733,11 @@ impl RunQuery {
 
     /// A newest- (or oldest-) first page of several phases, or several end
     /// reasons: one `(status|end_reason, created_at)` index range per value,
-    /// each read from its end for as many rows as the page needs, merged.
-    /// One `IN` over that index sorted every matching run before the first
-    /// page (all failures and timeouts); the created-at index filtered would
-    /// read the whole table for rare values. `None` where it does not apply.
-    fn merged_statuses_sql(&self, dialect: Dialect) -> Option<SqlQuery> {
+    /// merged (see `merged_sql`). One `IN` over that index sorted every
+    /// matching run before the first page (all failures and timeouts); the
+    /// created-at index filtered would read the whole table for rare values.
+    /// `None` where it does not apply.
+    fn merged_statuses_sql(&self, dialect: Dialect) -> Option<Vec<SqlQuery>> {
         let statuses = &self.filter.statuses;
         let column = if statuses.iter().all(|s| matches!(s, StatusValue::Phase(_))) {
             "status"
@@ -707,43 +746,141 @@ impl RunQuery {
         } else {
             return None;
         };
-        if statuses.len() < 2
-            || self.sort_field != SortField::CreatedAt
-            || self.as_of.is_some()
-            || self.cursor.is_some()
-        {
+        if statuses.len() < 2 {
             return None;
         }
         let rest = RunFilter {
             statuses: Vec::new(),
             ..self.filter.clone()
         };
-        let dir = self.sort_direction.sql();
-        let mut b = Builder::new(dialect);
-        let mut branches = Vec::new();
-        for (i, status) in statuses.iter().enumerate() {
-            let mut parts = rest.conditions("runs", &mut b);
-            let value = match status {
+        self.merged_sql(dialect, statuses.len(), |i, b| {
+            let mut parts = rest.conditions("runs", b);
+            let value = match statuses[i] {
                 StatusValue::Phase(p) => b.text(p.as_str()),
                 StatusValue::EndReason(r) => b.text(r.as_str()),
                 _ => unreachable!("checked above"),
             };
             parts.push(format!("{column} = {value}"));
-            let needed = b.int(self.limit.saturating_add(self.offset));
-            branches.push(format!(
-                "SELECT * FROM (SELECT created_at, id, state FROM runs WHERE {} \
-                 ORDER BY created_at {dir}, id {dir} LIMIT {needed}) b{i}",
-                parts.join(" AND ")
-            ));
+            parts.join(" AND ")
+        })
+    }
+
+    /// The task names a `search` page reads one by one (`merged_search_sql`),
+    /// at most one more than it takes: `None` where a page would not use them.
+    pub fn search_tasks_sql(&self, dialect: Dialect) -> Option<SqlQuery> {
+        let needle = self.filter.search.as_deref()?;
+        if !self.mergeable() {
+            return None;
         }
-        let (limit, offset) = (b.int(self.limit), b.int(self.offset));
+        let mut b = Builder::new(dialect);
+        let p = b.text(&contains_pattern(needle));
+        let limit = b.int(MAX_MERGED_TASKS + 1);
         Some(SqlQuery {
             sql: format!(
-                "SELECT state FROM ({}) merged ORDER BY created_at {dir}, id {dir} LIMIT {limit} OFFSET {offset}",
-                branches.join(" UNION ALL ")
+                "SELECT DISTINCT task_name FROM run_counts WHERE lower(task_name) LIKE {p} ESCAPE '\\' \
+                 ORDER BY task_name LIMIT {limit}"
             ),
             args: b.args,
         })
+    }
+
+    /// A `search` page in created order: one `(task_name, created_at)` index
+    /// range per task name that matches (`tasks`, from `search_tasks_sql`),
+    /// and for a needle that can be in an id, the runs of other tasks whose
+    /// id holds it; merged (see `merged_sql`). As one query, the runs of
+    /// every matching task were sorted before the first page.
+    fn merged_search_sql(&self, dialect: Dialect, tasks: &[String]) -> Option<Vec<SqlQuery>> {
+        let needle = self.filter.search.as_deref()?;
+        if tasks.len() as i64 > MAX_MERGED_TASKS {
+            return None;
+        }
+        let rest = RunFilter {
+            search: None,
+            ..self.filter.clone()
+        };
+        let ids = usize::from(may_be_in_an_id(needle));
+        let mut names = Vec::new();
+        self.merged_sql(dialect, tasks.len() + ids, |i, b| {
+            let mut parts = rest.conditions("runs", b);
+            match tasks.get(i) {
+                Some(task) => {
+                    let name = b.text(task);
+                    parts.push(format!("task_name = {name}"));
+                    names.push(name);
+                }
+                None => {
+                    let p = b.text(&contains_pattern(needle));
+                    parts.extend(search_ids_condition(needle, &p, "runs", b));
+                    // Placeholders already bound: each run comes once.
+                    if !names.is_empty() {
+                        parts.push(format!("task_name NOT IN ({})", names.join(", ")));
+                    }
+                }
+            }
+            parts.join(" AND ")
+        })
+    }
+
+    /// Whether a page of few matching runs is read from its tag or payload
+    /// index (as its count is) and sorted, rather than by walking the sort
+    /// order and checking each run: a walk reads about `limit × runs /
+    /// total` runs to fill a page, which for a rare tag or payload is most
+    /// of the table.
+    fn driven(&self, total: Option<i64>) -> bool {
+        (!self.filter.tags.is_empty() || self.filter.payload.is_some()) && total.is_some_and(|t| t <= MAX_DRIVEN_TOTAL)
+    }
+
+    /// Whether a page can be merged from index ranges in created order.
+    fn mergeable(&self) -> bool {
+        self.sort_field == SortField::CreatedAt && self.as_of.is_none()
+    }
+
+    /// A page in created order merged from `branches` disjoint sets of runs,
+    /// `condition(i)` being the i-th's: each read from the end of its own
+    /// index range for as many rows as the page needs (after the cursor, if
+    /// any), then merged. `None` where it does not apply.
+    fn merged_sql(
+        &self,
+        dialect: Dialect,
+        branches: usize,
+        mut condition: impl FnMut(usize, &mut Builder) -> String,
+    ) -> Option<Vec<SqlQuery>> {
+        if !self.mergeable()
+            || self
+                .cursor
+                .as_ref()
+                .is_some_and(|c| c.sort_field != SortField::CreatedAt || c.value.is_none())
+        {
+            return None;
+        }
+        let dir = self.sort_direction.sql();
+        let cmp = self.sort_direction.after();
+        let mut b = Builder::new(dialect);
+        let mut selects = Vec::new();
+        for i in 0..branches {
+            let mut filter = condition(i, &mut b);
+            if let Some(Cursor { value: Some(v), id, .. }) = &self.cursor {
+                let v = b.bind(v.clone());
+                filter = format!("{filter} AND (created_at, id) {cmp} ({v}, {})", b.text(id));
+            }
+            let needed = b.int(self.limit.saturating_add(self.offset));
+            selects.push(format!(
+                "SELECT * FROM (SELECT created_at, id, state FROM runs WHERE {filter} \
+                 ORDER BY created_at {dir}, id {dir} LIMIT {needed}) b{i}"
+            ));
+        }
+        if selects.is_empty() {
+            // Nothing can match: no query.
+            return Some(Vec::new());
+        }
+        let (limit, offset) = (b.int(self.limit), b.int(self.offset));
+        Some(vec![SqlQuery {
+            sql: format!(
+                "SELECT state FROM ({}) merged ORDER BY created_at {dir}, id {dir} LIMIT {limit} OFFSET {offset}",
+                selects.join(" UNION ALL ")
+            ),
+            args: b.args,
+        }])
     }
 
     /// The ids of every matching run, in id order, ignoring sort, limit and
@@ -877,7 +1014,7 @@ mod tests {
             },
             ..Default::default()
         };
-        let page = q.page_sql(Dialect::Sqlite).remove(0);
+        let page = q.page_sql(Dialect::Sqlite, &Known::default()).remove(0);
         assert!(page.sql.contains("status IN ($1)"), "{}", page.sql);
         assert!(page.sql.contains("task_name = $2"));
         assert!(page.sql.contains("LIKE $3"), "{}", page.sql);
@@ -894,7 +1031,7 @@ mod tests {
             },
             ..Default::default()
         };
-        let page = id_like.page_sql(Dialect::Sqlite).remove(0);
+        let page = id_like.page_sql(Dialect::Sqlite, &Known::default()).remove(0);
         assert!(
             page.sql.contains("MATCH $2") && page.sql.contains("lower(id) LIKE $1"),
             "{}",
@@ -905,7 +1042,7 @@ mod tests {
             .count_sql(Dialect::Sqlite)
             .sql
             .starts_with("SELECT COUNT(*) FROM runs"));
-        let pg = id_like.page_sql(Dialect::Postgres).remove(0);
+        let pg = id_like.page_sql(Dialect::Postgres, &Known::default()).remove(0);
         assert!(pg.sql.contains("OR (lower(id) LIKE $1"), "{}", pg.sql);
         let task_only = RunQuery {
             filter: RunFilter {

@@ -91,6 +91,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "run_search_ids",
         include_str!("../../migrations/sqlite/0020_run_search_ids.sql"),
     ),
+    (
+        21,
+        "run_history_created",
+        include_str!("../../migrations/sqlite/0021_run_history_created.sql"),
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -6,7 +6,7 @@ use sqlx::{Arguments, PgConnection, Postgres, Row};
 use uuid::Uuid;
 
 use crate::{
-    Arg, HistoryVersion, RunChanges, RunQuery, RunRowValues, RunState, SqlQuery, TaskSummary, HISTORY_COLUMNS,
+    Arg, HistoryVersion, Known, RunChanges, RunQuery, RunRowValues, RunState, SqlQuery, TaskSummary, HISTORY_COLUMNS,
     RUN_COLUMNS, RUN_UPSERT_SET,
 };
 
@@ -315,15 +315,25 @@ pub async fn select(conn: &mut PgConnection, query: &RunQuery, max: usize) -> sq
 
 /// A page of runs and the number of runs matching the filter.
 pub async fn list(conn: &mut PgConnection, query: &RunQuery) -> sqlx::Result<(Vec<RunState>, i64)> {
+    // The total first: it can choose the page's plan, or skip it.
+    let total = count(&mut *conn, &query.count_sql(crate::Dialect::Postgres)).await?;
+    let known = Known {
+        search_tasks: match query.search_tasks_sql(crate::Dialect::Postgres) {
+            Some(q) => Some(scalars(&mut *conn, &q).await?),
+            None => None,
+        },
+        total: Some(total),
+    };
     let mut runs = Vec::new();
-    for part in query.page_sql(crate::Dialect::Postgres) {
-        runs.extend(states(&mut *conn, &part).await?);
-        if runs.len() as i64 >= query.limit {
-            break;
+    if query.offset < total {
+        for part in query.page_sql(crate::Dialect::Postgres, &known) {
+            runs.extend(states(&mut *conn, &part).await?);
+            if runs.len() as i64 >= query.limit {
+                break;
+            }
         }
     }
     runs.truncate(query.limit as usize);
-    let total = count(conn, &query.count_sql(crate::Dialect::Postgres)).await?;
     Ok((runs, total))
 }
 

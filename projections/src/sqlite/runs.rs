@@ -7,7 +7,7 @@ use uuid::Uuid;
 use runledger_events::{RunEvent, Timestamp};
 
 use crate::{
-    Arg, HistoryVersion, RunChanges, RunQuery, RunRowValues, RunState, SqlQuery, TaskSummary, CLOSE_VERSION_SQL,
+    Arg, HistoryVersion, Known, RunChanges, RunQuery, RunRowValues, RunState, SqlQuery, TaskSummary, CLOSE_VERSION_SQL,
     HISTORY_COLUMNS, RUN_COLUMNS, RUN_UPSERT_SET,
 };
 
@@ -267,18 +267,28 @@ fn json_err_any(message: String) -> rusqlite::Error {
 /// A page of runs and the number of runs matching the filter.
 pub fn list(conn: &Connection, query: &RunQuery) -> rusqlite::Result<(Vec<RunState>, i64)> {
     functions_for(conn, query)?;
+    // The total first: it can choose the page's plan, or skip it.
+    let count = query.count_sql(crate::Dialect::Sqlite);
+    let total: i64 = conn
+        .prepare_cached(&count.sql)?
+        .query_row(rusqlite::params_from_iter(bind(&count.args)), |r| r.get(0))?;
+    let known = Known {
+        search_tasks: match query.search_tasks_sql(crate::Dialect::Sqlite) {
+            Some(q) => Some(texts(conn, &q)?),
+            None => None,
+        },
+        total: Some(total),
+    };
     let mut runs = Vec::new();
-    for part in query.page_sql(crate::Dialect::Sqlite) {
-        runs.extend(query_states(conn, &part)?);
-        if runs.len() as i64 >= query.limit {
-            break;
+    if query.offset < total {
+        for part in query.page_sql(crate::Dialect::Sqlite, &known) {
+            runs.extend(query_states(conn, &part)?);
+            if runs.len() as i64 >= query.limit {
+                break;
+            }
         }
     }
     runs.truncate(query.limit as usize);
-    let count = query.count_sql(crate::Dialect::Sqlite);
-    let total = conn
-        .prepare_cached(&count.sql)?
-        .query_row(rusqlite::params_from_iter(bind(&count.args)), |r| r.get(0))?;
     Ok((runs, total))
 }
 
