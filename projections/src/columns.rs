@@ -104,8 +104,13 @@ pub const HISTORY_COLUMNS: &str = "id, project, task_name, status, end_reason, e
 pub const HISTORY_STATE: &str = "(SELECT r.state FROM runs r WHERE r.id = run_history.id), run_history.changes";
 
 /// The run's version valid at a position: binds the run id, then the position.
+/// The run's last version that began at or before it, one step back along
+/// the run's index from the position (not every version of a long run).
 pub static VERSION_AT_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-    format!("SELECT {HISTORY_STATE} FROM run_history WHERE id = $1 AND position <= $2 AND valid_to > $2")
+    format!(
+        "SELECT {HISTORY_STATE} FROM run_history WHERE id = $1 AND position <= $2 AND valid_to > $2 \
+         ORDER BY position DESC LIMIT 1"
+    )
 });
 
 /// The time of log position `p` (a placeholder) as `run_history` knows it:

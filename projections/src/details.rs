@@ -476,7 +476,9 @@ pub fn usage_totals_sql(scope: &UsageScope, by_model: bool) -> SqlQuery {
 /// The retry/continuation chain of a run: walk back to the run that retries
 /// or continues nothing, then forward from it to every run that retries or
 /// continues a run of the chain; the state of each, root first (by distance
-/// from the root, then creation), at most 1000. Binds the run id.
+/// from the root, then creation), at most 1000. Binds the run id. Each run
+/// of the chain is looked up by id: as a join, SQLite 3.46 read the whole
+/// runs index and probed the chain.
 pub const LINEAGE_SQL: &str = "WITH RECURSIVE \
      up(id, source_id) AS ( \
        SELECT run_id, source_run_id FROM run_lineage WHERE run_id = $1 \
@@ -489,8 +491,12 @@ pub const LINEAGE_SQL: &str = "WITH RECURSIVE \
        SELECT l.run_id, down.depth + 1 FROM run_lineage l JOIN down ON l.source_run_id = down.id \
        WHERE down.depth < 1000 \
      ) \
-     SELECT r.state FROM down JOIN runs r ON r.id = down.id \
-     ORDER BY down.depth, r.created_at, r.id LIMIT 1000";
+     SELECT state FROM ( \
+       SELECT down.depth, down.id, \
+         (SELECT r.created_at FROM runs r WHERE r.id = down.id) AS created_at, \
+         (SELECT r.state FROM runs r WHERE r.id = down.id) AS state \
+       FROM down \
+     ) chain WHERE state IS NOT NULL ORDER BY depth, created_at, id LIMIT 1000";
 
 #[cfg(test)]
 mod tests {

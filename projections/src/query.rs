@@ -557,11 +557,12 @@ impl RunFilter {
         if let Some(search) = &self.search {
             parts.push(search_condition(search, table, b));
         }
-        for (key, value) in &self.tags {
+        for (i, (key, value)) in self.tags.iter().enumerate() {
             let (k, v) = (b.text(key), b.text(value));
             // A page reads runs in its order and checks each one's tags; a
-            // count starts from the tag's index entries.
-            parts.push(if b.counting {
+            // count starts from the first tag's index entries and checks
+            // the others by key (as lists, every tag's ids were gathered).
+            parts.push(if b.counting && i == 0 {
                 format!("id IN (SELECT t.run_id FROM run_tags t WHERE t.key = {k} AND t.value = {v})")
             } else {
                 format!(
