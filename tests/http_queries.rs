@@ -516,6 +516,18 @@ async fn created_bounds_are_inclusive(s: TestServer) {
         4,
     )
     .await;
+    // A deleted run in the window leaves the list and its total, unless asked for.
+    s.delete(&format!("/api/runs/{r3}"), json!({})).await.ok(200);
+    let window = format!("created_after={}&created_before={}", t(1), t(3));
+    expect_list(&s, &format!("/api/runs?{window}"), &[r2, r1], 2).await;
+    expect_list(
+        &s,
+        &format!("/api/runs?{window}&include_deleted=true"),
+        &[r3, r2, r1],
+        3,
+    )
+    .await;
+    expect_list(&s, &format!("/api/runs?{window}&status=deleted"), &[r3], 1).await;
     s.stop().await;
 }
 
