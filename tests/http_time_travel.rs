@@ -267,6 +267,7 @@ async fn the_runs_list_as_of_every_position_matches_the_fold(s: TestServer) {
             by_id(listed.ok(200)["runs"].as_array().unwrap().clone()),
             by_id(visible.clone())
         );
+        assert_eq!(listed.body["total"], visible.len(), "total as_of={position}");
 
         // A filter and a sort, on the values then.
         let running: Vec<Value> = visible.iter().filter(|r| r["status"] == "running").cloned().collect();

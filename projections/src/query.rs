@@ -918,29 +918,31 @@ impl RunQuery {
                 args: b.args,
             };
         }
-        let created_alone = RunFilter {
+        let window_alone = RunFilter {
             created_after: None,
             created_before: None,
             ..self.filter.clone()
         } == RunFilter::default();
-        if self.as_of.is_none() && created_alone && !self.filter.counted() {
-            // A time window: every run in it, from the created index alone,
-            // less the deleted ones, from theirs (NOT deleted would read
-            // each run's row).
-            let mut b = Builder::new(dialect);
-            let range = |b: &mut Builder| {
-                let all = RunFilter {
+        if window_alone && (self.as_of.is_some() || !self.filter.counted()) {
+            // A time window, or the table at a position: every row of it
+            // from an index alone, less the deleted ones from theirs (NOT
+            // deleted would read each row).
+            let table = self.table();
+            let all = RunQuery {
+                filter: RunFilter {
                     include_deleted: true,
                     ..self.filter.clone()
-                };
-                all.conditions("runs", b).join(" AND ")
+                },
+                ..self.clone()
             };
-            let all = range(&mut b);
-            let deleted = range(&mut b);
+            let mut b = Builder::new(dialect);
+            b.counting = true;
+            let every = all.where_sql(&mut b);
+            let deleted = all.where_sql(&mut b);
             return SqlQuery {
                 sql: format!(
-                    "SELECT (SELECT COUNT(*) FROM runs WHERE {all}) - \
-                     (SELECT COUNT(*) FROM runs WHERE deleted AND {deleted})"
+                    "SELECT (SELECT COUNT(*) FROM {table}{every}) - \
+                     (SELECT COUNT(*) FROM {table}{deleted} AND deleted)"
                 ),
                 args: b.args,
             };
