@@ -407,7 +407,8 @@ fn id_trigrams(needle: &str) -> String {
 fn search_condition(needle: &str, table: &str, b: &mut Builder) -> String {
     // Bound in the order they appear (see the module's note on placeholders).
     let p = b.text(&contains_pattern(needle));
-    let names = format!("SELECT task_name FROM run_counts WHERE lower(task_name) LIKE {p} ESCAPE '\\'");
+    // Distinct: run_counts has a row per combination, many per task.
+    let names = format!("SELECT DISTINCT task_name FROM run_counts WHERE lower(task_name) LIKE {p} ESCAPE '\\'");
     // PostgreSQL reads `= ANY` of an array computed once from an index, also
     // inside an OR; an `IN (subquery)` there is a scan.
     let tasks = match b.dialect {
@@ -439,6 +440,10 @@ fn search_ids_condition(needle: &str, p: &str, table: &str, b: &mut Builder) -> 
     };
     Some(ids)
 }
+
+/// The condition of a merged page's last branch, given the placeholders of
+/// the values before it (`RunQuery::merged_sql`).
+type OtherBranch<'a> = dyn Fn(&mut Builder, &[String]) -> String + 'a;
 
 /// What a list read before its page (`RunQuery::page_sql`).
 #[derive(Clone, Debug, Default)]
@@ -757,16 +762,15 @@ impl RunQuery {
             statuses: Vec::new(),
             ..self.filter.clone()
         };
-        self.merged_sql(dialect, statuses.len(), |i, b| {
-            let mut parts = rest.conditions("runs", b);
-            let value = match statuses[i] {
-                StatusValue::Phase(p) => b.text(p.as_str()),
-                StatusValue::EndReason(r) => b.text(r.as_str()),
+        let values: Vec<&str> = statuses
+            .iter()
+            .map(|s| match s {
+                StatusValue::Phase(p) => p.as_str(),
+                StatusValue::EndReason(r) => r.as_str(),
                 _ => unreachable!("checked above"),
-            };
-            parts.push(format!("{column} = {value}"));
-            parts.join(" AND ")
-        })
+            })
+            .collect();
+        self.merged_sql(dialect, &rest, column, &values, None)
     }
 
     /// The task names a `search` page reads one by one (`merged_search_sql`),
@@ -802,27 +806,18 @@ impl RunQuery {
             search: None,
             ..self.filter.clone()
         };
-        let ids = usize::from(may_be_in_an_id(needle));
-        let mut names = Vec::new();
-        self.merged_sql(dialect, tasks.len() + ids, |i, b| {
-            let mut parts = rest.conditions("runs", b);
-            match tasks.get(i) {
-                Some(task) => {
-                    let name = b.text(task);
-                    parts.push(format!("task_name = {name}"));
-                    names.push(name);
-                }
-                None => {
-                    let p = b.text(&contains_pattern(needle));
-                    parts.extend(search_ids_condition(needle, &p, "runs", b));
-                    // Placeholders already bound: each run comes once.
-                    if !names.is_empty() {
-                        parts.push(format!("task_name NOT IN ({})", names.join(", ")));
-                    }
-                }
+        let values: Vec<&str> = tasks.iter().map(String::as_str).collect();
+        let ids = |b: &mut Builder, names: &[String]| {
+            let p = b.text(&contains_pattern(needle));
+            let mut parts: Vec<String> = search_ids_condition(needle, &p, "runs", b).into_iter().collect();
+            // Placeholders already bound: each run comes once.
+            if !names.is_empty() {
+                parts.push(format!("task_name NOT IN ({})", names.join(", ")));
             }
             parts.join(" AND ")
-        })
+        };
+        let ids: Option<&OtherBranch<'_>> = may_be_in_an_id(needle).then_some(&ids);
+        self.merged_sql(dialect, &rest, "task_name", &values, ids)
     }
 
     /// Whether a page of few matching runs is read from its tag or payload
@@ -839,15 +834,21 @@ impl RunQuery {
         self.sort_field == SortField::CreatedAt && self.as_of.is_none()
     }
 
-    /// A page in created order merged from `branches` disjoint sets of runs,
-    /// `condition(i)` being the i-th's: each read from the end of its own
-    /// index range for as many rows as the page needs (after the cursor, if
-    /// any), then merged. `None` where it does not apply.
+    /// A page in created order merged from disjoint sets of runs matching
+    /// `rest`: those with each of `values` in `column`, then those matching
+    /// `other` (given the placeholders of `values`), if any. Each set is read
+    /// from the end of its own index range for as many rows as the page
+    /// needs (after the cursor, if any), then merged. SQLite reads one
+    /// branch per value; PostgreSQL one `LATERAL` subquery over the values,
+    /// since planning a branch per value cost more than reading them.
+    /// `None` where it does not apply.
     fn merged_sql(
         &self,
         dialect: Dialect,
-        branches: usize,
-        mut condition: impl FnMut(usize, &mut Builder) -> String,
+        rest: &RunFilter,
+        column: &str,
+        values: &[&str],
+        other: Option<&OtherBranch<'_>>,
     ) -> Option<Vec<SqlQuery>> {
         if !self.mergeable()
             || self
@@ -860,18 +861,48 @@ impl RunQuery {
         let dir = self.sort_direction.sql();
         let cmp = self.sort_direction.after();
         let mut b = Builder::new(dialect);
-        let mut selects = Vec::new();
-        for i in 0..branches {
-            let mut filter = condition(i, &mut b);
+        // One branch's rows: `condition` and the rest, after the cursor, as
+        // many as the page needs, in order.
+        let branch = |b: &mut Builder, condition: &mut dyn FnMut(&mut Builder) -> String| {
+            let mut parts = rest.conditions("runs", b);
+            parts.push(condition(b));
             if let Some(Cursor { value: Some(v), id, .. }) = &self.cursor {
                 let v = b.bind(v.clone());
-                filter = format!("{filter} AND (created_at, id) {cmp} ({v}, {})", b.text(id));
+                parts.push(format!("(created_at, id) {cmp} ({v}, {})", b.text(id)));
             }
             let needed = b.int(self.limit.saturating_add(self.offset));
-            selects.push(format!(
-                "SELECT * FROM (SELECT created_at, id, state FROM runs WHERE {filter} \
-                 ORDER BY created_at {dir}, id {dir} LIMIT {needed}) b{i}"
-            ));
+            format!(
+                "SELECT created_at, id, state FROM runs WHERE {} ORDER BY created_at {dir}, id {dir} LIMIT {needed}",
+                parts.join(" AND ")
+            )
+        };
+        let mut selects = Vec::new();
+        let mut placeholders = Vec::new();
+        match dialect {
+            Dialect::Sqlite => {
+                for value in values {
+                    let rows = branch(&mut b, &mut |b: &mut Builder| {
+                        let p = b.text(value);
+                        let condition = format!("{column} = {p}");
+                        placeholders.push(p);
+                        condition
+                    });
+                    selects.push(format!("SELECT * FROM ({rows}) b{}", selects.len()));
+                }
+            }
+            Dialect::Postgres if !values.is_empty() => {
+                placeholders = values.iter().map(|v| b.text(v)).collect();
+                let rows = branch(&mut b, &mut |_: &mut Builder| format!("{column} = v.value"));
+                selects.push(format!(
+                    "SELECT r.* FROM unnest(ARRAY[{}]::text[]) AS v(value) CROSS JOIN LATERAL ({rows}) r",
+                    placeholders.join(", ")
+                ));
+            }
+            Dialect::Postgres => {}
+        }
+        if let Some(other) = other {
+            let rows = branch(&mut b, &mut |b: &mut Builder| other(b, &placeholders));
+            selects.push(format!("SELECT * FROM ({rows}) b{}", selects.len()));
         }
         if selects.is_empty() {
             // Nothing can match: no query.
