@@ -351,7 +351,78 @@ async fn the_runs_list_as_of_every_position_matches_the_fold(s: TestServer) {
     s.stop().await;
 }
 
+/// Events that change no column a list filters or sorts by (log lines,
+/// heartbeats, a checkpoint) store no version of their own, but one every
+/// 64 events of a run all the same; a run or the list at any position
+/// still answers the fold, from the version before it with the run's
+/// events since folded on.
+async fn versions_that_change_no_column_are_folded_on_from_the_one_before(s: TestServer) {
+    let run = id(&s.run_through("chatty", json!({}), &["start"]).await);
+    let other = id(&s.run_through("quiet", json!({}), &["start"]).await);
+    for n in 0..70 {
+        let line = json!({"message": format!("line {n}"), "data": {"n": n}});
+        s.post(&format!("/api/runs/{run}/logs"), line).await.ok(201);
+        if n % 30 == 0 {
+            s.post(&format!("/api/runs/{run}/heartbeat"), json!({})).await.ok(200);
+            s.post(&format!("/api/runs/{other}/heartbeat"), json!({})).await.ok(200);
+        }
+    }
+    s.post(&format!("/api/runs/{run}/checkpoints"), json!({"state": {"at": 70}}))
+        .await
+        .ok(201);
+    s.post(
+        &format!("/api/runs/{run}/end"),
+        json!({"end_reason": "success", "exit_code": 0}),
+    )
+    .await
+    .ok(200);
+    let evs = events(&s, &run).await;
+    assert_eq!(evs.len(), 77);
+    // Created, started, the 64th event and the end.
+    let stored = s
+        .query_i64(&format!("SELECT COUNT(*) FROM run_history WHERE id = '{run}'"))
+        .await;
+    assert_eq!(stored, 4, "versions stored of 77");
+    assert_eq!(
+        s.query_i64(&format!("SELECT COUNT(*) FROM run_history WHERE id = '{other}'"))
+            .await,
+        2
+    );
+
+    let runs = vec![run.clone(), other.clone()];
+    let folded = folded_states(&s, &runs).await;
+    let head = s.event_count().await;
+    for position in 1..=head {
+        let expected = at(&folded, position);
+        let listed = s.get(&format!("/api/runs?as_of={position}&limit=1000")).await;
+        assert_eq!(
+            by_id(listed.ok(200)["runs"].as_array().unwrap().clone()),
+            by_id(expected.clone()),
+            "as_of={position}"
+        );
+        let running = s
+            .get(&format!(
+                "/api/runs?as_of={position}&status=running&sort_field=start_at"
+            ))
+            .await;
+        let want = expected.iter().filter(|r| r["status"] == "running").count();
+        assert_eq!(running.ok(200)["total"], want, "running as_of={position}");
+        assert_eq!(running.body["runs"].as_array().unwrap().len(), want);
+        for (run, versions) in runs.iter().zip(&folded) {
+            let one = s.get(&format!("/api/runs/{run}?as_of={position}")).await;
+            match versions.iter().rev().find(|(p, _)| *p <= position) {
+                Some((_, state)) => assert_eq!(one.ok(200), state, "{run} as_of={position}"),
+                None => {
+                    one.problem(404, "run_not_found");
+                }
+            }
+        }
+    }
+    s.stop().await;
+}
+
 backend_tests!(
+    versions_that_change_no_column_are_folded_on_from_the_one_before,
     the_runs_list_as_of_every_position_matches_the_fold,
     a_run_as_of_any_position_or_time,
     history_shows_each_event_with_the_state_after_it,

@@ -234,6 +234,14 @@ fn queries(parent: uuid::Uuid, head: i64, dialect: Dialect) -> Vec<(String, SqlQ
             args: vec![run.clone(), Arg::Int(head / 2)],
         },
     ));
+    // Every append that stores a version of a run closes its open one.
+    out.push((
+        "closing a run's open version".to_owned(),
+        SqlQuery {
+            sql: runledger_projections::CLOSE_VERSION_SQL.to_owned(),
+            args: vec![Arg::Int(head), Arg::Int(0), run.clone()],
+        },
+    ));
     // `/metrics` reads the oldest pending run at every scrape.
     out.push((
         "metrics: the oldest pending run".to_owned(),

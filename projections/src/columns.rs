@@ -1,7 +1,10 @@
 //! The runs table's row for a run state, written once for both backends:
 //! which field goes to which column, the column list and the upsert.
 
-use crate::{RunChanges, RunState};
+use runledger_events::{EndReason, Timestamp, TriggeredBy};
+use uuid::Uuid;
+
+use crate::{RunChanges, RunState, RunStatus};
 
 /// The columns of `runs`, in the order of `RunRowValues`.
 pub const RUN_COLUMNS: &str = "id, project, task_name, status, end_reason, exit_code, triggered_by, \
@@ -124,12 +127,90 @@ pub fn time_at_sql(p: &str) -> String {
 /// `valid_to` of a run's current version.
 pub const CURRENT: i64 = i64::MAX;
 
-/// Closes a run's version when the run's next event arrives: binds
-/// `valid_to`, `valid_to_at` and the closed version's position (its key).
-pub const CLOSE_VERSION_SQL: &str = "UPDATE run_history SET valid_to = $1, valid_to_at = $2 WHERE position = $3";
+/// Closes a run's open version when the next one is stored: binds
+/// `valid_to`, `valid_to_at` and the run's id. The open version is the
+/// run's last, one step back along its index.
+pub const CLOSE_VERSION_SQL: &str = "UPDATE run_history SET valid_to = $1, valid_to_at = $2 \
+     WHERE position = (SELECT MAX(position) FROM run_history WHERE id = $3)";
+
+/// At most this many of a run's events follow one stored version before
+/// the next is stored, whatever they change: what a past state's reader
+/// folds on from its version (see `stores_version`).
+pub const VERSION_EVERY: i64 = 64;
+
+/// Whether the run's version `state` gets a row of `run_history`, after
+/// `last` (the run's last stored version, `None` for a new run). A version
+/// that changes no column a list filters or sorts by (a heartbeat, a log
+/// line, usage, a tool call, an output) needs no row: filters and sorts at
+/// a past position read the columns of the version stored before it, and
+/// its state is that version's with the run's events after it folded on.
+/// Every `VERSION_EVERY`th event of a run is stored all the same, so that
+/// fold stays short.
+pub fn stores_version(last: Option<&RunState>, state: &RunState) -> bool {
+    match last {
+        None => true,
+        Some(last) => state.version % VERSION_EVERY == 0 || RowKey::of(last) != RowKey::of(state),
+    }
+}
+
+/// The columns of a run's row that lists filter and sort by: everything
+/// `RunRowValues` holds but the version, the position and the JSON.
+#[derive(PartialEq)]
+struct RowKey<'a> {
+    names: (&'a str, &'a str, Option<&'a str>, Option<Uuid>),
+    phase: (RunStatus, Option<EndReason>, Option<i64>, bool, bool),
+    origin: (TriggeredBy, i64),
+    times: (
+        Timestamp,
+        Option<Timestamp>,
+        Option<Timestamp>,
+        Option<i64>,
+        Option<Timestamp>,
+    ),
+}
+
+impl<'a> RowKey<'a> {
+    fn of(s: &'a RunState) -> Self {
+        Self {
+            names: (&s.project, &s.task_name, s.idempotency_key.as_deref(), s.parent_run_id),
+            phase: (s.status, s.end_reason, s.exit_code, s.dead_lettered, s.deleted),
+            origin: (s.triggered_by, s.retry_attempt),
+            times: (s.created_at, s.start_at, s.end_at, s.duration_ms, s.deadline_at),
+        }
+    }
+}
+
+/// The streams a reader of stored versions reads on from: each run's
+/// stream after the version it holds (see `fold_on`).
+pub fn streams_after(versions: &[RunState]) -> Vec<(String, i64)> {
+    versions
+        .iter()
+        .map(|s| (runledger_events::run_stream_id(&s.id), s.version))
+        .collect()
+}
+
+/// Brings stored versions up to a position: `events` are their runs'
+/// events after them up to it (read by `streams_after`), which stored no
+/// version of their own and so change no column, and are folded on here.
+pub fn fold_on(versions: &mut [RunState], events: &[runledger_events::EventEnvelope]) -> Result<(), crate::ApplyError> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let by_stream: std::collections::HashMap<String, usize> = streams_after(versions)
+        .into_iter()
+        .enumerate()
+        .map(|(i, (stream, _))| (stream, i))
+        .collect();
+    for envelope in events {
+        if let Some(&i) = by_stream.get(&envelope.stream_id) {
+            versions[i].apply_envelope(envelope)?;
+        }
+    }
+    Ok(())
+}
 
 /// One version of a run: its state after one event, valid from that event
-/// (recorded at `valid_from_at`, µs) until the run's next one.
+/// (recorded at `valid_from_at`, µs) until the run's next stored version.
 #[derive(Clone, Debug)]
 pub struct HistoryVersion {
     pub state: RunState,

@@ -6,17 +6,26 @@ use std::collections::HashMap;
 use runledger_events::{EventEnvelope, RunEvent};
 use uuid::Uuid;
 
-use crate::{ApplyError, DetailRow, EventContext, HistoryVersion, RunState};
+use crate::{stores_version, ApplyError, DetailRow, EventContext, HistoryVersion, RunState};
 
-/// Run states folded from events given in position order, and every past
-/// version of them as the next event closes it.
+/// Run states folded from events given in position order, and every
+/// version of them that `run_history` stores, as the next one closes it.
 #[derive(Default)]
 pub struct Replay {
-    /// Each run's state and the time (µs) its last event was recorded.
-    runs: HashMap<Uuid, (RunState, i64)>,
+    runs: HashMap<Uuid, Replayed>,
     pub events: u64,
     /// Detail rows of the events folded since the caller last took them.
     pub details: Vec<DetailRow>,
+}
+
+/// One run of a replay: its state and its open stored version.
+struct Replayed {
+    state: RunState,
+    /// When the open version began (µs).
+    opened_at: i64,
+    /// The open version, once an event that stores none has moved the state
+    /// past it; until then the open version is `state` itself.
+    behind: Option<HistoryVersion>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -30,7 +39,7 @@ pub enum ReplayError {
 }
 
 impl Replay {
-    /// Folds one event; returns the run's version it closed, if any.
+    /// Folds one event; returns the stored version it closed, if any.
     pub fn apply(&mut self, envelope: &EventEnvelope) -> Result<Option<HistoryVersion>, ReplayError> {
         let event = RunEvent::from_envelope(envelope).map_err(|e| ReplayError::Apply {
             position: envelope.position,
@@ -39,7 +48,7 @@ impl Replay {
         self.apply_event(&envelope.stream_id, &event, &EventContext::of(envelope))
     }
 
-    /// Folds one decoded event of `stream_id` at `at`; returns the run's
+    /// Folds one decoded event of `stream_id` at `at`; returns the stored
     /// version it closed, if any, and keeps the detail row it adds.
     pub fn apply_event(
         &mut self,
@@ -55,34 +64,55 @@ impl Replay {
                 stream_id: stream_id.to_owned(),
             })?;
         let recorded_at = at.recorded_at.as_micros();
-        let (state, last_at) = self
-            .runs
-            .entry(run_id)
-            .or_insert_with(|| (RunState::empty(run_id), recorded_at));
-        let closed = state.exists().then(|| {
-            let mut version = HistoryVersion::current(state.clone(), *last_at);
-            version.close(at.position, recorded_at);
-            version
+        let run = self.runs.entry(run_id).or_insert_with(|| Replayed {
+            state: RunState::empty(run_id),
+            opened_at: recorded_at,
+            behind: None,
         });
-        state.apply(event, at).map_err(|r| ReplayError::Apply {
+        // The open version, while it is the state itself: kept aside in
+        // case this event stores none.
+        let before = (run.state.exists() && run.behind.is_none()).then(|| run.state.clone());
+        run.state.apply(event, at).map_err(|r| ReplayError::Apply {
             position: at.position,
             source: ApplyError::Refused(r),
         })?;
-        *last_at = recorded_at;
         self.events += 1;
-        let detail = DetailRow::of(state, event, at).map_err(|e| ReplayError::Storage(e.to_string()))?;
+        let detail = DetailRow::of(&run.state, event, at).map_err(|e| ReplayError::Storage(e.to_string()))?;
         self.details.extend(detail);
+        let last_stored = run.behind.as_ref().map(|v| &v.state).or(before.as_ref());
+        if !stores_version(last_stored, &run.state) {
+            if let Some(before) = before {
+                run.behind = Some(HistoryVersion::current(before, run.opened_at));
+            }
+            return Ok(None);
+        }
+        let closed = run
+            .behind
+            .take()
+            .or_else(|| before.map(|state| HistoryVersion::current(state, run.opened_at)))
+            .map(|mut version| {
+                version.close(at.position, recorded_at);
+                version
+            });
+        run.opened_at = recorded_at;
         Ok(closed)
     }
 
-    /// The runs' current versions, in run id order (so writes are deterministic).
-    pub fn into_current(self) -> Vec<HistoryVersion> {
-        let mut current: Vec<HistoryVersion> = self
+    /// Each run's current state and its open stored version, in run id
+    /// order (so writes are deterministic).
+    pub fn into_current(self) -> Vec<(RunState, HistoryVersion)> {
+        let mut current: Vec<(RunState, HistoryVersion)> = self
             .runs
             .into_values()
-            .map(|(state, at)| HistoryVersion::current(state, at))
+            .map(|run| {
+                let open = match run.behind {
+                    Some(version) => version,
+                    None => HistoryVersion::current(run.state.clone(), run.opened_at),
+                };
+                (run.state, open)
+            })
             .collect();
-        current.sort_by_key(|v| v.state.id);
+        current.sort_by_key(|(state, _)| state.id);
         current
     }
 }

@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 
 use runledger_events::{run_stream_id, EventEnvelope, ExpectedVersion, Metadata, NewEvent};
-use runledger_projections::{DetailRow, EventContext, HistoryVersion, RunState};
+use runledger_projections::{stores_version, DetailRow, EventContext, HistoryVersion, RunState};
 use uuid::Uuid;
 
 use crate::commands::{self, Command, CommandError, Decision, Loaded, Outcome};
@@ -27,10 +27,16 @@ pub trait RunStore {
         events: &[NewEvent],
         metadata: &Metadata,
     ) -> Result<Vec<EventEnvelope>, String>;
-    /// Writes the run's projections from one append's versions of it (its
-    /// state after each event, oldest first, each but the last closed by the
-    /// next); `previous` is the run before the append.
-    fn store_run(&mut self, previous: Option<&RunState>, versions: &[HistoryVersion]) -> Result<(), String>;
+    /// Writes the run's projections after one append: `state` is the run
+    /// after it, `previous` before it, and `versions` the append's versions
+    /// that `run_history` stores (oldest first, each but the last closed by
+    /// the next; see `stores_version`), which close the run's open one.
+    fn store_run(
+        &mut self,
+        previous: Option<&RunState>,
+        state: &RunState,
+        versions: &[HistoryVersion],
+    ) -> Result<(), String>;
     /// Writes the detail rows (checkpoints, log lines, lineage…) of one
     /// append's events, in append order.
     fn store_details(&mut self, rows: &[DetailRow]) -> Result<(), String>;
@@ -114,6 +120,12 @@ pub fn execute(store: &mut impl RunStore, command: &Command, metadata: &Metadata
                 .apply(event, &at)
                 .map_err(|r| ExecError::Storage(format!("decided event no longer applies: {r}")))?;
             details.extend(DetailRow::of(state, event, &at).map_err(|e| ExecError::Storage(e.to_string()))?);
+            // A version stored no column change ago has the columns of the
+            // state just before this event.
+            let last_stored = versions.last().map(|v| &v.state).or(previous.as_ref());
+            if !stores_version(last_stored, state) {
+                continue;
+            }
             let at = envelope.recorded_at.as_micros();
             if let Some(before) = versions.last_mut() {
                 before.close(envelope.position, at);
@@ -121,7 +133,7 @@ pub fn execute(store: &mut impl RunStore, command: &Command, metadata: &Metadata
             versions.push(HistoryVersion::current(state.clone(), at));
         }
         store
-            .store_run(previous.as_ref(), &versions)
+            .store_run(previous.as_ref(), state, &versions)
             .map_err(ExecError::Storage)?;
         store
             .store_details(&details[first_detail..])

@@ -483,21 +483,19 @@ impl RunStore for BatchStore {
         Ok(envelopes)
     }
 
-    fn store_run(&mut self, previous: Option<&RunState>, versions: &[HistoryVersion]) -> Result<(), String> {
-        let Some(last) = versions.last() else { return Ok(()) };
-        let state = &last.state;
-        if let (Some(previous), Some(first)) = (previous, versions.first()) {
-            // The version current before this append: still in this batch,
-            // or stored before it.
-            match self
-                .history
-                .iter_mut()
-                .rev()
-                .find(|v| v.state.id == previous.id && v.state.version == previous.version)
-            {
+    fn store_run(
+        &mut self,
+        previous: Option<&RunState>,
+        state: &RunState,
+        versions: &[HistoryVersion],
+    ) -> Result<(), String> {
+        if let (Some(_), Some(first)) = (previous, versions.first()) {
+            // The run's version open before this append: still in this
+            // batch (its last there), or stored before it.
+            match self.history.iter_mut().rev().find(|v| v.state.id == state.id) {
                 Some(pending) => pending.close(first.state.position, first.valid_from_at),
                 None => self.closes.push(Close {
-                    position: previous.position,
+                    run_id: state.id.to_string(),
                     valid_to: first.state.position,
                     valid_to_at: first.valid_from_at,
                 }),

@@ -270,8 +270,13 @@ impl RunStore for SqliteStore<'_, '_> {
             .map_err(|e| e.to_string())
     }
 
-    fn store_run(&mut self, previous: Option<&RunState>, versions: &[HistoryVersion]) -> Result<(), String> {
-        runs::store(self.0.writer(), previous, versions).map_err(|e| e.to_string())
+    fn store_run(
+        &mut self,
+        previous: Option<&RunState>,
+        state: &RunState,
+        versions: &[HistoryVersion],
+    ) -> Result<(), String> {
+        runs::store(self.0.writer(), previous, state, versions).map_err(|e| e.to_string())
     }
 
     fn store_details(&mut self, rows: &[DetailRow]) -> Result<(), String> {

@@ -157,6 +157,29 @@ pub async fn stream(
     rows.iter().map(envelope).collect()
 }
 
+/// Each stream's events after its version (`(stream_id, after_version)`)
+/// up to position `until`, in position order; one statement for them all.
+pub async fn streams_until(
+    conn: &mut PgConnection,
+    streams: &[(String, i64)],
+    until: i64,
+) -> sqlx::Result<Vec<EventEnvelope>> {
+    if streams.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (ids, versions): (Vec<&str>, Vec<i64>) = streams.iter().map(|(s, v)| (s.as_str(), *v)).unzip();
+    let rows = sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM events JOIN UNNEST($1::text[], $2::bigint[]) AS s(sid, after_version) \
+         ON stream_id = s.sid AND stream_version > s.after_version WHERE position <= $3 ORDER BY position"
+    ))
+    .bind(ids)
+    .bind(versions)
+    .bind(until)
+    .fetch_all(conn)
+    .await?;
+    rows.iter().map(envelope).collect()
+}
+
 /// The global log after `after`, in position order.
 pub async fn after(conn: &mut PgConnection, after: i64, limit: i64) -> sqlx::Result<Vec<EventEnvelope>> {
     let rows = sqlx::query(&format!(

@@ -79,6 +79,23 @@ pub fn stream(
     rows.collect()
 }
 
+/// Each stream's events after its version (`(stream_id, after_version)`)
+/// up to position `until`, stream by stream, oldest first.
+pub fn streams_until(conn: &Connection, streams: &[(String, i64)], until: i64) -> rusqlite::Result<Vec<EventEnvelope>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM events WHERE stream_id = ?1 AND stream_version > ?2 AND position <= ?3 \
+         ORDER BY stream_version"
+    ))?;
+    let mut events = Vec::new();
+    for (stream_id, after_version) in streams {
+        let rows = stmt.query_map(params![stream_id, after_version, until], envelope_from_row)?;
+        for row in rows {
+            events.push(row?);
+        }
+    }
+    Ok(events)
+}
+
 /// The global log after `after`, in position order.
 pub fn after(conn: &Connection, after: i64, limit: i64) -> rusqlite::Result<Vec<EventEnvelope>> {
     let mut stmt = conn.prepare_cached(&format!(

@@ -70,9 +70,17 @@ pub async fn load_as_of(conn: &mut PgConnection, id: &Uuid, position: i64) -> sq
     let row = sqlx::query(&crate::VERSION_AT_SQL)
         .bind(id.to_string())
         .bind(position)
-        .fetch_optional(conn)
+        .fetch_optional(&mut *conn)
         .await?;
-    row.as_ref().map(state_row).transpose()
+    let mut versions: Vec<RunState> = row.as_ref().map(state_row).transpose()?.into_iter().collect();
+    fold_on(conn, &mut versions, position).await?;
+    Ok(versions.pop())
+}
+
+/// Brings stored versions up to `position` (see `crate::fold_on`).
+async fn fold_on(conn: &mut PgConnection, versions: &mut [RunState], position: i64) -> sqlx::Result<()> {
+    let events = runledger_events::postgres::streams_until(conn, &crate::streams_after(versions), position).await?;
+    crate::fold_on(versions, &events).map_err(|e| sqlx::Error::Decode(Box::new(e)))
 }
 
 pub async fn load_many(conn: &mut PgConnection, ids: &[Uuid]) -> sqlx::Result<Vec<RunState>> {
@@ -120,10 +128,10 @@ pub struct RunRow<'a> {
     pub tags: Tags,
 }
 
-/// A run's version that a later event ended, stored before this batch.
+/// A run's open version, stored before this batch, that a version of the
+/// batch ends.
 pub struct Close {
-    /// Where the version starts: its key.
-    pub position: i64,
+    pub run_id: String,
     pub valid_to: i64,
     pub valid_to_at: i64,
 }
@@ -134,10 +142,10 @@ pub async fn store_history(conn: &mut PgConnection, closes: &[Close], versions: 
     if !closes.is_empty() {
         sqlx::query(
             "UPDATE run_history h SET valid_to = c.valid_to, valid_to_at = c.valid_to_at \
-             FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[]) AS c(position, valid_to, valid_to_at) \
-             WHERE h.position = c.position",
+             FROM UNNEST($1::text[], $2::bigint[], $3::bigint[]) AS c(id, valid_to, valid_to_at) \
+             WHERE h.position = (SELECT MAX(l.position) FROM run_history l WHERE l.id = c.id)",
         )
-        .bind(closes.iter().map(|c| c.position).collect::<Vec<_>>())
+        .bind(closes.iter().map(|c| c.run_id.as_str()).collect::<Vec<_>>())
         .bind(closes.iter().map(|c| c.valid_to).collect::<Vec<_>>())
         .bind(closes.iter().map(|c| c.valid_to_at).collect::<Vec<_>>())
         .execute(&mut *conn)
@@ -334,6 +342,9 @@ pub async fn list(conn: &mut PgConnection, query: &RunQuery) -> sqlx::Result<(Ve
         }
     }
     runs.truncate(query.limit as usize);
+    if let Some(position) = query.as_of {
+        fold_on(conn, &mut runs, position).await?;
+    }
     Ok((runs, total))
 }
 
@@ -512,20 +523,18 @@ pub async fn rebuild(conn: &mut PgConnection) -> Result<(u64, usize), String> {
     for chunk in current.chunks(1000) {
         let rows: Vec<RunRow> = chunk
             .iter()
-            .map(|v| RunRow {
-                state: &v.state,
-                tags: Tags::New,
-            })
+            .map(|(state, _)| RunRow { state, tags: Tags::New })
             .collect();
         store_many(&mut *conn, &rows).await.map_err(|e| e.to_string())?;
-        store_history(&mut *conn, &[], chunk).await.map_err(|e| e.to_string())?;
+        let open: Vec<HistoryVersion> = chunk.iter().map(|(_, open)| open.clone()).collect();
+        store_history(&mut *conn, &[], &open).await.map_err(|e| e.to_string())?;
     }
     sqlx::raw_sql(&crate::task_counts::REFILL_SQL)
         .execute(&mut *conn)
         .await
         .map_err(|e| e.to_string())?;
     let mut counts = crate::run_counts::RunCountDeltas::default();
-    current.iter().for_each(|v| counts.add(None, &v.state));
+    current.iter().for_each(|(state, _)| counts.add(None, state));
     store_run_counts(&mut *conn, &counts).await.map_err(|e| e.to_string())?;
     Ok((events, current.len()))
 }

@@ -41,9 +41,19 @@ pub fn load(conn: &Connection, id: &Uuid) -> rusqlite::Result<Option<RunState>> 
 
 /// The run as it was at `position` (its version valid there), if it existed.
 pub fn load_as_of(conn: &Connection, id: &Uuid, position: i64) -> rusqlite::Result<Option<RunState>> {
-    conn.prepare_cached(&crate::VERSION_AT_SQL)?
+    let version = conn
+        .prepare_cached(&crate::VERSION_AT_SQL)?
         .query_row(params![id.to_string(), position], state_row)
-        .optional()
+        .optional()?;
+    let mut versions: Vec<RunState> = version.into_iter().collect();
+    fold_on(conn, &mut versions, position)?;
+    Ok(versions.pop())
+}
+
+/// Brings stored versions up to `position` (see `crate::fold_on`).
+fn fold_on(conn: &Connection, versions: &mut [RunState], position: i64) -> rusqlite::Result<()> {
+    let events = runledger_events::sqlite::read::streams_until(conn, &crate::streams_after(versions), position)?;
+    crate::fold_on(versions, &events).map_err(|e| json_err_any(format!("a stored event does not fold: {e}")))
 }
 
 /// An unfinished run of `task_name` created with `key`.
@@ -60,26 +70,28 @@ pub fn find_unfinished_by_idempotency_key(
     .optional()
 }
 
-/// Writes one append's versions of a run (oldest first, each but the last
-/// closed by the next): the last becomes the run's row, and all go to its
-/// history, closing the version that was current before. `previous` is the
-/// run as it was before (None for a new run).
-pub fn store(conn: &Connection, previous: Option<&RunState>, versions: &[HistoryVersion]) -> rusqlite::Result<()> {
-    let Some(last) = versions.last() else {
-        return Ok(());
-    };
-    store_row(conn, previous, &last.state)?;
-    if let Some(delta) = crate::task_counts::delta(previous, &last.state) {
-        store_task_delta(conn, &last.state.task_name, &delta)?;
+/// Writes one append's change of a run: `state` becomes the run's row, and
+/// the append's stored versions (oldest first, each but the last closed by
+/// the next) go to its history, closing the version that was open before.
+/// `previous` is the run as it was before (None for a new run).
+pub fn store(
+    conn: &Connection,
+    previous: Option<&RunState>,
+    state: &RunState,
+    versions: &[HistoryVersion],
+) -> rusqlite::Result<()> {
+    store_row(conn, previous, state)?;
+    if let Some(delta) = crate::task_counts::delta(previous, state) {
+        store_task_delta(conn, &state.task_name, &delta)?;
     }
     let mut counts = crate::run_counts::RunCountDeltas::default();
-    counts.add(previous, &last.state);
+    counts.add(previous, state);
     store_run_counts(conn, &counts)?;
-    if let (Some(previous), Some(first)) = (previous, versions.first()) {
+    if let (Some(_), Some(first)) = (previous, versions.first()) {
         conn.prepare_cached(CLOSE_VERSION_SQL)?.execute(params![
             first.state.position,
             first.valid_from_at,
-            previous.position
+            state.id.to_string()
         ])?;
     }
     versions.iter().try_for_each(|version| store_version(conn, version))
@@ -289,6 +301,9 @@ pub fn list(conn: &Connection, query: &RunQuery) -> rusqlite::Result<(Vec<RunSta
         }
     }
     runs.truncate(query.limit as usize);
+    if let Some(position) = query.as_of {
+        fold_on(conn, &mut runs, position)?;
+    }
     Ok((runs, total))
 }
 
@@ -419,17 +434,17 @@ pub fn rebuild(conn: &Connection) -> Result<(u64, usize), crate::ReplayError> {
     }
     let events = replay.events;
     let mut current = replay.into_current();
-    for version in &current {
-        store_row(conn, None, &version.state).map_err(storage)?;
+    for (state, _) in &current {
+        store_row(conn, None, state).map_err(storage)?;
     }
     conn.execute_batch(&crate::task_counts::REFILL_SQL).map_err(storage)?;
     let mut counts = crate::run_counts::RunCountDeltas::default();
-    current.iter().for_each(|v| counts.add(None, &v.state));
+    current.iter().for_each(|(state, _)| counts.add(None, state));
     store_run_counts(conn, &counts).map_err(storage)?;
     // History in key order: appended, like the closed versions before.
-    current.sort_by_key(|v| v.state.position);
-    for version in &current {
-        store_version(conn, version).map_err(storage)?;
+    current.sort_by_key(|(_, open)| open.state.position);
+    for (_, open) in &current {
+        store_version(conn, open).map_err(storage)?;
     }
     for sql in &indexes {
         conn.execute_batch(sql).map_err(storage)?;
