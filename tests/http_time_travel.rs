@@ -206,6 +206,20 @@ fn at(folded: &[Vec<(i64, Value)>], position: i64) -> Vec<Value> {
         .collect()
 }
 
+/// `GET /api/runs/{id}?as_of=position` of each run equals its fold there
+/// (404 before it existed).
+async fn each_run_as_of_is_the_fold(s: &TestServer, runs: &[String], folded: &[Vec<(i64, Value)>], position: i64) {
+    for (run, versions) in runs.iter().zip(folded) {
+        let one = s.get(&format!("/api/runs/{run}?as_of={position}")).await;
+        match versions.iter().rev().find(|(p, _)| *p <= position) {
+            Some((_, state)) => assert_eq!(one.ok(200), state, "{run} as_of={position}"),
+            None => {
+                one.problem(404, "run_not_found");
+            }
+        }
+    }
+}
+
 fn by_id(mut runs: Vec<Value>) -> Vec<Value> {
     runs.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
     runs
@@ -309,15 +323,7 @@ async fn the_runs_list_as_of_every_position_matches_the_fold(s: TestServer) {
         assert_eq!(etl.ok(200)["total"], etl_expected, "etl ended at {position}");
 
         // One run, from the same projection.
-        for (run, versions) in runs.iter().zip(&folded) {
-            let one = s.get(&format!("/api/runs/{run}?as_of={position}")).await;
-            match versions.iter().rev().find(|(p, _)| *p <= position) {
-                Some((_, state)) => assert_eq!(one.ok(200), state, "{run} as_of={position}"),
-                None => {
-                    one.problem(404, "run_not_found");
-                }
-            }
-        }
+        each_run_as_of_is_the_fold(&s, &runs, &folded, position).await;
     }
 
     // By time: the list as it was when b's retry was created.
@@ -408,15 +414,7 @@ async fn versions_that_change_no_column_are_folded_on_from_the_one_before(s: Tes
         let want = expected.iter().filter(|r| r["status"] == "running").count();
         assert_eq!(running.ok(200)["total"], want, "running as_of={position}");
         assert_eq!(running.body["runs"].as_array().unwrap().len(), want);
-        for (run, versions) in runs.iter().zip(&folded) {
-            let one = s.get(&format!("/api/runs/{run}?as_of={position}")).await;
-            match versions.iter().rev().find(|(p, _)| *p <= position) {
-                Some((_, state)) => assert_eq!(one.ok(200), state, "{run} as_of={position}"),
-                None => {
-                    one.problem(404, "run_not_found");
-                }
-            }
-        }
+        each_run_as_of_is_the_fold(&s, &runs, &folded, position).await;
     }
     s.stop().await;
 }

@@ -1,10 +1,7 @@
 //! The runs table's row for a run state, written once for both backends:
 //! which field goes to which column, the column list and the upsert.
 
-use runledger_events::{EndReason, Timestamp, TriggeredBy};
-use uuid::Uuid;
-
-use crate::{RunChanges, RunState, RunStatus};
+use crate::{RunChanges, RunState};
 
 /// The columns of `runs`, in the order of `RunRowValues`.
 pub const RUN_COLUMNS: &str = "id, project, task_name, status, end_reason, exit_code, triggered_by, \
@@ -21,6 +18,7 @@ pub const RUN_UPSERT_SET: &str = "project = excluded.project, task_name = exclud
      deadline_at = excluded.deadline_at, version = excluded.version, position = excluded.position, state = excluded.state";
 
 /// One row of `runs`: the columns that filter and sort, and the state as JSON.
+#[derive(PartialEq)]
 pub struct RunRowValues<'a> {
     pub id: String,
     pub project: &'a str,
@@ -56,6 +54,16 @@ impl<'a> RunRowValues<'a> {
     /// what changed since creation (`RunChanges`).
     pub fn version_of(s: &'a RunState) -> Result<Self, serde_json::Error> {
         Ok(Self::with_state(s, RunChanges::json(s)?))
+    }
+
+    /// The columns lists filter and sort by, and nothing else: the row
+    /// without its version, position and JSON (see `stores_version`).
+    fn key(s: &'a RunState) -> Self {
+        Self {
+            version: 0,
+            position: 0,
+            ..Self::with_state(s, String::new())
+        }
     }
 
     fn with_state(s: &'a RunState, state: String) -> Self {
@@ -149,34 +157,7 @@ pub const VERSION_EVERY: i64 = 64;
 pub fn stores_version(last: Option<&RunState>, state: &RunState) -> bool {
     match last {
         None => true,
-        Some(last) => state.version % VERSION_EVERY == 0 || RowKey::of(last) != RowKey::of(state),
-    }
-}
-
-/// The columns of a run's row that lists filter and sort by: everything
-/// `RunRowValues` holds but the version, the position and the JSON.
-#[derive(PartialEq)]
-struct RowKey<'a> {
-    names: (&'a str, &'a str, Option<&'a str>, Option<Uuid>),
-    phase: (RunStatus, Option<EndReason>, Option<i64>, bool, bool),
-    origin: (TriggeredBy, i64),
-    times: (
-        Timestamp,
-        Option<Timestamp>,
-        Option<Timestamp>,
-        Option<i64>,
-        Option<Timestamp>,
-    ),
-}
-
-impl<'a> RowKey<'a> {
-    fn of(s: &'a RunState) -> Self {
-        Self {
-            names: (&s.project, &s.task_name, s.idempotency_key.as_deref(), s.parent_run_id),
-            phase: (s.status, s.end_reason, s.exit_code, s.dead_lettered, s.deleted),
-            origin: (s.triggered_by, s.retry_attempt),
-            times: (s.created_at, s.start_at, s.end_at, s.duration_ms, s.deadline_at),
-        }
+        Some(last) => state.version % VERSION_EVERY == 0 || RunRowValues::key(last) != RunRowValues::key(state),
     }
 }
 
