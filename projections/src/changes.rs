@@ -118,7 +118,7 @@ impl<'a> RunChanges<'a> {
     /// A row of a query of states: the run's `state` and, for a past
     /// version, its `changes` (see `HISTORY_STATE`).
     pub fn decode(state: &str, changes: Option<&str>) -> Result<RunState, serde_json::Error> {
-        let current = serde_json::from_str(state)?;
+        let current = crate::read_state(state)?;
         match changes {
             Some(changes) => Self::restore(current, changes),
             None => Ok(current),

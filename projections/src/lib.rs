@@ -20,8 +20,8 @@ pub mod task_counts;
 
 pub use changes::RunChanges;
 pub use columns::{
-    fold_on, stores_version, streams_after, HistoryVersion, RunRowValues, CLOSE_VERSION_SQL, CURRENT, HISTORY_COLUMNS,
-    RUN_COLUMNS, RUN_UPSERT_SET, VERSION_AT_SQL, VERSION_EVERY,
+    fold_on, read_state, stores_version, streams_after, HistoryVersion, RunRowValues, CLOSE_VERSION_SQL, CURRENT,
+    HISTORY_COLUMNS, RUN_COLUMNS, RUN_UPSERT_SET, VERSION_AT_SQL, VERSION_EVERY,
 };
 pub use details::DetailRow;
 

@@ -11,7 +11,7 @@ use crate::{
 };
 
 fn decode(text: &str) -> sqlx::Result<RunState> {
-    serde_json::from_str(text).map_err(|e| sqlx::Error::Decode(Box::new(e)))
+    crate::read_state(text).map_err(|e| sqlx::Error::Decode(Box::new(e)))
 }
 
 /// The bind values of `args`, in order.
