@@ -76,6 +76,12 @@ impl Ledger {
             totals: Vec::new(),
         };
         let answers = self.read_details(reads).await?.unwrap_or_default();
-        decode(&answers.texts)
+        answers
+            .texts
+            .iter()
+            .map(|t| {
+                runledger_projections::read_state(t).map_err(|e| LedgerError::Storage(format!("a stored run: {e}")))
+            })
+            .collect()
     }
 }
