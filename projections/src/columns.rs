@@ -1,7 +1,7 @@
 //! The runs table's row for a run state, written once for both backends:
 //! which field goes to which column, the column list and the upsert.
 
-use crate::{RunChanges, RunState};
+use crate::{stored_state, RunChanges, RunState};
 
 /// The columns of `runs`, in the order of `RunRowValues`.
 pub const RUN_COLUMNS: &str = "id, project, task_name, status, end_reason, exit_code, triggered_by, \
@@ -91,39 +91,6 @@ impl<'a> RunRowValues<'a> {
         }
     }
 }
-
-/// The JSON `runs.state` holds: the run without the fields that still have
-/// the value a new run starts with (`RunState::empty`): absent options,
-/// `false`, zero, empty lists and maps, which are most of a typical run's
-/// fields. `read_state` puts them back.
-pub fn stored_state(s: &RunState) -> Result<String, serde_json::Error> {
-    let mut value = serde_json::to_value(s)?;
-    if let serde_json::Value::Object(fields) = &mut value {
-        fields.retain(|name, v| EMPTY_FIELDS.get(name) != Some(v));
-    }
-    serde_json::to_string(&value)
-}
-
-/// A run from `runs.state` as `stored_state` wrote it (or whole, as older
-/// versions wrote it): each field it leaves out has its empty value.
-pub fn read_state(text: &str) -> Result<RunState, serde_json::Error> {
-    let mut value: serde_json::Value = serde_json::from_str(text)?;
-    if let serde_json::Value::Object(fields) = &mut value {
-        for (name, empty) in EMPTY_FIELDS.iter() {
-            if !fields.contains_key(name) {
-                fields.insert(name.clone(), empty.clone());
-            }
-        }
-    }
-    serde_json::from_value(value)
-}
-
-/// Each field of `RunState` as JSON, as a new run has it.
-static EMPTY_FIELDS: std::sync::LazyLock<serde_json::Map<String, serde_json::Value>> =
-    std::sync::LazyLock::new(|| match serde_json::to_value(RunState::empty(uuid::Uuid::nil())) {
-        Ok(serde_json::Value::Object(fields)) => fields,
-        _ => unreachable!("a run is a JSON object"),
-    });
 
 /// The columns of `run_history`: those of `runs` (`position` is where the
 /// version starts; `changes` in place of `state`), then where and when it
@@ -239,39 +206,5 @@ impl HistoryVersion {
     pub fn close(&mut self, position: i64, at: i64) {
         self.valid_to = position;
         self.valid_to_at = Some(at);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_stored_state_leaves_out_empty_fields_and_reads_back_whole() {
-        let mut run = RunState::empty(uuid::Uuid::now_v7());
-        run.task_name = "t".into();
-        let bare = stored_state(&run).unwrap();
-        for empty in ["null", "false", ":0", "[]", "{}", "\"project\""] {
-            assert!(!bare.contains(empty), "{empty} in {bare}");
-        }
-        assert_eq!(read_state(&bare).unwrap(), run);
-        assert_eq!(
-            read_state(&serde_json::to_string(&run).unwrap()).unwrap(),
-            run,
-            "a whole state reads too"
-        );
-        run.exit_code = Some(0);
-        run.debug_mode = true;
-        run.chunks = 3;
-        run.tags.insert("env".into(), String::new());
-        run.depends_on.push(uuid::Uuid::nil());
-        run.payload = Some(serde_json::json!({"a": null, "b": [null], "c": false, "d": 0, "e": {}}));
-        run.error = Some(String::new());
-        let full = stored_state(&run).unwrap();
-        assert_eq!(
-            read_state(&full).unwrap(),
-            run,
-            "set fields and nulls inside values stay"
-        );
     }
 }

@@ -16,14 +16,16 @@ pub mod run_counts;
 mod run_state;
 pub mod schema;
 pub mod sqlite;
+mod state_json;
 pub mod task_counts;
 
 pub use changes::RunChanges;
 pub use columns::{
-    fold_on, read_state, stores_version, streams_after, HistoryVersion, RunRowValues, CLOSE_VERSION_SQL, CURRENT,
-    HISTORY_COLUMNS, RUN_COLUMNS, RUN_UPSERT_SET, VERSION_AT_SQL, VERSION_EVERY,
+    fold_on, stores_version, streams_after, HistoryVersion, RunRowValues, CLOSE_VERSION_SQL, CURRENT, HISTORY_COLUMNS,
+    RUN_COLUMNS, RUN_UPSERT_SET, VERSION_AT_SQL, VERSION_EVERY,
 };
 pub use details::DetailRow;
+pub use state_json::{read_state, stored_state};
 
 /// Every table the log's fold fills: what a rebuild empties and fills again.
 pub fn projection_tables() -> impl Iterator<Item = &'static str> {
