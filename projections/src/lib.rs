@@ -46,5 +46,5 @@ pub use query::{
     Arg, Candidates, Cursor, Dialect, Known, RunFilter, RunQuery, SortDirection, SortField, SqlQuery, StatusValue,
     TaskSummary,
 };
-pub use replay::{Replay, ReplayError};
+pub use replay::{CurrentRun, Replay, ReplayError};
 pub use run_state::{ApplyError, EventContext, Refusal, RefusalKind, RunState, RunStatus};

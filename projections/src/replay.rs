@@ -98,21 +98,40 @@ impl Replay {
         Ok(closed)
     }
 
-    /// Each run's current state and its open stored version, in run id
-    /// order (so writes are deterministic).
-    pub fn into_current(self) -> Vec<(RunState, HistoryVersion)> {
-        let mut current: Vec<(RunState, HistoryVersion)> = self
+    /// Each run's open stored version and current state, in run id order
+    /// (so writes are deterministic). A run whose last event stored a version
+    /// is that version alone: its state is not copied.
+    pub fn into_current(self) -> Vec<CurrentRun> {
+        let mut current: Vec<CurrentRun> = self
             .runs
             .into_values()
-            .map(|run| {
-                let open = match run.behind {
-                    Some(version) => version,
-                    None => HistoryVersion::current(run.state.clone(), run.opened_at),
-                };
-                (run.state, open)
+            .map(|run| match run.behind {
+                Some(open) => CurrentRun {
+                    open,
+                    ahead: Some(Box::new(run.state)),
+                },
+                None => CurrentRun {
+                    open: HistoryVersion::current(run.state, run.opened_at),
+                    ahead: None,
+                },
             })
             .collect();
-        current.sort_by_key(|(state, _)| state.id);
+        current.sort_unstable_by_key(|run| run.state().id);
         current
+    }
+}
+
+/// A run at the end of a replay.
+pub struct CurrentRun {
+    /// Its open stored version.
+    pub open: HistoryVersion,
+    /// Its state, when events that stored no version moved it past `open`.
+    ahead: Option<Box<RunState>>,
+}
+
+impl CurrentRun {
+    /// The run's state after its last event.
+    pub fn state(&self) -> &RunState {
+        self.ahead.as_deref().unwrap_or(&self.open.state)
     }
 }

@@ -702,7 +702,9 @@ impl PgLedger {
             runs::store_many(&mut tx, &rows).await.map_err(storage)?;
         }
         for chunk in store.closes.chunks(BULK_CHUNK) {
-            runs::store_history(&mut tx, chunk, &[]).await.map_err(storage)?;
+            runs::store_history::<HistoryVersion>(&mut tx, chunk, &[])
+                .await
+                .map_err(storage)?;
         }
         for chunk in store.history.chunks(BULK_CHUNK) {
             runs::store_history(&mut tx, &[], chunk).await.map_err(storage)?;

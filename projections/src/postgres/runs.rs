@@ -138,7 +138,11 @@ pub struct Close {
 
 /// Writes a batch's history: closes versions stored before it, then inserts
 /// its versions, one statement each.
-pub async fn store_history(conn: &mut PgConnection, closes: &[Close], versions: &[HistoryVersion]) -> sqlx::Result<()> {
+pub async fn store_history<V: std::borrow::Borrow<HistoryVersion>>(
+    conn: &mut PgConnection,
+    closes: &[Close],
+    versions: &[V],
+) -> sqlx::Result<()> {
     if !closes.is_empty() {
         sqlx::query(
             "UPDATE run_history h SET valid_to = c.valid_to, valid_to_at = c.valid_to_at \
@@ -156,7 +160,7 @@ pub async fn store_history(conn: &mut PgConnection, closes: &[Close], versions: 
     }
     let values = versions
         .iter()
-        .map(|v| RunRowValues::version_of(&v.state))
+        .map(|v| RunRowValues::version_of(&v.borrow().state))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
     static INSERT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
@@ -166,9 +170,9 @@ pub async fn store_history(conn: &mut PgConnection, closes: &[Close], versions: 
         )
     });
     bind_row_values(sqlx::query(&INSERT), &values)
-        .bind(versions.iter().map(|v| v.valid_to).collect::<Vec<_>>())
-        .bind(versions.iter().map(|v| v.valid_from_at).collect::<Vec<_>>())
-        .bind(versions.iter().map(|v| v.valid_to_at).collect::<Vec<_>>())
+        .bind(versions.iter().map(|v| v.borrow().valid_to).collect::<Vec<_>>())
+        .bind(versions.iter().map(|v| v.borrow().valid_from_at).collect::<Vec<_>>())
+        .bind(versions.iter().map(|v| v.borrow().valid_to_at).collect::<Vec<_>>())
         .execute(&mut *conn)
         .await?;
     Ok(())
@@ -523,10 +527,13 @@ pub async fn rebuild(conn: &mut PgConnection) -> Result<(u64, usize), String> {
     for chunk in current.chunks(1000) {
         let rows: Vec<RunRow> = chunk
             .iter()
-            .map(|(state, _)| RunRow { state, tags: Tags::New })
+            .map(|run| RunRow {
+                state: run.state(),
+                tags: Tags::New,
+            })
             .collect();
         store_many(&mut *conn, &rows).await.map_err(|e| e.to_string())?;
-        let open: Vec<HistoryVersion> = chunk.iter().map(|(_, open)| open.clone()).collect();
+        let open: Vec<&HistoryVersion> = chunk.iter().map(|run| &run.open).collect();
         store_history(&mut *conn, &[], &open).await.map_err(|e| e.to_string())?;
     }
     sqlx::raw_sql(&crate::task_counts::REFILL_SQL)
@@ -534,7 +541,7 @@ pub async fn rebuild(conn: &mut PgConnection) -> Result<(u64, usize), String> {
         .await
         .map_err(|e| e.to_string())?;
     let mut counts = crate::run_counts::RunCountDeltas::default();
-    current.iter().for_each(|(state, _)| counts.add(None, state));
+    current.iter().for_each(|run| counts.add(None, run.state()));
     store_run_counts(&mut *conn, &counts).await.map_err(|e| e.to_string())?;
     Ok((events, current.len()))
 }

@@ -434,17 +434,17 @@ pub fn rebuild(conn: &Connection) -> Result<(u64, usize), crate::ReplayError> {
     }
     let events = replay.events;
     let mut current = replay.into_current();
-    for (state, _) in &current {
-        store_row(conn, None, state).map_err(storage)?;
+    for run in &current {
+        store_row(conn, None, run.state()).map_err(storage)?;
     }
     conn.execute_batch(&crate::task_counts::REFILL_SQL).map_err(storage)?;
     let mut counts = crate::run_counts::RunCountDeltas::default();
-    current.iter().for_each(|(state, _)| counts.add(None, state));
+    current.iter().for_each(|run| counts.add(None, run.state()));
     store_run_counts(conn, &counts).map_err(storage)?;
     // History in key order: appended, like the closed versions before.
-    current.sort_by_key(|(_, open)| open.state.position);
-    for (_, open) in &current {
-        store_version(conn, open).map_err(storage)?;
+    current.sort_unstable_by_key(|run| run.open.state.position);
+    for run in &current {
+        store_version(conn, &run.open).map_err(storage)?;
     }
     for sql in &indexes {
         conn.execute_batch(sql).map_err(storage)?;
