@@ -12,7 +12,9 @@ use crate::{stores_version, ApplyError, DetailRow, EventContext, HistoryVersion,
 /// version of them that `run_history` stores, as the next one closes it.
 #[derive(Default)]
 pub struct Replay {
-    runs: HashMap<Uuid, Replayed>,
+    /// Boxed: the map moves its entries as it grows, a million at the end
+    /// of a large rebuild.
+    runs: HashMap<Uuid, Box<Replayed>>,
     pub events: u64,
     /// Detail rows of the events folded since the caller last took them.
     pub details: Vec<DetailRow>,
@@ -64,10 +66,12 @@ impl Replay {
                 stream_id: stream_id.to_owned(),
             })?;
         let recorded_at = at.recorded_at.as_micros();
-        let run = self.runs.entry(run_id).or_insert_with(|| Replayed {
-            state: RunState::empty(run_id),
-            opened_at: recorded_at,
-            behind: None,
+        let run = self.runs.entry(run_id).or_insert_with(|| {
+            Box::new(Replayed {
+                state: RunState::empty(run_id),
+                opened_at: recorded_at,
+                behind: None,
+            })
         });
         // The open version, while it is the state itself: kept aside in
         // case this event stores none.
@@ -105,15 +109,22 @@ impl Replay {
         let mut current: Vec<CurrentRun> = self
             .runs
             .into_values()
-            .map(|run| match run.behind {
-                Some(open) => CurrentRun {
-                    open,
-                    ahead: Some(Box::new(run.state)),
-                },
-                None => CurrentRun {
-                    open: HistoryVersion::current(run.state, run.opened_at),
-                    ahead: None,
-                },
+            .map(|run| {
+                let Replayed {
+                    state,
+                    opened_at,
+                    behind,
+                } = *run;
+                match behind {
+                    Some(open) => CurrentRun {
+                        open,
+                        ahead: Some(Box::new(state)),
+                    },
+                    None => CurrentRun {
+                        open: HistoryVersion::current(state, opened_at),
+                        ahead: None,
+                    },
+                }
             })
             .collect();
         current.sort_unstable_by_key(|run| run.state().id);
