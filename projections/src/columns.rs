@@ -45,7 +45,8 @@ pub struct RunRowValues<'a> {
 }
 
 impl<'a> RunRowValues<'a> {
-    /// The row of `runs`: `state` is the whole run (`stored_state`).
+    /// The row of `runs`: `state` is the run without its empty fields
+    /// (`stored_state`; `read_state` reads it back whole).
     pub fn of(s: &'a RunState) -> Result<Self, serde_json::Error> {
         Ok(Self::with_state(s, stored_state(s)?))
     }
