@@ -42,7 +42,10 @@ async fn dump(s: &TestServer) -> Vec<String> {
         "SELECT run_id || '|' || COALESCE(source_run_id, '-') FROM run_lineage ORDER BY run_id",
         "SELECT task_name || '|' || total || '|' || pending || '|' || running || '|' || paused || '|' || ended || '|' || \
          success || '|' || failed || '|' || stopped || '|' || timeout || '|' || crashed || '|' || skipped || '|' || \
-         log_overflow || '|' || expired || '|' || dead_letter FROM task_counts ORDER BY task_name",
+         log_overflow || '|' || expired || '|' || dead_letter || '|' || COALESCE(last_run_id, '-') || '|' || \
+         COALESCE(last_success_id, '-') || '|' || COALESCE(last_failure_id, '-') || '|' || \
+         COALESCE(CAST(last_run_at AS TEXT), '-') || '|' || COALESCE(CAST(last_success_at AS TEXT), '-') || '|' || \
+         COALESCE(CAST(last_failure_at AS TEXT), '-') FROM task_counts ORDER BY task_name",
         "SELECT key || '|' || n FROM run_counts ORDER BY key",
         "SELECT key || '|' || value || '|' || n FROM tag_counts ORDER BY key, value",
         "SELECT operation_id || '|' || run_id FROM run_operations ORDER BY operation_id, run_id",
@@ -261,7 +264,9 @@ async fn rebuild_replays_the_log_into_identical_projections(mut s: TestServer) {
     s.exec_sql("DELETE FROM run_history WHERE version > 1").await.unwrap();
     s.exec_sql("DELETE FROM run_logs").await.unwrap();
     s.exec_sql("DELETE FROM run_lineage").await.unwrap();
-    s.exec_sql("UPDATE task_counts SET failed = failed + 7").await.unwrap();
+    s.exec_sql("UPDATE task_counts SET failed = failed + 7, last_success_id = NULL, last_run_at = 0")
+        .await
+        .unwrap();
     s.exec_sql("UPDATE run_counts SET n = n + 3").await.unwrap();
     s.exec_sql("UPDATE tag_counts SET n = n + 3").await.unwrap();
     s.exec_sql("UPDATE run_usage SET cost_microusd = 0").await.unwrap();

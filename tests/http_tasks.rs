@@ -26,7 +26,7 @@ async fn task_counts_follow_every_append_and_survive_a_rebuild(s: TestServer) {
         .run_through("etl", json!({"max_attempts": 1}), &["start", "end:failed:1"])
         .await);
     let ok = id(&s.run_through("etl", json!({}), &["start", "end:success:0"]).await);
-    s.run_through("etl", json!({}), &["start"]).await;
+    let running = id(&s.run_through("etl", json!({}), &["start"]).await);
     let lone = id(&s.create(json!({"task_name": "lone"})).await);
     let etl = task(&s, "etl").await.expect("etl is listed");
     assert_eq!(etl["total"], 3);
@@ -45,7 +45,9 @@ async fn task_counts_follow_every_append_and_survive_a_rebuild(s: TestServer) {
     );
     assert_eq!(etl["last_success"]["id"], ok.as_str());
     assert_eq!(etl["last_failure"]["id"], failed.as_str());
-    // A deleted run leaves the counts; a task with no live run leaves the list.
+    assert_eq!(etl["last_run"]["id"], running.as_str());
+    // A deleted run leaves the counts and the latest runs; a task with no
+    // live run leaves the list.
     s.delete(&format!("/api/runs/{failed}"), json!({})).await.ok(200);
     let etl = task(&s, "etl").await.unwrap();
     assert_eq!(
@@ -53,6 +55,20 @@ async fn task_counts_follow_every_append_and_survive_a_rebuild(s: TestServer) {
         (Some(2), Some(0))
     );
     assert_eq!(etl["counts"]["dead_letter"], 0);
+    assert_eq!(etl["last_failure"], Value::Null, "its only failure is deleted");
+    s.delete(&format!("/api/runs/{running}"), json!({})).await.ok(200);
+    let etl = task(&s, "etl").await.unwrap();
+    assert_eq!(etl["last_run"]["id"], ok.as_str(), "the latest run still live");
+    // Restored, a run is the latest again where it is the latest.
+    s.post(&format!("/api/runs/{failed}/restore"), json!({})).await.ok(200);
+    s.post(&format!("/api/runs/{running}/restore"), json!({})).await.ok(200);
+    let etl = task(&s, "etl").await.unwrap();
+    assert_eq!(
+        (etl["last_run"]["id"].as_str(), etl["last_failure"]["id"].as_str()),
+        (Some(running.as_str()), Some(failed.as_str()))
+    );
+    assert_eq!(etl["last_success"]["id"], ok.as_str());
+    s.delete(&format!("/api/runs/{failed}"), json!({})).await.ok(200);
     s.delete(&format!("/api/runs/{lone}"), json!({})).await.ok(200);
     assert!(task(&s, "lone").await.is_none());
     let listed = s.get("/api/tasks").await.ok(200).clone();

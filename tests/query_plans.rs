@@ -11,8 +11,8 @@ mod common;
 use common::TestServer;
 use runledger_events::{EndReason, Timestamp, TriggeredBy};
 use runledger_projections::{
-    Arg, Cursor, Dialect, Known, RunFilter, RunQuery, RunStatus, SortDirection, SortField, SqlQuery, StatusValue,
-    TaskSummary,
+    task_counts::Latest, Arg, Cursor, Dialect, Known, RunFilter, RunQuery, RunStatus, SortDirection, SortField,
+    SqlQuery, StatusValue,
 };
 use serde_json::json;
 use sqlx::Arguments;
@@ -206,16 +206,13 @@ const SORTS: [SortField; 7] = [
 /// Every query the lists run: (what it is, its SQL).
 fn queries(parent: uuid::Uuid, head: i64, dialect: Dialect) -> Vec<(String, SqlQuery)> {
     let mut out = Vec::new();
-    for sql in [
-        TaskSummary::LAST_RUN_SQL,
-        TaskSummary::LAST_SUCCESS_SQL,
-        TaskSummary::LAST_FAILURE_SQL,
-    ] {
+    // What a task's row goes back to when its latest run is deleted.
+    for kind in Latest::ALL {
         let q = SqlQuery {
-            sql: sql.to_owned(),
-            args: vec![Arg::Text("etl".into())],
+            sql: kind.recompute_sql(),
+            args: vec![Arg::Text("etl".into()), Arg::Text(parent.to_string())],
         };
-        out.push(("a task's latest runs".to_owned(), q));
+        out.push((format!("a task's {}", kind.column()), q));
     }
     // A run's page (the console's, the debug bundle): its chain, and its
     // version at a position.

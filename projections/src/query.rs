@@ -1021,15 +1021,23 @@ pub struct TaskSummary {
 }
 
 impl TaskSummary {
-    /// A page of tasks: name, total, then one count per key of `count_keys()`,
-    /// from the maintained `task_counts` (see `task_counts`).
+    /// A page of tasks: name, total, then one count per key of
+    /// `count_keys()`, then the ids of its latest run, success and failure
+    /// (NULL where it has none), from the maintained `task_counts` (see
+    /// `task_counts`).
     pub fn counts_sql(limit: i64, offset: i64) -> SqlQuery {
         let mut b = Builder::default();
         let (limit, offset) = (b.int(limit), b.int(offset));
+        let mut columns = crate::task_counts::count_columns();
+        let latest: Vec<String> = crate::task_counts::Latest::ALL
+            .iter()
+            .map(|k| format!("{}_id", k.column()))
+            .collect();
+        columns.extend(latest.iter().map(String::as_str));
         SqlQuery {
             sql: format!(
                 "SELECT task_name, {} FROM task_counts ORDER BY task_name LIMIT {limit} OFFSET {offset}",
-                crate::task_counts::count_columns().join(", ")
+                columns.join(", ")
             ),
             args: b.args,
         }
@@ -1045,21 +1053,29 @@ impl TaskSummary {
         keys
     }
 
-    /// The latest run, latest success and latest failure of task `$1`.
-    pub const LAST_RUN_SQL: &'static str =
-        "SELECT state FROM runs WHERE task_name = $1 AND NOT deleted ORDER BY created_at DESC, id DESC LIMIT 1";
-    pub const LAST_SUCCESS_SQL: &'static str = "SELECT state FROM runs WHERE task_name = $1 AND NOT deleted \
-         AND end_reason = 'success' ORDER BY end_at DESC, id DESC LIMIT 1";
-    /// The latest of the latest run of each failure reason: three ranges of
-    /// `runs_task_end`, each read from its end.
-    pub const LAST_FAILURE_SQL: &'static str = "SELECT state FROM (\
-         SELECT * FROM (SELECT state, end_at, id FROM runs WHERE task_name = $1 AND NOT deleted \
-         AND end_reason = 'failed' ORDER BY end_at DESC, id DESC LIMIT 1) f UNION ALL \
-         SELECT * FROM (SELECT state, end_at, id FROM runs WHERE task_name = $1 AND NOT deleted \
-         AND end_reason = 'timeout' ORDER BY end_at DESC, id DESC LIMIT 1) t UNION ALL \
-         SELECT * FROM (SELECT state, end_at, id FROM runs WHERE task_name = $1 AND NOT deleted \
-         AND end_reason = 'crashed' ORDER BY end_at DESC, id DESC LIMIT 1) c) latest \
-         ORDER BY end_at DESC, id DESC LIMIT 1";
+    /// A row of `counts_sql`, given its columns after the name in order
+    /// (total, counts, latest ids), and the states of the runs the ids name.
+    pub fn from_row(
+        task_name: String,
+        columns: &[i64],
+        latest: [Option<String>; 3],
+        states: &std::collections::HashMap<String, RunState>,
+    ) -> Self {
+        let counts = Self::count_keys()
+            .into_iter()
+            .zip(&columns[1..])
+            .map(|(k, n)| (k.to_owned(), *n))
+            .collect();
+        let [last_run, last_success, last_failure] = latest.map(|id| id.and_then(|id| states.get(&id).cloned()));
+        Self {
+            task_name,
+            total: columns[0],
+            counts,
+            last_run,
+            last_success,
+            last_failure,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -96,6 +96,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "run_history_created",
         include_str!("../../migrations/sqlite/0021_run_history_created.sql"),
     ),
+    (
+        22,
+        "task_latest_runs",
+        include_str!("../../migrations/sqlite/0022_task_latest_runs.sql"),
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -352,29 +352,49 @@ pub async fn list(conn: &mut PgConnection, query: &RunQuery) -> sqlx::Result<(Ve
     Ok((runs, total))
 }
 
-/// Adds a batch's changes to its tasks' counts: one upsert of every task it
-/// touched, then the rows left with no live run are dropped.
+/// Adds a batch's changes to its tasks' rows (one upsert of every task it
+/// touched), drops the rows left with no live run, then sets back the
+/// latest runs that were deleted.
 pub async fn store_task_deltas(conn: &mut PgConnection, deltas: &crate::task_counts::TaskDeltas) -> sqlx::Result<()> {
-    if deltas.0.is_empty() {
-        return Ok(());
-    }
-    static UPSERT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-        let width = crate::task_counts::count_columns().len();
-        let arrays: Vec<String> = (2..=width + 1).map(|i| format!("${i}::bigint[]")).collect();
-        crate::task_counts::upsert_sql(&format!("SELECT * FROM UNNEST($1::text[], {})", arrays.join(", ")))
+    use crate::task_counts::{count_columns, upsert_sql, Latest};
+    static SQL: std::sync::LazyLock<(String, Vec<String>)> = std::sync::LazyLock::new(|| {
+        let mut arrays: Vec<String> = (2..=count_columns().len() + 1)
+            .map(|i| format!("${i}::bigint[]"))
+            .collect();
+        for _ in Latest::ALL {
+            let next = arrays.len() + 2;
+            arrays.push(format!("${next}::bigint[]"));
+            arrays.push(format!("${}::text[]", next + 1));
+        }
+        let upsert = upsert_sql(&format!("SELECT * FROM UNNEST($1::text[], {})", arrays.join(", ")));
+        (upsert, Latest::ALL.iter().map(|k| k.recompute_sql()).collect())
     });
-    let names: Vec<&str> = deltas.0.keys().map(String::as_str).collect();
-    let width = crate::task_counts::count_columns().len();
-    let mut query = sqlx::query(&UPSERT).bind(&names);
-    for column in 0..width {
-        let values: Vec<i64> = deltas.0.values().map(|d| d[column]).collect();
-        query = query.bind(values);
+    if !deltas.tasks.is_empty() {
+        let names: Vec<&str> = deltas.tasks.keys().map(String::as_str).collect();
+        let mut query = sqlx::query(&SQL.0).bind(&names);
+        for column in 0..count_columns().len() {
+            let values: Vec<i64> = deltas.tasks.values().map(|d| d.counts[column]).collect();
+            query = query.bind(values);
+        }
+        for kind in 0..Latest::ALL.len() {
+            let latest = || deltas.tasks.values().map(move |d| d.latest[kind].as_ref());
+            query = query
+                .bind(latest().map(|l| l.map(|l| l.0)).collect::<Vec<Option<i64>>>())
+                .bind(latest().map(|l| l.map(|l| l.1.as_str())).collect::<Vec<Option<&str>>>());
+        }
+        query.execute(&mut *conn).await?;
+        sqlx::query("DELETE FROM task_counts WHERE task_name = ANY($1) AND total = 0")
+            .bind(&names)
+            .execute(&mut *conn)
+            .await?;
     }
-    query.execute(&mut *conn).await?;
-    sqlx::query("DELETE FROM task_counts WHERE task_name = ANY($1) AND total = 0")
-        .bind(&names)
-        .execute(conn)
-        .await?;
+    for (task_name, kind, id) in &deltas.left {
+        sqlx::query(&SQL.1[*kind as usize])
+            .bind(task_name)
+            .bind(id)
+            .execute(&mut *conn)
+            .await?;
+    }
     Ok(())
 }
 
@@ -442,33 +462,40 @@ async fn store_tag_counts(conn: &mut PgConnection, deltas: &crate::run_counts::R
     Ok(())
 }
 
-/// A page of task summaries, by task name, and the number of tasks.
+/// A page of task summaries, by task name, and the number of tasks: the
+/// rows of `task_counts`, then the states of the latest runs they name.
 pub async fn tasks(conn: &mut PgConnection, limit: i64, offset: i64) -> sqlx::Result<(Vec<TaskSummary>, i64)> {
-    let keys = TaskSummary::count_keys();
+    let width = crate::task_counts::count_columns().len();
     let q = TaskSummary::counts_sql(limit, offset);
     let rows = sqlx::query_with(&q.sql, arguments(&q.args)?)
         .fetch_all(&mut *conn)
         .await?;
-    let mut out = Vec::with_capacity(rows.len());
+    let mut parsed = Vec::with_capacity(rows.len());
     for row in rows {
-        let task_name: String = row.try_get(0)?;
-        let mut counts = std::collections::BTreeMap::new();
-        for (i, key) in keys.iter().enumerate() {
-            counts.insert((*key).to_owned(), row.try_get::<i64, _>(i + 2)?);
-        }
-        let one = |sql: &str| SqlQuery {
-            sql: sql.to_owned(),
-            args: vec![Arg::Text(task_name.clone())],
-        };
-        out.push(TaskSummary {
-            last_run: states(conn, &one(TaskSummary::LAST_RUN_SQL)).await?.pop(),
-            last_success: states(conn, &one(TaskSummary::LAST_SUCCESS_SQL)).await?.pop(),
-            last_failure: states(conn, &one(TaskSummary::LAST_FAILURE_SQL)).await?.pop(),
-            total: row.try_get(1)?,
-            task_name,
-            counts,
-        });
+        let columns = (1..=width)
+            .map(|i| row.try_get::<i64, _>(i))
+            .collect::<sqlx::Result<Vec<i64>>>()?;
+        let latest: [Option<String>; 3] = [
+            row.try_get(width + 1)?,
+            row.try_get(width + 2)?,
+            row.try_get(width + 3)?,
+        ];
+        parsed.push((row.try_get::<String, _>(0)?, columns, latest));
     }
+    let ids: Vec<Uuid> = parsed
+        .iter()
+        .flat_map(|(_, _, l)| l.iter().flatten())
+        .map(|id| id.parse().map_err(|e| sqlx::Error::Decode(Box::new(e))))
+        .collect::<sqlx::Result<_>>()?;
+    let states: std::collections::HashMap<String, RunState> = load_many(&mut *conn, &ids)
+        .await?
+        .into_iter()
+        .map(|s| (s.id.to_string(), s))
+        .collect();
+    let out = parsed
+        .into_iter()
+        .map(|(name, columns, latest)| TaskSummary::from_row(name, &columns, latest, &states))
+        .collect();
     let total: i64 = sqlx::query_scalar(TaskSummary::TASK_COUNT_SQL).fetch_one(conn).await?;
     Ok((out, total))
 }
@@ -536,12 +563,13 @@ pub async fn rebuild(conn: &mut PgConnection) -> Result<(u64, usize), String> {
         let open: Vec<&HistoryVersion> = chunk.iter().map(|run| &run.open).collect();
         store_history(&mut *conn, &[], &open).await.map_err(|e| e.to_string())?;
     }
-    sqlx::raw_sql(&crate::task_counts::REFILL_SQL)
-        .execute(&mut *conn)
-        .await
-        .map_err(|e| e.to_string())?;
+    let mut tasks = crate::task_counts::TaskDeltas::default();
     let mut counts = crate::run_counts::RunCountDeltas::default();
-    current.iter().for_each(|run| counts.add(None, run.state()));
+    for run in &current {
+        tasks.add(None, run.state());
+        counts.add(None, run.state());
+    }
+    store_task_deltas(&mut *conn, &tasks).await.map_err(|e| e.to_string())?;
     store_run_counts(&mut *conn, &counts).await.map_err(|e| e.to_string())?;
     Ok((events, current.len()))
 }

@@ -7,7 +7,7 @@ use uuid::Uuid;
 use runledger_events::{RunEvent, Timestamp};
 
 use crate::{
-    Arg, HistoryVersion, Known, RunChanges, RunQuery, RunRowValues, RunState, SqlQuery, TaskSummary, CLOSE_VERSION_SQL,
+    HistoryVersion, Known, RunChanges, RunQuery, RunRowValues, RunState, SqlQuery, TaskSummary, CLOSE_VERSION_SQL,
     HISTORY_COLUMNS, RUN_COLUMNS, RUN_UPSERT_SET,
 };
 
@@ -81,9 +81,9 @@ pub fn store(
     versions: &[HistoryVersion],
 ) -> rusqlite::Result<()> {
     store_row(conn, previous, state)?;
-    if let Some(delta) = crate::task_counts::delta(previous, state) {
-        store_task_delta(conn, &state.task_name, &delta)?;
-    }
+    let mut tasks = crate::task_counts::TaskDeltas::default();
+    tasks.add(previous, state);
+    store_task_deltas(conn, &tasks)?;
     let mut counts = crate::run_counts::RunCountDeltas::default();
     counts.add(previous, state);
     store_run_counts(conn, &counts)?;
@@ -97,15 +97,32 @@ pub fn store(
     versions.iter().try_for_each(|version| store_version(conn, version))
 }
 
-/// Adds one append's change to its task's counts.
-fn store_task_delta(conn: &Connection, task_name: &str, delta: &[i64]) -> rusqlite::Result<()> {
-    let mut values: Vec<&dyn ToSql> = vec![&task_name];
-    values.extend(delta.iter().map(|d| d as &dyn ToSql));
-    conn.prepare_cached(&crate::task_counts::UPSERT_SQL)?
-        .execute(rusqlite::params_from_iter(values))?;
-    if delta[0] < 0 {
-        conn.prepare_cached(crate::task_counts::DROP_EMPTY_SQL)?
-            .execute([task_name])?;
+/// Adds appends' changes to their tasks' rows, drops the rows left with no
+/// live run, and sets back the latest runs that were deleted.
+fn store_task_deltas(conn: &Connection, deltas: &crate::task_counts::TaskDeltas) -> rusqlite::Result<()> {
+    use crate::task_counts::{Latest, DROP_EMPTY_SQL, UPSERT_SQL};
+    static RECOMPUTE: std::sync::LazyLock<Vec<String>> =
+        std::sync::LazyLock::new(|| Latest::ALL.iter().map(|k| k.recompute_sql()).collect());
+    for (task_name, delta) in &deltas.tasks {
+        use rusqlite::types::Value;
+        let mut values = vec![Value::Text(task_name.clone())];
+        values.extend(delta.counts.iter().map(|d| Value::Integer(*d)));
+        for latest in &delta.latest {
+            let (at, id) = match latest {
+                Some((at, id)) => (Value::Integer(*at), Value::Text(id.clone())),
+                None => (Value::Null, Value::Null),
+            };
+            values.extend([at, id]);
+        }
+        conn.prepare_cached(&UPSERT_SQL)?
+            .execute(rusqlite::params_from_iter(values))?;
+        if delta.counts[0] < 0 {
+            conn.prepare_cached(DROP_EMPTY_SQL)?.execute([task_name])?;
+        }
+    }
+    for (task_name, kind, id) in &deltas.left {
+        conn.prepare_cached(&RECOMPUTE[*kind as usize])?
+            .execute([task_name, id])?;
     }
     Ok(())
 }
@@ -307,41 +324,42 @@ pub fn list(conn: &Connection, query: &RunQuery) -> rusqlite::Result<(Vec<RunSta
     Ok((runs, total))
 }
 
-/// A page of task summaries, by task name, and the number of tasks.
+/// A page of task summaries, by task name, and the number of tasks: the
+/// rows of `task_counts`, then the states of the latest runs they name.
 pub fn tasks(conn: &Connection, limit: i64, offset: i64) -> rusqlite::Result<(Vec<TaskSummary>, i64)> {
-    let keys = TaskSummary::count_keys();
+    let width = crate::task_counts::count_columns().len();
     let q = TaskSummary::counts_sql(limit, offset);
     let mut stmt = conn.prepare_cached(&q.sql)?;
     let rows = stmt.query_map(rusqlite::params_from_iter(bind(&q.args)), |r| {
-        let task_name: String = r.get(0)?;
-        let total: i64 = r.get(1)?;
-        let mut counts = std::collections::BTreeMap::new();
-        for (i, key) in keys.iter().enumerate() {
-            counts.insert((*key).to_owned(), r.get::<_, i64>(i + 2)?);
-        }
-        Ok((task_name, total, counts))
+        let columns = (1..=width).map(|i| r.get(i)).collect::<rusqlite::Result<Vec<i64>>>()?;
+        let latest: [Option<String>; 3] = [r.get(width + 1)?, r.get(width + 2)?, r.get(width + 3)?];
+        Ok((r.get::<_, String>(0)?, columns, latest))
     })?;
     let rows: Vec<_> = rows.collect::<rusqlite::Result<_>>()?;
-    let one = |sql: &str, task: &str| -> rusqlite::Result<Option<RunState>> {
-        let q = SqlQuery {
-            sql: sql.to_owned(),
-            args: vec![Arg::Text(task.to_owned())],
-        };
-        Ok(query_states(conn, &q)?.pop())
-    };
-    let mut out = Vec::with_capacity(rows.len());
-    for (task_name, total, counts) in rows {
-        out.push(TaskSummary {
-            last_run: one(TaskSummary::LAST_RUN_SQL, &task_name)?,
-            last_success: one(TaskSummary::LAST_SUCCESS_SQL, &task_name)?,
-            last_failure: one(TaskSummary::LAST_FAILURE_SQL, &task_name)?,
-            task_name,
-            total,
-            counts,
-        });
-    }
+    let ids: Vec<&str> = rows
+        .iter()
+        .flat_map(|(_, _, l)| l.iter().flatten())
+        .map(String::as_str)
+        .collect();
+    let states: std::collections::HashMap<String, RunState> = load_many(conn, &ids)?
+        .into_iter()
+        .map(|s| (s.id.to_string(), s))
+        .collect();
+    let out = rows
+        .into_iter()
+        .map(|(name, columns, latest)| TaskSummary::from_row(name, &columns, latest, &states))
+        .collect();
     let total = conn.query_row(TaskSummary::TASK_COUNT_SQL, [], |r| r.get(0))?;
     Ok((out, total))
+}
+
+/// The states of the runs with these ids (text), in no order; an id twice
+/// gives its run once.
+pub fn load_many(conn: &Connection, ids: &[&str]) -> rusqlite::Result<Vec<RunState>> {
+    let list = serde_json::to_string(ids).map_err(json_err)?;
+    let mut stmt = conn.prepare_cached("SELECT state FROM runs WHERE id IN (SELECT value FROM json_each(?1))")?;
+    let rows = stmt.query_map([list], state_row)?;
+    rows.collect()
 }
 
 /// A page of the log after `after`, each event with its run's task and project.
@@ -437,9 +455,13 @@ pub fn rebuild(conn: &Connection) -> Result<(u64, usize), crate::ReplayError> {
     for run in &current {
         store_row(conn, None, run.state()).map_err(storage)?;
     }
-    conn.execute_batch(&crate::task_counts::REFILL_SQL).map_err(storage)?;
+    let mut tasks = crate::task_counts::TaskDeltas::default();
     let mut counts = crate::run_counts::RunCountDeltas::default();
-    current.iter().for_each(|run| counts.add(None, run.state()));
+    for run in &current {
+        tasks.add(None, run.state());
+        counts.add(None, run.state());
+    }
+    store_task_deltas(conn, &tasks).map_err(storage)?;
     store_run_counts(conn, &counts).map_err(storage)?;
     // History in key order: appended, like the closed versions before.
     current.sort_unstable_by_key(|run| run.open.state.position);
