@@ -101,6 +101,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "task_latest_runs",
         include_str!("../../migrations/sqlite/0022_task_latest_runs.sql"),
     ),
+    (
+        23,
+        "live_created_indexes",
+        include_str!("../../migrations/sqlite/0023_live_created_indexes.sql"),
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]
