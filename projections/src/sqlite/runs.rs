@@ -307,6 +307,10 @@ pub fn list(conn: &Connection, query: &RunQuery) -> rusqlite::Result<(Vec<RunSta
             None => None,
         },
         total: Some(total),
+        live_runs: match query.live_runs_sql(crate::Dialect::Sqlite) {
+            Some(sql) => Some(conn.prepare_cached(sql)?.query_row([], |r| r.get(0))?),
+            None => None,
+        },
     };
     let mut runs = Vec::new();
     if query.offset < total {
