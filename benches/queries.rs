@@ -153,6 +153,10 @@ async fn queries(server: &Server, fixture: &Fixture) -> Vec<(String, String)> {
         "/api/runs?triggered_by=cron&exit_code_min=1&sort_field=exit_code&limit=50".into(),
     );
     add(
+        "status=failed sort duration",
+        "/api/runs?status=failed&sort_field=duration&limit=50".into(),
+    );
+    add(
         "task-3 failed sort duration",
         "/api/runs?task_name=task-3&status=failed&sort_field=duration&limit=50".into(),
     );
