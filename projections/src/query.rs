@@ -1017,10 +1017,17 @@ impl RunQuery {
             b.counting = true;
             let every = all.where_sql(&mut b);
             let deleted = all.where_sql(&mut b);
+            // SQLite would rather count the deleted runs from the covering
+            // created-order index too (all of the window's entries again)
+            // than from the small partial one.
+            let deleted_from = match (dialect, table) {
+                (Dialect::Sqlite, "runs") => "runs INDEXED BY runs_deleted",
+                _ => table,
+            };
             return SqlQuery {
                 sql: format!(
                     "SELECT (SELECT COUNT(*) FROM {table}{every}) - \
-                     (SELECT COUNT(*) FROM {table}{deleted} AND deleted)"
+                     (SELECT COUNT(*) FROM {deleted_from}{deleted} AND deleted)"
                 ),
                 args: b.args,
             };
