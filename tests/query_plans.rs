@@ -276,6 +276,14 @@ fn queries(parent: uuid::Uuid, head: i64, dialect: Dialect) -> Vec<(String, SqlQ
             for (i, part) in q.page_sql(dialect, &Known::default()).into_iter().enumerate() {
                 out.push((format!("page {i} of {name}{when}"), part));
             }
+            // A deep page: the rows it skips come from an index alone.
+            let deep = RunQuery {
+                offset: 100,
+                ..q.clone()
+            };
+            for (i, part) in deep.page_sql(dialect, &Known::default()).into_iter().enumerate() {
+                out.push((format!("offset page {i} of {name}{when}"), part));
+            }
             // A page of a few runs with a tag or payload is read from its
             // index, as its count is.
             let few = Known {

@@ -21,6 +21,7 @@
 //! `ledger-{runs}-v{VERSION}.db`; PostgreSQL uses schema
 //! `rl_fixture_{runs}_v{VERSION}`. A build is marked complete only at its end
 //! (a `.done` file, a `fixture_done` table), so an interrupted one is redone.
+//! A PostgreSQL fixture is vacuumed whenever it is opened (see `vacuum`).
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -109,6 +110,7 @@ impl Fixture {
         if let Some(big_run) = done {
             let opened = Instant::now();
             let ledger = Arc::new(Ledger::open_postgres(options).await.unwrap());
+            vacuum(&mut admin, &schema).await;
             opened_in(opened);
             return Self {
                 ledger,
@@ -128,11 +130,12 @@ impl Fixture {
         let (big_run, secs) = build(&ledger, runs).await;
         sqlx::raw_sql(&format!(
             "CREATE TABLE {schema}.fixture_done (big_run TEXT NOT NULL); \
-             INSERT INTO {schema}.fixture_done VALUES ('{big_run}'); ANALYZE"
+             INSERT INTO {schema}.fixture_done VALUES ('{big_run}')"
         ))
         .execute(&mut admin)
         .await
         .unwrap();
+        vacuum(&mut admin, &schema).await;
         Self {
             ledger,
             runs,
@@ -141,6 +144,25 @@ impl Fixture {
             built_in: Some(secs),
         }
     }
+}
+
+/// `VACUUM (ANALYZE)` of every table of `schema`: what autovacuum will have
+/// done by the time an operator reads a ledger this size. Straight after a
+/// build, the visibility map is empty (an index-only count visits the heap
+/// for every entry) and the GIN indexes' pending lists hold every insert (a
+/// payload search that finds nothing scanned 100,000 of them, 6 ms against
+/// 0.09 ms vacuumed, at 100k runs).
+async fn vacuum(admin: &mut sqlx::PgConnection, schema: &str) {
+    let tables: Vec<String> = sqlx::query_scalar("SELECT tablename::text FROM pg_tables WHERE schemaname = $1")
+        .bind(schema)
+        .fetch_all(&mut *admin)
+        .await
+        .unwrap();
+    let list: Vec<String> = tables.iter().map(|t| format!("{schema}.{t}")).collect();
+    sqlx::raw_sql(&format!("VACUUM (ANALYZE) {}", list.join(", ")))
+        .execute(&mut *admin)
+        .await
+        .unwrap();
 }
 
 /// Says how long opening a kept ledger took when it was long: a build that

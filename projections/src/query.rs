@@ -708,8 +708,8 @@ impl RunQuery {
         } else {
             "state"
         };
-        // `after`: the keyset condition, if any.
-        let page = |after: Option<&dyn Fn(&mut Builder) -> String>, order: &str| {
+        // `after`: the keyset condition, if any; `select`: what a row gives.
+        let rows = |after: Option<&dyn Fn(&mut Builder) -> String>, order: &str, select: &str| {
             let mut b = Builder::new(dialect);
             b.counting = driven;
             let mut parts = self.where_parts(&mut b);
@@ -728,16 +728,31 @@ impl RunQuery {
                 format!(" OFFSET {}", b.int(self.offset))
             };
             SqlQuery {
-                sql: format!("SELECT {state} FROM {from}{filter} ORDER BY {order} LIMIT {limit}{offset}"),
+                sql: format!("SELECT {select} FROM {from}{filter} ORDER BY {order} LIMIT {limit}{offset}"),
                 args: b.args,
             }
         };
+        let page = |after: Option<&dyn Fn(&mut Builder) -> String>, order: &str| rows(after, order, state);
         // Runs without a value sort last; on a column every run has, saying
         // so would only keep PostgreSQL from reading its index backwards.
         let nulls_last = if self.sort_field.nullable() { " NULLS LAST" } else { "" };
         let order = format!("{column} {dir}{nulls_last}, id {dir}");
         let Some(cursor) = &self.cursor else {
-            return vec![page(None, &order)];
+            if self.offset == 0 || table != "runs" {
+                return vec![page(None, &order)];
+            }
+            // The rows an offset skips are found from an index alone
+            // (PostgreSQL read each one's row: 115 ms for an offset of
+            // 50,000 at 100k runs, 8 ms so), then the page's rows by id.
+            let keys = rows(None, &order, &format!("id, {column}"));
+            return vec![SqlQuery {
+                sql: format!(
+                    "SELECT r.state FROM runs r JOIN ({}) k ON r.id = k.id \
+                     ORDER BY k.{column} {dir}{nulls_last}, k.id {dir}",
+                    keys.sql
+                ),
+                args: keys.args,
+            }];
         };
         let cmp = self.sort_direction.after();
         let nulls_order = format!("id {dir}");
