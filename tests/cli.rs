@@ -13,7 +13,8 @@ async fn dump(s: &TestServer) -> Vec<String> {
     let mut rows = s
         .query_strings(
             "SELECT id || '|' || status || '|' || version || '|' || position || '|' || deleted || '|' || \
-             dead_lettered || '|' || created_at || '|' || COALESCE(deadline_at, -1) || '|' || state FROM runs ORDER BY id",
+             dead_lettered || '|' || created_at || '|' || COALESCE(deadline_at, -1) || '|' || seq || '|' || state \
+             FROM runs ORDER BY id",
         )
         .await;
     rows.extend(
@@ -270,7 +271,7 @@ async fn rebuild_replays_the_log_into_identical_projections(mut s: TestServer) {
     s.exec_sql("UPDATE run_counts SET n = n + 3").await.unwrap();
     s.exec_sql("UPDATE tag_counts SET n = n + 3").await.unwrap();
     s.exec_sql("UPDATE run_usage SET cost_microusd = 0").await.unwrap();
-    s.exec_sql("UPDATE runs SET status = 'pending', deadline_at = NULL, state = '{}'")
+    s.exec_sql("UPDATE runs SET status = 'pending', deadline_at = NULL, seq = 0, state = '{}'")
         .await
         .unwrap();
     let out = s.cli(&["rebuild"]);

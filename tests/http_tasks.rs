@@ -84,4 +84,67 @@ async fn task_counts_follow_every_append_and_survive_a_rebuild(s: TestServer) {
     s.stop().await;
 }
 
-backend_tests!(task_counts_follow_every_append_and_survive_a_rebuild);
+/// A ledger from before migrations 22 and 24: `task_counts` without the
+/// latest runs, `runs` without ordinals. The next start fills both from
+/// what is there, the same as the appends since keep them.
+async fn an_older_ledger_gains_latest_runs_and_ordinals_at_start(mut s: TestServer) {
+    let failed = id(&s.run_through("etl", json!({}), &["start", "end:failed:1"]).await);
+    s.run_through("etl", json!({}), &["start", "end:success:0"]).await;
+    let gone = id(&s.create(json!({"task_name": "etl"})).await);
+    s.run_through("report", json!({}), &["start"]).await;
+    s.delete(&format!("/api/runs/{gone}"), json!({})).await.ok(200);
+    let first = s.get(&format!("/api/runs/{failed}")).await.ok(200)["created_at"]
+        .as_str()
+        .unwrap()
+        .replace('+', "%2B");
+    let window = format!("/api/runs?created_after={first}");
+    let (tasks, listed) = (
+        s.get("/api/tasks").await.ok(200).clone(),
+        s.get(&window).await.ok(200).clone(),
+    );
+    assert_eq!(listed["total"], 3, "the deleted run is not counted");
+    let seqs = "SELECT id || ':' || seq FROM runs ORDER BY id";
+    let before = s.query_strings(seqs).await;
+    s.shutdown().await;
+    let migrations = match s.backend {
+        common::Backend::Sqlite { .. } => "DELETE FROM schema_migrations WHERE version IN (22, 24)",
+        common::Backend::Postgres { .. } => "DELETE FROM _sqlx_migrations WHERE version IN (22, 24)",
+    };
+    let mut undo = vec![
+        "DROP INDEX runs_created_id".to_owned(),
+        "ALTER TABLE runs DROP COLUMN seq".to_owned(),
+        "CREATE INDEX runs_created_id ON runs (created_at, id, deleted)".to_owned(),
+    ];
+    for kind in ["run", "success", "failure"] {
+        for part in ["at", "id"] {
+            undo.push(format!("ALTER TABLE task_counts DROP COLUMN last_{kind}_{part}"));
+        }
+    }
+    undo.push(migrations.to_owned());
+    for sql in &undo {
+        s.exec_sql(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+    let node = common::Node::start(&s.database_url());
+    let get = |path: String| {
+        let base = node.base.clone();
+        async move {
+            let resp = reqwest::get(format!("{base}{path}")).await.unwrap();
+            assert_eq!(resp.status().as_u16(), 200, "{path}");
+            resp.json::<Value>().await.unwrap()
+        }
+    };
+    assert_eq!(get("/api/tasks".into()).await, tasks);
+    assert_eq!(get(window.clone()).await["total"], 3);
+    assert_eq!(
+        s.query_strings(seqs).await,
+        before,
+        "the same ordinals as the appends gave"
+    );
+    drop(node);
+    s.stop().await;
+}
+
+backend_tests!(
+    task_counts_follow_every_append_and_survive_a_rebuild,
+    an_older_ledger_gains_latest_runs_and_ordinals_at_start,
+);

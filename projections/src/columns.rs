@@ -8,6 +8,13 @@ pub const RUN_COLUMNS: &str = "id, project, task_name, status, end_reason, exit_
      retry_attempt, parent_run_id, idempotency_key, dead_lettered, deleted, created_at, start_at, end_at, \
      duration_ms, deadline_at, version, position, state";
 
+/// The ordinal (`runs.seq`) of the last run created, 0 when there is none:
+/// the greatest of the runs created last, from the end of `runs_created_id`
+/// (a run's created_at never decreases along the log). A new run's is the
+/// next; an existing run's never changes (`RUN_UPSERT_SET` leaves it).
+pub const LAST_SEQ_SQL: &str =
+    "SELECT COALESCE(MAX(seq), 0) FROM runs WHERE created_at = (SELECT MAX(created_at) FROM runs)";
+
 /// What an upsert of `runs` sets when the run exists (both dialects).
 pub const RUN_UPSERT_SET: &str = "project = excluded.project, task_name = excluded.task_name, \
      status = excluded.status, end_reason = excluded.end_reason, exit_code = excluded.exit_code, \

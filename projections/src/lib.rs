@@ -22,7 +22,7 @@ pub mod task_counts;
 pub use changes::RunChanges;
 pub use columns::{
     fold_on, stores_version, streams_after, HistoryVersion, RunRowValues, CLOSE_VERSION_SQL, CURRENT, HISTORY_COLUMNS,
-    RUN_COLUMNS, RUN_UPSERT_SET, VERSION_AT_SQL, VERSION_EVERY,
+    LAST_SEQ_SQL, RUN_COLUMNS, RUN_UPSERT_SET, VERSION_AT_SQL, VERSION_EVERY,
 };
 pub use details::DetailRow;
 pub use state_json::{read_state, stored_state};

@@ -1016,10 +1016,55 @@ impl RunQuery {
             created_before: None,
             ..self.filter.clone()
         } == RunFilter::default();
-        if window_alone && (self.as_of.is_some() || !self.filter.counted()) {
-            // A time window, or the table at a position: every row of it
-            // from an index alone, less the deleted ones from theirs (NOT
-            // deleted would read each row).
+        if window_alone && self.as_of.is_none() && !self.filter.counted() {
+            // A time window alone: the runs created in it are a range of
+            // ordinals (`runs.seq`; see `LAST_SEQ_SQL`), whose ends are the
+            // least ordinal of the earliest runs in the window and the
+            // greatest of the latest, each one seek into
+            // `runs_created_id`; less the deleted ones, from theirs.
+            let mut b = Builder::new(dialect);
+            let first = match self.filter.created_after {
+                Some(t) => format!(
+                    "(SELECT MIN(seq) FROM runs WHERE created_at = \
+                     (SELECT MIN(created_at) FROM runs WHERE created_at >= {}))",
+                    b.int(t.as_micros())
+                ),
+                None => "1".to_owned(),
+            };
+            let until = match self.filter.created_before {
+                Some(t) => format!(" WHERE created_at <= {}", b.int(t.as_micros())),
+                None => String::new(),
+            };
+            let last =
+                format!("(SELECT MAX(seq) FROM runs WHERE created_at = (SELECT MAX(created_at) FROM runs{until}))");
+            b.counting = true;
+            let all = RunQuery {
+                filter: RunFilter {
+                    include_deleted: true,
+                    ..self.filter.clone()
+                },
+                ..self.clone()
+            };
+            let deleted = all.where_sql(&mut b);
+            let deleted_from = match dialect {
+                // SQLite would rather count them from the covering
+                // created-order index (every entry of the window) than from
+                // the small partial one.
+                Dialect::Sqlite => "runs INDEXED BY runs_deleted",
+                Dialect::Postgres => "runs",
+            };
+            return SqlQuery {
+                sql: format!(
+                    "SELECT (SELECT CASE WHEN l >= f THEN l - f + 1 ELSE 0 END FROM (SELECT {first} AS f, {last} AS l) ends) \
+                     - (SELECT COUNT(*) FROM {deleted_from}{deleted} AND deleted)"
+                ),
+                args: b.args,
+            };
+        }
+        if window_alone && self.as_of.is_some() {
+            // The table at a position (and a time window in it): every row
+            // of it from an index alone, less the deleted ones from theirs
+            // (NOT deleted would read each row).
             let table = self.table();
             let all = RunQuery {
                 filter: RunFilter {
@@ -1032,17 +1077,10 @@ impl RunQuery {
             b.counting = true;
             let every = all.where_sql(&mut b);
             let deleted = all.where_sql(&mut b);
-            // SQLite would rather count the deleted runs from the covering
-            // created-order index too (all of the window's entries again)
-            // than from the small partial one.
-            let deleted_from = match (dialect, table) {
-                (Dialect::Sqlite, "runs") => "runs INDEXED BY runs_deleted",
-                _ => table,
-            };
             return SqlQuery {
                 sql: format!(
                     "SELECT (SELECT COUNT(*) FROM {table}{every}) - \
-                     (SELECT COUNT(*) FROM {deleted_from}{deleted} AND deleted)"
+                     (SELECT COUNT(*) FROM {table}{deleted} AND deleted)"
                 ),
                 args: b.args,
             };

@@ -15,6 +15,8 @@ pub struct Replay {
     /// Boxed: the map moves its entries as it grows, a million at the end
     /// of a large rebuild.
     runs: HashMap<Uuid, Box<Replayed>>,
+    /// Runs created so far: the last one's ordinal (`runs.seq`).
+    created: i64,
     pub events: u64,
     /// Detail rows of the events folded since the caller last took them.
     pub details: Vec<DetailRow>,
@@ -23,6 +25,8 @@ pub struct Replay {
 /// One run of a replay: its state and its open stored version.
 struct Replayed {
     state: RunState,
+    /// Its ordinal among the runs in the order they were created.
+    seq: i64,
     /// When the open version began (µs).
     opened_at: i64,
     /// The open version, once an event that stores none has moved the state
@@ -66,9 +70,12 @@ impl Replay {
                 stream_id: stream_id.to_owned(),
             })?;
         let recorded_at = at.recorded_at.as_micros();
+        let created = &mut self.created;
         let run = self.runs.entry(run_id).or_insert_with(|| {
+            *created += 1;
             Box::new(Replayed {
                 state: RunState::empty(run_id),
+                seq: *created,
                 opened_at: recorded_at,
                 behind: None,
             })
@@ -112,6 +119,7 @@ impl Replay {
             .map(|run| {
                 let Replayed {
                     state,
+                    seq,
                     opened_at,
                     behind,
                 } = *run;
@@ -119,10 +127,12 @@ impl Replay {
                     Some(open) => CurrentRun {
                         open,
                         ahead: Some(Box::new(state)),
+                        seq,
                     },
                     None => CurrentRun {
                         open: HistoryVersion::current(state, opened_at),
                         ahead: None,
+                        seq,
                     },
                 }
             })
@@ -138,6 +148,8 @@ pub struct CurrentRun {
     pub open: HistoryVersion,
     /// Its state, when events that stored no version moved it past `open`.
     ahead: Option<Box<RunState>>,
+    /// Its ordinal among the runs in the order they were created (`runs.seq`).
+    pub seq: i64,
 }
 
 impl CurrentRun {

@@ -106,6 +106,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "live_created_indexes",
         include_str!("../../migrations/sqlite/0023_live_created_indexes.sql"),
     ),
+    (24, "run_seq", include_str!("../../migrations/sqlite/0024_run_seq.sql")),
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -387,6 +387,7 @@ async fn commit_batch(pool: &PgPool, jobs: &[Job]) -> Result<(Outcomes, i64), Ba
         .map(|(id, tags)| RunRow {
             state: store.runs[id].as_ref().expect("stored runs exist"),
             tags: *tags,
+            seq: None,
         })
         .collect();
     runs::store_many(&mut tx, &rows).await.map_err(fail)?;
@@ -697,6 +698,7 @@ impl PgLedger {
                 .map(|(id, tags)| RunRow {
                     state: store.runs[id].as_ref().expect("stored runs exist"),
                     tags: *tags,
+                    seq: None,
                 })
                 .collect();
             runs::store_many(&mut tx, &rows).await.map_err(storage)?;

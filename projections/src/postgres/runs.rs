@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 use crate::{
     Arg, HistoryVersion, Known, RunChanges, RunQuery, RunRowValues, RunState, SqlQuery, TaskSummary, HISTORY_COLUMNS,
-    RUN_COLUMNS, RUN_UPSERT_SET,
+    LAST_SEQ_SQL, RUN_COLUMNS, RUN_UPSERT_SET,
 };
 
 fn decode(text: &str) -> sqlx::Result<RunState> {
@@ -126,6 +126,9 @@ pub enum Tags {
 pub struct RunRow<'a> {
     pub state: &'a RunState,
     pub tags: Tags,
+    /// A new run's ordinal (`runs.seq`); `None` numbers the batch's new
+    /// runs after the last run created, in batch order.
+    pub seq: Option<i64>,
 }
 
 /// A run's open version, stored before this batch, that a version of the
@@ -236,12 +239,31 @@ pub async fn store_many(conn: &mut PgConnection, rows: &[RunRow<'_>]) -> sqlx::R
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
     static UPSERT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        let mut types = UNNEST_TYPES.to_vec();
+        types.push("bigint[]");
         format!(
-            "INSERT INTO runs ({RUN_COLUMNS}) SELECT * FROM UNNEST({}) ON CONFLICT (id) DO UPDATE SET {RUN_UPSERT_SET}",
-            unnest_types(UNNEST_TYPES)
+            "INSERT INTO runs ({RUN_COLUMNS}, seq) SELECT * FROM UNNEST({}) ON CONFLICT (id) DO UPDATE SET {RUN_UPSERT_SET}",
+            unnest_types(&types)
         )
     });
+    let mut last: Option<i64> = None;
+    let mut seqs = Vec::with_capacity(rows.len());
+    for row in rows {
+        seqs.push(match (row.tags == Tags::New, row.seq) {
+            (false, _) => None,
+            (true, Some(seq)) => Some(seq),
+            (true, None) => {
+                let next = match last {
+                    Some(last) => last + 1,
+                    None => sqlx::query_scalar::<_, i64>(LAST_SEQ_SQL).fetch_one(&mut *conn).await? + 1,
+                };
+                last = Some(next);
+                Some(next)
+            }
+        });
+    }
     bind_row_values(sqlx::query(&UPSERT), &values)
+        .bind(seqs)
         .execute(&mut *conn)
         .await?;
     let replaced: Vec<String> = rows
@@ -559,6 +581,7 @@ pub async fn rebuild(conn: &mut PgConnection) -> Result<(u64, usize), String> {
             .map(|run| RunRow {
                 state: run.state(),
                 tags: Tags::New,
+                seq: Some(run.seq),
             })
             .collect();
         store_many(&mut *conn, &rows).await.map_err(|e| e.to_string())?;

@@ -8,7 +8,7 @@ use runledger_events::{RunEvent, Timestamp};
 
 use crate::{
     HistoryVersion, Known, RunChanges, RunQuery, RunRowValues, RunState, SqlQuery, TaskSummary, CLOSE_VERSION_SQL,
-    HISTORY_COLUMNS, RUN_COLUMNS, RUN_UPSERT_SET,
+    HISTORY_COLUMNS, LAST_SEQ_SQL, RUN_COLUMNS, RUN_UPSERT_SET,
 };
 
 fn json_err(e: serde_json::Error) -> rusqlite::Error {
@@ -80,7 +80,7 @@ pub fn store(
     state: &RunState,
     versions: &[HistoryVersion],
 ) -> rusqlite::Result<()> {
-    store_row(conn, previous, state)?;
+    store_row(conn, previous, state, None)?;
     let mut tasks = crate::task_counts::TaskDeltas::default();
     tasks.add(previous, state);
     store_task_deltas(conn, &tasks)?;
@@ -216,18 +216,35 @@ fn row_params<'a>(v: &'a RunRowValues<'_>) -> Vec<&'a dyn ToSql> {
 }
 
 /// Writes `state` as the run's row. `previous` is the row as it was before
-/// (None for a new run); tags are rewritten only when they changed.
-fn store_row(conn: &Connection, previous: Option<&RunState>, state: &RunState) -> rusqlite::Result<()> {
+/// (None for a new run); tags are rewritten only when they changed. A new
+/// run takes `seq` as its ordinal, or the next one after the last run's.
+fn store_row(
+    conn: &Connection,
+    previous: Option<&RunState>,
+    state: &RunState,
+    seq: Option<i64>,
+) -> rusqlite::Result<()> {
     static UPSERT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-        let marks: Vec<String> = (1..=20).map(|i| format!("?{i}")).collect();
+        let marks: Vec<String> = (1..=21).map(|i| format!("?{i}")).collect();
         format!(
-            "INSERT INTO runs ({RUN_COLUMNS}) VALUES ({}) ON CONFLICT (id) DO UPDATE SET {RUN_UPSERT_SET}",
+            "INSERT INTO runs ({RUN_COLUMNS}, seq) VALUES ({}) ON CONFLICT (id) DO UPDATE SET {RUN_UPSERT_SET}",
             marks.join(", ")
         )
     });
+    let seq = match (previous, seq) {
+        (Some(_), _) => None,
+        (None, Some(seq)) => Some(seq),
+        (None, None) => Some(
+            conn.prepare_cached(LAST_SEQ_SQL)?
+                .query_row([], |r| r.get::<_, i64>(0))?
+                + 1,
+        ),
+    };
     let v = RunRowValues::of(state).map_err(json_err)?;
+    let mut values = row_params(&v);
+    values.push(&seq);
     conn.prepare_cached(&UPSERT)?
-        .execute(rusqlite::params_from_iter(row_params(&v)))?;
+        .execute(rusqlite::params_from_iter(values))?;
     if previous.is_none() {
         conn.prepare_cached("INSERT INTO run_search (id) VALUES (?1)")?
             .execute([&v.id])?;
@@ -457,7 +474,7 @@ pub fn rebuild(conn: &Connection) -> Result<(u64, usize), crate::ReplayError> {
     let events = replay.events;
     let mut current = replay.into_current();
     for run in &current {
-        store_row(conn, None, run.state()).map_err(storage)?;
+        store_row(conn, None, run.state(), Some(run.seq)).map_err(storage)?;
     }
     let mut tasks = crate::task_counts::TaskDeltas::default();
     let mut counts = crate::run_counts::RunCountDeltas::default();
