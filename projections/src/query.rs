@@ -1061,6 +1061,31 @@ impl RunQuery {
                 args: b.args,
             };
         }
+        let every_run = RunFilter {
+            include_deleted: false,
+            ..self.filter.clone()
+        } == RunFilter::default();
+        if let (Some(position), true) = (self.as_of, every_run) {
+            // The table at a position: the runs created at or before it,
+            // which the ordinal of the last of them counts (its first
+            // version from the end of `run_history_first`), less those
+            // deleted there (from `run_history_deleted`).
+            let mut b = Builder::new(dialect);
+            let p = b.int(position);
+            let created = format!(
+                "COALESCE((SELECT r.seq FROM runs r WHERE r.id = (SELECT h.id FROM run_history h \
+                 WHERE h.version = 1 AND h.position <= {p} ORDER BY h.position DESC LIMIT 1)), 0)"
+            );
+            let sql = if self.filter.include_deleted {
+                format!("SELECT {created}")
+            } else {
+                format!(
+                    "SELECT {created} - \
+                     (SELECT COUNT(*) FROM run_history WHERE position <= {p} AND valid_to > {p} AND deleted)"
+                )
+            };
+            return SqlQuery { sql, args: b.args };
+        }
         if window_alone && self.as_of.is_some() {
             // The table at a position (and a time window in it): every row
             // of it from an index alone, less the deleted ones from theirs

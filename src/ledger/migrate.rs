@@ -107,6 +107,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0023_live_created_indexes.sql"),
     ),
     (24, "run_seq", include_str!("../../migrations/sqlite/0024_run_seq.sql")),
+    (
+        25,
+        "run_history_first",
+        include_str!("../../migrations/sqlite/0025_run_history_first.sql"),
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]
