@@ -346,6 +346,11 @@ pub(crate) struct Builder {
     /// then sorted (`RunQuery::driven`): the conditions need not follow an
     /// order.
     pub(crate) counting: bool,
+    /// For a page read from the index of its conditions (`RunQuery::driven`):
+    /// PostgreSQL is made to start from that index (its estimate of a
+    /// payload's matches, ten times too many, had it walk the created-order
+    /// index instead: 179 ms for 1,006 matches at 1M runs).
+    pub(crate) driving: bool,
 }
 
 /// For SQL that is the same in both dialects.
@@ -361,6 +366,7 @@ impl Builder {
             args: Vec::new(),
             dialect,
             counting: false,
+            driving: false,
         }
     }
 
@@ -488,8 +494,11 @@ fn payload_condition(needle: &serde_json::Map<String, serde_json::Value>, table:
     let text = serde_json::Value::Object(needle.clone()).to_string();
     if b.dialect == Dialect::Postgres {
         let n = b.text(&text);
-        return if b.counting {
-            format!("id IN (SELECT p.run_id FROM run_payloads p WHERE p.payload @> {n}::jsonb)")
+        let ids = format!("SELECT p.run_id FROM run_payloads p WHERE p.payload @> {n}::jsonb");
+        return if b.driving {
+            format!("id = ANY(ARRAY({ids}))")
+        } else if b.counting {
+            format!("id IN ({ids})")
         } else {
             format!("EXISTS (SELECT 1 FROM run_payloads p WHERE p.run_id = {table}.id AND p.payload @> {n}::jsonb)")
         };
@@ -585,8 +594,12 @@ impl RunFilter {
             // A page reads runs in its order and checks each one's tags; a
             // count starts from the first tag's index entries and checks
             // the others by key (as lists, every tag's ids were gathered).
-            parts.push(if b.counting && i == 0 {
-                format!("id IN (SELECT t.run_id FROM run_tags t WHERE t.key = {k} AND t.value = {v})")
+            let ids = format!("SELECT t.run_id FROM run_tags t WHERE t.key = {k} AND t.value = {v}");
+            parts.push(if b.driving && i == 0 && b.dialect == Dialect::Postgres {
+                // See `Builder::driving`.
+                format!("id = ANY(ARRAY({ids}))")
+            } else if b.counting && i == 0 {
+                format!("id IN ({ids})")
             } else {
                 format!(
                     "EXISTS (SELECT 1 FROM run_tags t WHERE t.run_id = {table}.id AND t.key = {k} AND t.value = {v})"
@@ -712,6 +725,7 @@ impl RunQuery {
         let rows = |after: Option<&dyn Fn(&mut Builder) -> String>, order: &str, select: &str| {
             let mut b = Builder::new(dialect);
             b.counting = driven;
+            b.driving = driven;
             let mut parts = self.where_parts(&mut b);
             if let Some(after) = after {
                 parts.push(after(&mut b));
