@@ -902,6 +902,71 @@ impl RunQuery {
         (i128::from(total) * i128::from(total) > i128::from(needed) * i128::from(live)).then(|| self.sort_field.index())
     }
 
+    /// The total of the live runs of at most one task, of some phases, or
+    /// of some end reasons, or dead-lettered: a sum of columns over at most
+    /// one row per task of `task_counts`, which counts exactly these. The
+    /// default list and its sorts, a status and a task's list are these; a
+    /// sum over `run_counts` for them read its thousands of combinations
+    /// (PostgreSQL: 5 ms at 1M runs, its hot rows' table bloated to 900
+    /// pages). `None` where a filter has anything else.
+    fn task_counts_sql(&self, dialect: Dialect) -> Option<SqlQuery> {
+        let RunFilter {
+            statuses,
+            task_name,
+            dead_lettered_only,
+            ..
+        } = &self.filter;
+        let rest = RunFilter {
+            statuses: Vec::new(),
+            task_name: None,
+            dead_lettered_only: false,
+            ..self.filter.clone()
+        };
+        if rest != RunFilter::default() {
+            return None;
+        }
+        // Columns whose runs are disjoint, so that their sum counts each
+        // run once: phases, or end reasons, or dead letters alone.
+        let mut columns: Vec<&str> = statuses
+            .iter()
+            .map(|s| match s {
+                StatusValue::Phase(p) => Some(p.as_str()),
+                StatusValue::EndReason(r) => Some(r.as_str()),
+                StatusValue::DeadLetter => Some("dead_letter"),
+                StatusValue::Deleted => None,
+            })
+            .collect::<Option<_>>()?;
+        columns.sort_unstable();
+        columns.dedup();
+        let phases = statuses.iter().all(|s| matches!(s, StatusValue::Phase(_)));
+        let reasons = statuses.iter().all(|s| matches!(s, StatusValue::EndReason(_)));
+        let dead = statuses.iter().all(|s| matches!(s, StatusValue::DeadLetter));
+        if !(phases || reasons || dead) {
+            return None;
+        }
+        if *dead_lettered_only {
+            if !(columns.is_empty() || dead) {
+                return None;
+            }
+            columns = vec!["dead_letter"];
+        }
+        if columns.is_empty() {
+            columns.push("total");
+        }
+        let mut b = Builder::new(dialect);
+        let task = match task_name {
+            Some(task) => format!(" WHERE task_name = {}", b.text(task)),
+            None => String::new(),
+        };
+        Some(SqlQuery {
+            sql: format!(
+                "SELECT CAST(COALESCE(SUM({}), 0) AS BIGINT) FROM task_counts{task}",
+                columns.join(" + ")
+            ),
+            args: b.args,
+        })
+    }
+
     /// Whether a page can be merged from index ranges in created order.
     fn mergeable(&self) -> bool {
         self.sort_field == SortField::CreatedAt && self.as_of.is_none()
@@ -1124,6 +1189,9 @@ impl RunQuery {
                 args: b.args,
             };
         }
+        if let Some(sql) = self.as_of.is_none().then(|| self.task_counts_sql(dialect)).flatten() {
+            return sql;
+        }
         if self.as_of.is_none() && self.filter.counted() {
             let mut b = Builder::new(dialect);
             b.counting = true;
@@ -1280,7 +1348,13 @@ mod tests {
     #[test]
     fn deleted_runs_are_hidden_by_default() {
         let q = RunQuery::default();
-        assert!(q.count_sql(Dialect::Sqlite).sql.contains("WHERE NOT deleted"));
+        // task_counts counts live runs only.
+        assert!(q
+            .count_sql(Dialect::Sqlite)
+            .sql
+            .ends_with("SUM(total), 0) AS BIGINT) FROM task_counts"));
+        let page = q.page_sql(Dialect::Sqlite, &Known::default()).remove(0);
+        assert!(page.sql.contains("WHERE NOT deleted"), "{}", page.sql);
         let all = RunQuery {
             filter: RunFilter {
                 include_deleted: true,
@@ -1289,6 +1363,37 @@ mod tests {
             ..q
         };
         assert!(!all.count_sql(Dialect::Sqlite).sql.contains("deleted"));
+    }
+
+    #[test]
+    fn totals_of_a_task_and_disjoint_statuses_are_sums_over_task_counts() {
+        let total = |statuses: Vec<StatusValue>, task: Option<&str>| {
+            RunQuery {
+                filter: RunFilter {
+                    statuses,
+                    task_name: task.map(str::to_owned),
+                    ..Default::default()
+                },
+                ..Default::default()
+            }
+            .count_sql(Dialect::Postgres)
+            .sql
+        };
+        let (failed, timeout) = (
+            StatusValue::EndReason(EndReason::Failed),
+            StatusValue::EndReason(EndReason::Timeout),
+        );
+        assert_eq!(
+            total(vec![failed, timeout], Some("etl")),
+            "SELECT CAST(COALESCE(SUM(failed + timeout), 0) AS BIGINT) FROM task_counts WHERE task_name = $1"
+        );
+        assert!(
+            total(vec![StatusValue::DeadLetter], None).ends_with("SUM(dead_letter), 0) AS BIGINT) FROM task_counts")
+        );
+        // A phase and an end reason can hold the same run: not a sum.
+        let ended = StatusValue::Phase(RunStatus::Ended);
+        assert!(total(vec![ended, failed], None).contains("FROM run_counts"));
+        assert!(total(vec![StatusValue::Deleted], None).contains("FROM run_counts"));
     }
 
     #[test]
