@@ -144,7 +144,26 @@ async fn an_older_ledger_gains_latest_runs_and_ordinals_at_start(mut s: TestServ
     s.stop().await;
 }
 
+/// A bulk delete takes the latest runs of several tasks out at once: each
+/// task's row goes back to its latest run still live.
+async fn a_bulk_delete_sets_each_tasks_latest_runs_back(s: TestServer) {
+    let etl = id(&s.run_through("etl", json!({}), &["start", "end:failed:1"]).await);
+    let report = id(&s.run_through("report", json!({}), &["start", "end:failed:1"]).await);
+    let mut newer = Vec::new();
+    for task in ["etl", "report", "etl"] {
+        newer.push(id(&s.run_through(task, json!({}), &["start", "end:failed:2"]).await));
+    }
+    s.post("/api/runs/bulk/delete", json!({"ids": newer})).await.ok(200);
+    for (name, left) in [("etl", &etl), ("report", &report)] {
+        let row = task(&s, name).await.unwrap();
+        assert_eq!(row["last_run"]["id"], left.as_str(), "{name}");
+        assert_eq!(row["last_failure"]["id"], left.as_str(), "{name}");
+    }
+    s.stop().await;
+}
+
 backend_tests!(
     task_counts_follow_every_append_and_survive_a_rebuild,
+    a_bulk_delete_sets_each_tasks_latest_runs_back,
     an_older_ledger_gains_latest_runs_and_ordinals_at_start,
 );

@@ -209,7 +209,7 @@ fn queries(parent: uuid::Uuid, head: i64, dialect: Dialect) -> Vec<(String, SqlQ
     // What a task's row goes back to when its latest run is deleted.
     for kind in Latest::ALL {
         let q = SqlQuery {
-            sql: kind.recompute_sql(),
+            sql: kind.recompute_sql("$1", "VALUES ($1, $2)"),
             args: vec![Arg::Text("etl".into()), Arg::Text(parent.to_string())],
         };
         out.push((format!("a task's {}", kind.column()), q));

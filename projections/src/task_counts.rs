@@ -118,13 +118,15 @@ impl Latest {
         }
     }
 
-    /// Sets the row of task `$1` back to the latest run of this kind still
-    /// live, if it names run `$2` (which has just left the kind).
-    pub fn recompute_sql(self) -> String {
+    /// Sets the rows back to the latest run of this kind still live where
+    /// they name a run that has just left the kind: `pairs` gives those
+    /// (task, run id) pairs, and `task` is the task in `sql` — `$1` for one
+    /// pair, `task_counts.task_name` for many (PostgreSQL).
+    pub fn recompute_sql(self, task: &str, pairs: &str) -> String {
         let c = self.column();
         format!(
-            "UPDATE task_counts SET ({c}_at, {c}_id) = ({}) WHERE task_name = $1 AND {c}_id = $2",
-            self.sql("$1")
+            "UPDATE task_counts SET ({c}_at, {c}_id) = ({}) WHERE (task_name, {c}_id) IN ({pairs})",
+            self.sql(task)
         )
     }
 }
@@ -309,6 +311,8 @@ mod tests {
                 ("t".to_owned(), Latest::Failure, second.id.to_string())
             ]
         );
-        assert!(Latest::Failure.recompute_sql().contains("end_reason = 'crashed'"));
+        assert!(Latest::Failure
+            .recompute_sql("$1", "VALUES ($1, $2)")
+            .contains("end_reason = 'crashed'"));
     }
 }

@@ -391,7 +391,11 @@ pub async fn store_task_deltas(conn: &mut PgConnection, deltas: &crate::task_cou
             arrays.push(format!("${}::text[]", next + 1));
         }
         let upsert = upsert_sql(&format!("SELECT * FROM UNNEST($1::text[], {})", arrays.join(", ")));
-        (upsert, Latest::ALL.iter().map(|k| k.recompute_sql()).collect())
+        let recompute = Latest::ALL
+            .iter()
+            .map(|k| k.recompute_sql("task_counts.task_name", "SELECT * FROM UNNEST($1::text[], $2::text[])"))
+            .collect();
+        (upsert, recompute)
     });
     if !deltas.tasks.is_empty() {
         let names: Vec<&str> = deltas.tasks.keys().map(String::as_str).collect();
@@ -412,12 +416,21 @@ pub async fn store_task_deltas(conn: &mut PgConnection, deltas: &crate::task_cou
             .execute(&mut *conn)
             .await?;
     }
-    for (task_name, kind, id) in &deltas.left {
-        sqlx::query(&SQL.1[*kind as usize])
-            .bind(task_name)
-            .bind(id)
-            .execute(&mut *conn)
-            .await?;
+    // One statement per kind, however many runs a bulk delete took out.
+    for kind in Latest::ALL {
+        let (tasks, ids): (Vec<&str>, Vec<&str>) = deltas
+            .left
+            .iter()
+            .filter(|(_, k, _)| *k == kind)
+            .map(|(task, _, id)| (task.as_str(), id.as_str()))
+            .unzip();
+        if !tasks.is_empty() {
+            sqlx::query(&SQL.1[kind as usize])
+                .bind(tasks)
+                .bind(ids)
+                .execute(&mut *conn)
+                .await?;
+        }
     }
     Ok(())
 }

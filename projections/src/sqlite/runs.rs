@@ -101,8 +101,12 @@ pub fn store(
 /// live run, and sets back the latest runs that were deleted.
 fn store_task_deltas(conn: &Connection, deltas: &crate::task_counts::TaskDeltas) -> rusqlite::Result<()> {
     use crate::task_counts::{Latest, DROP_EMPTY_SQL, UPSERT_SQL};
-    static RECOMPUTE: std::sync::LazyLock<Vec<String>> =
-        std::sync::LazyLock::new(|| Latest::ALL.iter().map(|k| k.recompute_sql()).collect());
+    static RECOMPUTE: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
+        Latest::ALL
+            .iter()
+            .map(|k| k.recompute_sql("$1", "VALUES ($1, $2)"))
+            .collect()
+    });
     for (task_name, delta) in &deltas.tasks {
         use rusqlite::types::Value;
         let mut values = vec![Value::Text(task_name.clone())];
