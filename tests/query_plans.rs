@@ -356,14 +356,8 @@ fn queries(parent: uuid::Uuid, head: i64, dialect: Dialect) -> Vec<(String, SqlQ
                     ),
                 ] {
                     let q = RunQuery { filter, ..base.clone() };
-                    if let Some(sql) = q.live_runs_sql(dialect) {
-                        out.push((
-                            format!("live runs for a {name} page of {sort}"),
-                            SqlQuery {
-                                sql: sql.to_owned(),
-                                args: vec![],
-                            },
-                        ));
+                    if let Some(live) = q.live_runs_sql(dialect) {
+                        out.push((format!("live runs for a {name} page of {sort}"), live));
                     }
                     let walked = q.live_runs_sql(dialect).is_some();
                     for (i, part) in q.page_sql(dialect, &most).into_iter().enumerate() {

@@ -880,12 +880,12 @@ impl RunQuery {
     /// The number of live runs (`Known::live_runs`), asked where a page may
     /// walk its sort's index (`walked_index`): on SQLite, a filtered page in
     /// an order other than created.
-    pub fn live_runs_sql(&self, dialect: Dialect) -> Option<&'static str> {
+    pub fn live_runs_sql(&self, dialect: Dialect) -> Option<SqlQuery> {
         (dialect == Dialect::Sqlite
             && self.as_of.is_none()
             && self.sort_field != SortField::CreatedAt
             && self.filter != RunFilter::default())
-        .then_some("SELECT CAST(COALESCE(SUM(total), 0) AS BIGINT) FROM task_counts")
+        .then(|| RunQuery::default().count_sql(dialect))
     }
 
     /// The sort's index, where a page walks it in order and checks each run,
@@ -900,6 +900,36 @@ impl RunQuery {
         let (total, live) = (known.total?, known.live_runs?);
         let needed = self.limit.saturating_add(self.offset);
         (i128::from(total) * i128::from(total) > i128::from(needed) * i128::from(live)).then(|| self.sort_field.index())
+    }
+
+    /// The same query with the deleted runs shown.
+    fn with_deleted(&self) -> Self {
+        RunQuery {
+            filter: RunFilter {
+                include_deleted: true,
+                ..self.filter.clone()
+            },
+            ..self.clone()
+        }
+    }
+
+    /// `(SELECT COUNT(*) …)` of the deleted runs among what the query's
+    /// conditions select with the deleted shown: what a total taken over
+    /// every run (from an index, or from ordinals) subtracts. Read from the
+    /// partial index of the deleted runs (`runs_deleted`,
+    /// `run_history_deleted`); on `runs` SQLite is told so, since it would
+    /// rather count them from the covering created-order index, every entry
+    /// of a window again.
+    fn deleted_count(&self, b: &mut Builder) -> String {
+        let counting = std::mem::replace(&mut b.counting, true);
+        let conditions = self.with_deleted().where_sql(b);
+        b.counting = counting;
+        let from = match (b.dialect, self.table()) {
+            (Dialect::Sqlite, "runs") => "runs INDEXED BY runs_deleted",
+            (_, table) => table,
+        };
+        let and = if conditions.is_empty() { " WHERE" } else { " AND" };
+        format!("(SELECT COUNT(*) FROM {from}{conditions}{and} deleted)")
     }
 
     /// The total of the live runs of at most one task, of some phases, or
@@ -1116,26 +1146,11 @@ impl RunQuery {
             };
             let last =
                 format!("(SELECT MAX(seq) FROM runs WHERE created_at = (SELECT MAX(created_at) FROM runs{until}))");
-            b.counting = true;
-            let all = RunQuery {
-                filter: RunFilter {
-                    include_deleted: true,
-                    ..self.filter.clone()
-                },
-                ..self.clone()
-            };
-            let deleted = all.where_sql(&mut b);
-            let deleted_from = match dialect {
-                // SQLite would rather count them from the covering
-                // created-order index (every entry of the window) than from
-                // the small partial one.
-                Dialect::Sqlite => "runs INDEXED BY runs_deleted",
-                Dialect::Postgres => "runs",
-            };
+            let deleted = self.deleted_count(&mut b);
             return SqlQuery {
                 sql: format!(
                     "SELECT (SELECT CASE WHEN l >= f THEN l - f + 1 ELSE 0 END FROM (SELECT {first} AS f, {last} AS l) ends) \
-                     - (SELECT COUNT(*) FROM {deleted_from}{deleted} AND deleted)"
+                     - {deleted}"
                 ),
                 args: b.args,
             };
@@ -1158,10 +1173,7 @@ impl RunQuery {
             let sql = if self.filter.include_deleted {
                 format!("SELECT {created}")
             } else {
-                format!(
-                    "SELECT {created} - \
-                     (SELECT COUNT(*) FROM run_history WHERE position <= {p} AND valid_to > {p} AND deleted)"
-                )
+                format!("SELECT {created} - {}", self.deleted_count(&mut b))
             };
             return SqlQuery { sql, args: b.args };
         }
@@ -1170,22 +1182,12 @@ impl RunQuery {
             // of it from an index alone, less the deleted ones from theirs
             // (NOT deleted would read each row).
             let table = self.table();
-            let all = RunQuery {
-                filter: RunFilter {
-                    include_deleted: true,
-                    ..self.filter.clone()
-                },
-                ..self.clone()
-            };
             let mut b = Builder::new(dialect);
             b.counting = true;
-            let every = all.where_sql(&mut b);
-            let deleted = all.where_sql(&mut b);
+            let every = self.with_deleted().where_sql(&mut b);
+            let deleted = self.deleted_count(&mut b);
             return SqlQuery {
-                sql: format!(
-                    "SELECT (SELECT COUNT(*) FROM {table}{every}) - \
-                     (SELECT COUNT(*) FROM {table}{deleted} AND deleted)"
-                ),
+                sql: format!("SELECT (SELECT COUNT(*) FROM {table}{every}) - {deleted}"),
                 args: b.args,
             };
         }

@@ -46,7 +46,7 @@ fn delta(previous: Option<&RunState>, current: &RunState) -> Option<Vec<i64>> {
 }
 
 /// The latest runs a task's row names: its latest live run by creation,
-/// and its latest live success and failure (failed, timeout or crashed) by
+/// and its latest live success and failure (`EndReason::is_failure`) by
 /// end; ties go to the greater id, as the lists break them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Latest {
@@ -70,8 +70,6 @@ impl Latest {
         }
     }
 
-    const FAILURES: [EndReason; 3] = [EndReason::Failed, EndReason::Timeout, EndReason::Crashed];
-
     /// Where `run` stands in this kind's order, if it is a live run of it.
     fn key(self, run: &RunState) -> Option<LatestKey> {
         if run.deleted {
@@ -80,9 +78,7 @@ impl Latest {
         let at = match self {
             Self::Run => Some(run.created_at),
             Self::Success => run.end_at.filter(|_| run.end_reason == Some(EndReason::Success)),
-            Self::Failure => run
-                .end_at
-                .filter(|_| run.end_reason.is_some_and(|r| Self::FAILURES.contains(&r))),
+            Self::Failure => run.end_at.filter(|_| run.end_reason.is_some_and(|r| r.is_failure())),
         }?;
         Some((at.as_micros(), run.id.to_string()))
     }
@@ -99,8 +95,9 @@ impl Latest {
                 format!("SELECT end_at, id {live} AND end_reason = 'success' ORDER BY end_at DESC, id DESC LIMIT 1")
             }
             Self::Failure => {
-                let ranges: Vec<String> = Self::FAILURES
+                let ranges: Vec<String> = EndReason::ALL
                     .iter()
+                    .filter(|r| r.is_failure())
                     .map(|r| {
                         format!(
                             "SELECT * FROM (SELECT end_at, id {live} AND end_reason = '{}' \

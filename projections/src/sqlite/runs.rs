@@ -329,7 +329,10 @@ pub fn list(conn: &Connection, query: &RunQuery) -> rusqlite::Result<(Vec<RunSta
         },
         total: Some(total),
         live_runs: match query.live_runs_sql(crate::Dialect::Sqlite) {
-            Some(sql) => Some(conn.prepare_cached(sql)?.query_row([], |r| r.get(0))?),
+            Some(q) => Some(
+                conn.prepare_cached(&q.sql)?
+                    .query_row(rusqlite::params_from_iter(bind(&q.args)), |r| r.get(0))?,
+            ),
             None => None,
         },
     };
